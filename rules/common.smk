@@ -1,0 +1,50 @@
+# Shared by every rule: the study plan and the command that runs one job.
+import json
+import os
+import sys
+
+from workflow.config import ConfigError, load_config
+from workflow.study import Study
+
+# Refuse a bad configuration before any job starts, naming the key and the
+# allowed values (also fills in the schema's defaults).
+try:
+    config.update(load_config(config, os.path.join(workflow.basedir, "config", "schema.yaml")))
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+STUDY = Study(config, checked=True)
+R = STUDY.root
+
+# Jobs run `python -m workflow`: make that the Python running Snakemake (unless a
+# software environment is activated for the job, which then comes first on PATH),
+# and make the package importable from inside any environment.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+
+JOB = f"python -m workflow"
+RUN_OPTS = f"--device {config['device']} --threads {{threads}} --no-progress"
+
+
+wildcard_constraints:
+    seed=r"\d+",
+    level=r"\d+",
+    fraction=r"[0-9.]+",
+    method=r"[a-z0-9_]+(-[a-z0-9_]+)?",
+    score=r"[a-z0-9_]+",
+
+
+def spec_json(run):
+    """The spec of a run as canonical JSON: a changed spec reruns the run."""
+    return Study.dumps(STUDY.spec(run))
+
+
+def train_inputs(input):
+    """Command-line options for the optional inputs of a training job."""
+    return " ".join(f"--{name} {input[name]}" for name in ("parent", "scores", "teacher") if name in input.keys())
+
+
+TRAIN_SHELL = (
+    JOB + " train --spec {params.spec:q} --data {input.data} --out {params.out} "
+    "{params.inputs} " + RUN_OPTS + " > {log} 2>&1"
+)

@@ -1,0 +1,153 @@
+"""Tests for data pruning: EL2N scores and the kept-subset selection."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from workflow.prune_data import SCORE_METHODS, el2n, random_scores, select
+
+
+# ---------------------------------------------------------------- EL2N
+
+
+def test_el2n_uniform_prediction_matches_closed_form() -> None:
+    # A linear model with zero weights outputs equal logits: softmax is exactly 1/C.
+    n, c = 6, 10
+    model = nn.Linear(4, c)
+    nn.init.zeros_(model.weight)
+    nn.init.constant_(model.bias, 0.3)
+    logits = model(torch.randn(n, 4))
+    labels = torch.arange(n) % c
+    expected = math.sqrt((1 - 1 / c) ** 2 + (c - 1) / c**2)
+    np.testing.assert_allclose(el2n(logits, labels).numpy(), expected, rtol=1e-12)
+
+
+def test_el2n_matches_numpy_formula() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20, 5))
+    labels = rng.integers(0, 5, size=20)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    expected = np.linalg.norm(p - np.eye(5)[labels], axis=1)
+    got = el2n(torch.from_numpy(logits).float(), torch.from_numpy(labels))
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+
+
+def test_el2n_confident_right_is_zero_and_confident_wrong_is_sqrt2() -> None:
+    logits = torch.tensor([[100.0, 0.0, 0.0], [100.0, 0.0, 0.0]])
+    scores = el2n(logits, torch.tensor([0, 2]))
+    assert scores[0].item() == pytest.approx(0.0, abs=1e-12)
+    assert scores[1].item() == pytest.approx(math.sqrt(2), abs=1e-12)
+
+
+def test_el2n_rejects_mismatched_labels() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        el2n(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_random_scores_are_seeded_uniform() -> None:
+    a = random_scores(1000, seed=3)
+    assert a.dtype == np.float64 and a.shape == (1000,)
+    assert ((0 <= a) & (a < 1)).all()
+    np.testing.assert_array_equal(a, random_scores(1000, seed=3))
+    assert not np.array_equal(a, random_scores(1000, seed=4))
+    assert SCORE_METHODS == ("el2n", "random")
+
+
+# ---------------------------------------------------------------- select
+
+
+def test_select_keeps_round_f_n_of_the_top_or_bottom() -> None:
+    scores = np.array([0.5, 0.9, 0.1, 0.7, 0.3, 0.8, 0.2])
+    hard = select(scores, 3 / 7, keep="hard")
+    easy = select(scores, 3 / 7, keep="easy")
+    np.testing.assert_array_equal(hard, [1, 3, 5])
+    np.testing.assert_array_equal(easy, [2, 4, 6])
+    assert hard.dtype == np.int64
+
+
+@pytest.mark.parametrize(("fraction", "n", "expected"), [(0.5, 5, 2), (0.5, 7, 4), (0.3, 10, 3), (0.01, 10, 1), (1.0, 9, 9)])
+def test_select_count_is_python_round_at_least_one(fraction: float, n: int, expected: int) -> None:
+    assert len(select(np.arange(n, dtype=float), fraction)) == expected
+
+
+def test_hard_and_easy_halves_partition_distinct_scores() -> None:
+    scores = np.random.default_rng(1).permutation(100).astype(float)
+    hard, easy = select(scores, 0.5, "hard"), select(scores, 0.5, "easy")
+    assert np.intersect1d(hard, easy).size == 0
+    np.testing.assert_array_equal(np.union1d(hard, easy), np.arange(100))
+
+
+def test_ties_go_to_the_lower_index() -> None:
+    scores = np.zeros(10)
+    np.testing.assert_array_equal(select(scores, 0.3, "hard"), [0, 1, 2])
+    np.testing.assert_array_equal(select(scores, 0.3, "easy"), [0, 1, 2])
+    ties = np.array([1.0, 2.0, 2.0, 2.0, 0.0])
+    np.testing.assert_array_equal(select(ties, 0.4, "hard"), [1, 2])
+
+
+def test_class_balanced_keeps_per_class_counts() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    scores = rng.random(100)
+    scores[labels == 0] += 10  # class 0 holds all the hardest examples
+    kept = select(scores, 0.3, "hard", labels=labels, class_balanced=True)
+    np.testing.assert_array_equal(np.bincount(labels[kept]), [15, 9, 6])
+    for c in range(3):  # within a class, the hardest are kept
+        members = np.flatnonzero(labels == c)
+        kept_c = np.intersect1d(kept, members)
+        dropped_c = np.setdiff1d(members, kept)
+        assert scores[kept_c].min() > scores[dropped_c].max()
+    # without balancing, the kept set would be class 0 only
+    assert set(labels[select(scores, 0.3, "hard")]) == {0}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"fraction": 0.0}, "fraction"),
+        ({"fraction": 1.5}, "fraction"),
+        ({"fraction": 0.5, "keep": "middle"}, "keep"),
+        ({"fraction": 0.5, "class_balanced": True}, "labels"),
+    ],
+)
+def test_select_errors_name_the_argument(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        select(np.arange(4.0), **kwargs)
+
+
+def test_select_rejects_2d_scores() -> None:
+    with pytest.raises(ValueError, match="scores"):
+        select(np.zeros((2, 2)), 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=st.lists(st.integers(-5, 5), min_size=1, max_size=60).map(lambda v: np.array(v, dtype=float)),
+    fraction=st.floats(0.01, 1.0),
+    keep=st.sampled_from(["hard", "easy"]),
+)
+def test_select_properties(scores: np.ndarray, fraction: float, keep: str) -> None:
+    kept = select(scores, fraction, keep)
+    assert len(kept) == max(1, round(fraction * len(scores)))
+    assert np.all(np.diff(kept) > 0)  # sorted, unique
+    dropped = np.setdiff1d(np.arange(len(scores)), kept)
+    if dropped.size:
+        if keep == "hard":
+            assert scores[kept].min() >= scores[dropped].max()
+        else:
+            assert scores[kept].max() <= scores[dropped].min()
+        # ties at the boundary go to the lower index
+        boundary = scores[kept].min() if keep == "hard" else scores[kept].max()
+        kept_tied, dropped_tied = kept[scores[kept] == boundary], dropped[scores[dropped] == boundary]
+        if dropped_tied.size:
+            assert kept_tied.max() < dropped_tied.min()
+    np.testing.assert_array_equal(kept, select(scores.copy(), fraction, keep))

@@ -1,0 +1,150 @@
+"""Tests for network pruning: IMP masks, their application, and densities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from workflow.models import CNN1d, MLP
+from workflow.prune_network import (
+    PRUNING_SCOPES,
+    apply_masks,
+    density,
+    layer_densities,
+    magnitude_masks,
+    prunable_parameters,
+)
+
+
+def _cnn() -> CNN1d:
+    torch.manual_seed(0)
+    return CNN1d(in_length=40, num_classes=10, channels=8)
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny models train faster on one thread than with intra-op threading overhead.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in prunable_parameters(model).items()}
+
+
+def test_prunable_parameters_are_conv_and_linear_weights_only() -> None:
+    assert list(prunable_parameters(_cnn())) == ["conv1.0.weight", "conv2.0.weight", "conv3.0.weight", "head.weight"]
+    mlp_names = list(prunable_parameters(MLP(in_length=40, num_classes=10, width=16)))
+    assert mlp_names == ["fc1.0.weight", "fc2.0.weight", "head.weight"]  # no biases, no BatchNorm
+
+
+def _after_levels(count: int, levels: int) -> int:
+    """Weights left of ``count`` after ``levels`` levels each removing round(20%) of the rest."""
+    for _ in range(levels):
+        count -= round(0.2 * count)
+    return count
+
+
+@pytest.mark.parametrize("scope", PRUNING_SCOPES)
+def test_density_follows_0_8_to_the_n_with_exact_counts(scope: str) -> None:
+    weights = _weights(_cnn())
+    sizes = {name: w.numel() for name, w in weights.items()}
+    total = sum(sizes.values())
+    masks = None
+    for level in range(1, 6):
+        masks = magnitude_masks(weights, masks, 0.2, scope=scope)
+        if scope == "global":
+            kept = _after_levels(total, level)
+        else:  # the rounding is per layer
+            kept_per_layer = {name: _after_levels(n, level) for name, n in sizes.items()}
+            assert {name: int(m.sum()) for name, m in masks.items()} == kept_per_layer
+            kept = sum(kept_per_layer.values())
+        assert density(masks) == kept / total
+        assert density(masks) == pytest.approx(0.8**level, abs=1e-3)
+
+
+def test_global_and_layer_scope_differ_per_layer_but_not_in_total() -> None:
+    torch.manual_seed(1)
+    weights = {"small": torch.randn(100) * 0.01, "large": torch.randn(100) * 10.0}
+    by_layer = magnitude_masks(weights, None, 0.5, scope="layer")
+    by_global = magnitude_masks(weights, None, 0.5, scope="global")
+    assert layer_densities(by_layer) == {"small": 0.5, "large": 0.5}
+    assert layer_densities(by_global) == {"small": 0.0, "large": 1.0}
+    assert density(by_layer) == density(by_global) == 0.5
+
+
+def test_smallest_magnitudes_are_removed_with_ties_by_index() -> None:
+    weights = {"a": torch.tensor([[3.0, -0.5], [1.0, -2.0]]), "b": torch.tensor([0.5, -4.0, 0.1])}
+    masks = magnitude_masks(weights, None, 3 / 7, scope="global")  # removes 3 of 7
+    assert masks["a"].tolist() == [[True, False], [True, True]]
+    assert masks["b"].tolist() == [False, True, False]
+    # |-0.5| == |0.5|: one of two tied weights goes, the first in flat order
+    masks = magnitude_masks(weights, None, 2 / 7, scope="global")
+    assert masks["a"].tolist() == [[True, False], [True, True]]
+    assert masks["b"].tolist() == [True, True, False]
+
+
+def test_pruned_weights_stay_pruned_even_if_large() -> None:
+    weights = {"w": torch.tensor([5.0, 1.0, 2.0, 3.0, 4.0])}
+    previous = {"w": torch.tensor([False, True, True, True, True])}  # the largest is already pruned
+    masks = magnitude_masks(weights, previous, 0.5, scope="layer")  # removes round(0.5 * 4) = 2
+    assert masks["w"].tolist() == [False, False, False, True, True]
+
+
+def test_fraction_zero_keeps_the_mask() -> None:
+    weights = _weights(_cnn())
+    masks = magnitude_masks(weights, None, 0.3)
+    again = magnitude_masks(weights, masks, 0.0)
+    assert all(torch.equal(masks[n], again[n]) for n in masks)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"fraction": 1.0}, "fraction"), ({"fraction": -0.1}, "fraction"), ({"fraction": 0.2, "scope": "row"}, "scope")],
+)
+def test_magnitude_masks_validates(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        magnitude_masks({"w": torch.ones(3)}, None, **kwargs)
+
+
+def test_masks_must_match_weights() -> None:
+    with pytest.raises(ValueError, match="masks"):
+        magnitude_masks({"w": torch.ones(3)}, {"v": torch.ones(3, dtype=torch.bool)}, 0.2)
+
+
+@pytest.mark.parametrize(
+    "make_optimiser",
+    [
+        lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4),
+        lambda params: torch.optim.Adam(params, lr=1e-2, weight_decay=5e-4),
+    ],
+    ids=["sgd-momentum-wd", "adam"],
+)
+def test_pruned_weights_stay_exactly_zero_during_training(make_optimiser, one_thread: None) -> None:
+    model = _cnn()
+    masks = magnitude_masks(_weights(model), None, 0.6)
+    apply_masks(model, masks)
+    before = {name: p.detach().clone() for name, p in prunable_parameters(model).items()}
+    optimiser = make_optimiser(model.parameters())
+    x, y = torch.randn(16, 40), torch.randint(0, 10, (16,))
+    for _step in range(50):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimiser.step()
+        apply_masks(model, masks)
+    for name, p in prunable_parameters(model).items():
+        assert torch.all(p[~masks[name]] == 0), name
+        assert not torch.equal(p[masks[name]], before[name][masks[name]]), name  # survivors trained
+
+
+def test_apply_masks_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="nope"):
+        apply_masks(_cnn(), {"nope": torch.ones(1, dtype=torch.bool)})
+
+
+def test_apply_masks_rejects_wrong_shapes() -> None:
+    with pytest.raises(ValueError, match="head.weight"):
+        apply_masks(_cnn(), {"head.weight": torch.ones(1, dtype=torch.bool)})

@@ -1,0 +1,1 @@
+"""Analyses of trained models: recorded activations and representational similarity."""

@@ -1,0 +1,121 @@
+"""Record a model's layer outputs on probe examples and store them as xarray datasets."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own mode.
+
+    Modes are saved per module because a model may hold a mix (e.g. a frozen,
+    eval-mode backbone under a training head).
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def record_activations(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: list[str] | None = None,
+    batch_size: int = 512,
+) -> dict[str, np.ndarray]:
+    """Outputs of the named modules of ``model`` on ``x``, as float32 arrays.
+
+    ``layers`` defaults to ``model.layers``. The model runs in eval mode, without
+    gradients, in batches of ``batch_size`` on the device of its parameters. Each
+    array has shape ``(len(x), ...)``, unflattened. Hooks are removed and every
+    module's train/eval mode is restored afterwards, also on error.
+    """
+    layers = list(model.layers if layers is None else layers)
+    if len(x) == 0:
+        raise ValueError("record_activations: x has no samples")
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise KeyError(f"record_activations: no modules named {missing} in {type(model).__name__}")
+
+    recorded: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"record_activations: {name!r} outputs {type(output).__name__}, not a tensor")
+            recorded[name].append(output.detach().to("cpu", torch.float32).numpy())
+
+        return hook
+
+    device = _model_device(model)
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
+    try:
+        with _eval_mode(model), torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                model(x[start : start + batch_size].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: np.concatenate(batches) for name, batches in recorded.items()}
+
+
+def _layer_variable(layer: str, values: np.ndarray) -> tuple[xr.Variable, dict[str, xr.Variable]]:
+    """One layer as a (sample, unit) variable and its coordinates along the unit dim."""
+    unit = f"{layer}_unit"
+    if values.ndim == 2:
+        return xr.Variable(("sample", unit), values), {unit: xr.Variable(unit, np.arange(values.shape[1]))}
+    if values.ndim == 3:
+        n, channels, positions = values.shape
+        # reshape of a C-ordered (n, channels, positions) array is channel-major
+        coords = {
+            f"{layer}_channel": xr.Variable(unit, np.repeat(np.arange(channels), positions)),
+            f"{layer}_position": xr.Variable(unit, np.tile(np.arange(positions), channels)),
+        }
+        return xr.Variable(("sample", unit), values.reshape(n, -1)), coords
+    raise ValueError(f"activations_dataset: {layer!r} has {values.ndim} dims; expected 2 or 3")
+
+
+def activations_dataset(acts: dict[str, np.ndarray], sample: np.ndarray, chunk: int = 256) -> xr.Dataset:
+    """Activations as a dataset: one float32 ``(sample, {layer}_unit)`` variable per layer.
+
+    Conv maps ``(n, channels, positions)`` are flattened channel-major, with
+    ``{layer}_channel`` and ``{layer}_position`` coordinates along the unit dim;
+    ``sample`` holds the indices of the probe examples in their dataset. On disk
+    the variables are chunked along ``sample`` by ``chunk`` so analyses can stream.
+    """
+    sample = np.asarray(sample)
+    variables: dict[str, xr.Variable] = {}
+    coords: dict[str, xr.Variable] = {"sample": xr.Variable("sample", sample)}
+    for layer, values in acts.items():
+        values = np.asarray(values, dtype=np.float32)
+        if len(values) != len(sample):
+            raise ValueError(f"activations_dataset: {layer!r} has {len(values)} samples, sample has {len(sample)}")
+        variable, layer_coords = _layer_variable(layer, values)
+        # Zarr chunking through the encoding rather than ds.chunk(): the latter needs
+        # dask, which is not a dependency; to_zarr honours encoding chunks for
+        # in-memory arrays, and xr.open_zarr reads them back as preferred chunks.
+        variable.encoding["chunks"] = (max(1, min(chunk, len(sample))), variable.shape[1])
+        variables[layer] = variable
+        coords.update(layer_coords)
+    return xr.Dataset(variables, coords=coords, attrs={"layers": list(acts)})
+
+
+def layer_matrix(ds: xr.Dataset, layer: str) -> np.ndarray:
+    """The ``(sample, unit)`` matrix of one layer, as float64."""
+    return ds[layer].transpose("sample", f"{layer}_unit").values.astype(np.float64)

@@ -1,0 +1,112 @@
+"""Command line: ``python -m workflow <command> ...``, one command per kind of job.
+
+The workflow's rules call these; so can a researcher, e.g. to rerun one stage on a
+GPU by hand. Specs are JSON (what :meth:`workflow.study.Study.spec` returns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="make a dataset file")
+    p.add_argument("--spec", required=True, help="JSON: name, args, train_size")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("train", help="train one run (any training stage)")
+    p.add_argument("--spec", required=True, help="JSON spec of the run")
+    p.add_argument("--out", required=True, help="the run's folder")
+    p.add_argument("--data", required=True, help="the task's .npz file")
+    p.add_argument("--parent", help="model.pt of the parent run")
+    p.add_argument("--scores", help="scores.zarr (data pruning, distillation)")
+    p.add_argument("--teacher", help="model.pt of the teacher (distillation)")
+    _common(p)
+
+    p = sub.add_parser("scores", help="score every training example")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="scores.zarr")
+    _common(p)
+
+    p = sub.add_parser("activations", help="record a model's activations on the probe set")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--probe-size", type=int, required=True)
+    p.add_argument("--out", required=True, help="activations.zarr")
+    _common(p)
+
+    p = sub.add_parser("cka", help="linear CKA between all layers of two models")
+    p.add_argument("--a", required=True, help="activations.zarr of model a")
+    p.add_argument("--b", required=True, help="activations.zarr of model b")
+    p.add_argument("--name-a", required=True)
+    p.add_argument("--name-b", required=True)
+    p.add_argument("--out", required=True, help="analysis.zarr")
+
+    p = sub.add_parser("collect", help="gather per-run stores into one summary")
+    p.add_argument("--entries", required=True, help='JSON: [[{"seed": 0}, "path/metrics.zarr"], ...]')
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("plot", help="draw one figure from summaries")
+    p.add_argument("figure")
+    p.add_argument("--summary", action="append", default=[], metavar="NAME=PATH", required=True)
+    p.add_argument("--out", action="append", required=True, help="output file (.png, .pdf, .svg); repeatable")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imported here so that `--help` is instant and plotting needs no torch.
+    if args.command == "data":
+        from workflow.datasets import make_data
+
+        make_data(json.loads(args.spec), args.out)
+    elif args.command == "train":
+        from workflow.stages import train_run
+
+        train_run(
+            json.loads(args.spec), args.out, data_path=args.data, parent=args.parent,
+            scores=args.scores, teacher=args.teacher, device=args.device,
+            threads=args.threads, progress=not args.no_progress,
+        )
+    elif args.command == "scores":
+        from workflow.stages import compute_scores
+
+        compute_scores(
+            json.loads(args.spec), args.out, data_path=args.data, device=args.device,
+            threads=args.threads, progress=not args.no_progress,
+        )
+    elif args.command == "activations":
+        from workflow.stages import record
+
+        record(args.model, args.data, args.out, probe_size=args.probe_size, device=args.device, threads=args.threads)
+    elif args.command == "cka":
+        from workflow.stages import compare_cka
+
+        compare_cka(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b)
+    elif args.command == "collect":
+        from workflow.stages import collect, parse_entries
+
+        collect(parse_entries(args.entries), args.out)
+    elif args.command == "plot":
+        from workflow.plots import render
+
+        summaries = dict(s.split("=", 1) for s in args.summary)
+        render(args.figure, summaries, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

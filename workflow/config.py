@@ -1,0 +1,124 @@
+"""Checking a study configuration before anything runs.
+
+:func:`load_config` refuses a bad configuration with a message that names the key
+and the values it allows, fills in the schema's defaults, and checks what a schema
+cannot say (a teacher must be a run of the study, seeds must line up).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A study configuration that must not run."""
+
+
+def _key(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow ``$ref`` and merge ``allOf`` so that properties and defaults are visible."""
+    if "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = {**_resolve(node, root), **{k: v for k, v in schema.items() if k != "$ref"}}
+    for sub in schema.get("allOf", []):
+        sub = _resolve(sub, root)
+        schema = {**sub, **schema, "properties": {**sub.get("properties", {}), **schema.get("properties", {})}}
+    return schema
+
+
+def _describe(error: jsonschema.ValidationError, root: Mapping[str, Any]) -> str:
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(_resolve(error.schema, root).get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = "" if key == "<top level>" else f" under '{key}'"
+        return f"unknown config key(s) {extra}{where}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"config key '{key}' = {error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "required":
+        return f"config key '{key}' is missing a required entry: {error.message}"
+    return f"config key '{key}': {error.message}"
+
+
+def validate(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -> None:
+    """Raise :class:`ConfigError` listing every violation of the schema."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e, schema) for e in errors))
+
+
+def fill_defaults(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -> dict[str, Any]:
+    """A copy of ``config`` with every default of the schema filled in."""
+    root = yaml.safe_load(Path(schema_path).read_text())
+
+    def fill(node: Any, schema: Mapping[str, Any]) -> Any:
+        schema = _resolve(schema, root)
+        if not isinstance(node, dict):
+            return node
+        for name, sub in schema.get("properties", {}).items():
+            sub = _resolve(sub, root)
+            if name not in node and "default" in sub:
+                node[name] = copy.deepcopy(sub["default"])
+            if name in node:
+                node[name] = fill(node[name], sub)
+        return node
+
+    return fill(copy.deepcopy(dict(config)), root)
+
+
+def check_semantics(config: Mapping[str, Any]) -> None:
+    """What the schema cannot express: cross-references between sections."""
+    from workflow.datasets import DATASETS, dataset_settings
+
+    problems = []
+    for task in ("source", "target"):
+        spec = config["data"][task]
+        allowed = dataset_settings(spec["name"])
+        unknown = sorted(set(spec.get("args") or {}) - set(allowed))
+        if unknown:
+            problems.append(
+                f"unknown config key(s) {unknown} under 'data.{task}.args'; "
+                f"allowed keys for {spec['name']}: {', '.join(sorted(allowed))}"
+            )
+        assert spec["name"] in DATASETS
+    ft = config["finetune"]
+    if any(m != "scratch" for m in ft["methods"]):
+        missing = sorted(set(ft["seeds"]) - set(config["pretrain"]["seeds"]))
+        if missing:
+            problems.append(
+                f"config key 'finetune.seeds' has {missing}, which 'pretrain.seeds' lacks: each "
+                f"fine-tuning run starts from the pretrained model of its seed; allowed: {config['pretrain']['seeds']}"
+            )
+    teachers = [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
+    if config["distill"]["teacher"] not in teachers:
+        problems.append(
+            f"config key 'distill.teacher' = {config['distill']['teacher']!r} is not a run of this study; "
+            f"allowed values: {', '.join(teachers)}"
+        )
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def load_config(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -> dict[str, Any]:
+    """Validate, fill defaults and cross-check a study configuration."""
+    validate(config, schema_path)
+    full = fill_defaults(config, schema_path)
+    check_semantics(full)
+    return full

@@ -1,0 +1,121 @@
+"""Network pruning: masks for iterative magnitude pruning (IMP) with rewinding.
+
+A mask is a bool tensor with its weight's shape (True = kept), keyed by the
+parameter's name in ``model.named_parameters()``. The training loop calls
+:func:`apply_masks` after every optimiser step so pruned weights stay exactly zero.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+PRUNING_SCOPES: tuple[str, ...] = ("global", "layer")
+_PRUNABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The weights of every Conv1d / Conv2d / Linear module, by parameter name.
+
+    Biases and BatchNorm parameters are not pruned (as in the Lottery Ticket papers).
+    """
+    names = {
+        f"{prefix}.weight" if prefix else "weight"
+        for prefix, module in model.named_modules()
+        if isinstance(module, _PRUNABLE_MODULES)
+    }
+    return {name: p for name, p in model.named_parameters() if name in names}
+
+
+def _check_masks(
+    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """The masks as CPU bool tensors, all ones where ``masks`` is None."""
+    if masks is None:
+        return {name: torch.ones(w.shape, dtype=torch.bool) for name, w in weights.items()}
+    if set(masks) != set(weights):
+        raise ValueError(
+            f"masks and weights must name the same tensors; masks lack "
+            f"{sorted(set(weights) - set(masks))}, have extra {sorted(set(masks) - set(weights))}"
+        )
+    for name, w in weights.items():
+        if masks[name].shape != w.shape:
+            raise ValueError(f"mask {name!r} has shape {tuple(masks[name].shape)}, weight {tuple(w.shape)}")
+    return {name: masks[name].detach().to("cpu", torch.bool) for name in weights}
+
+
+def _prune_smallest(magnitude: torch.Tensor, kept: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Drop the smallest ``round(fraction * remaining)`` kept entries of flat tensors.
+
+    A stable sort over the remaining entries breaks magnitude ties by flat position.
+    """
+    remaining = kept.nonzero().squeeze(1)
+    count = round(fraction * len(remaining))
+    order = torch.argsort(magnitude[remaining], stable=True)
+    new = kept.clone()
+    new[remaining[order[:count]]] = False
+    return new
+
+
+def magnitude_masks(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor] | None,
+    fraction: float,
+    scope: str = "global",
+) -> dict[str, torch.Tensor]:
+    """One IMP level: remove the smallest-magnitude ``fraction`` of remaining weights.
+
+    ``scope="global"`` ranks all layers' weights together, ``"layer"`` each layer on
+    its own; exactly ``round(fraction * remaining)`` weights go (in all, or per
+    layer). Already-pruned weights stay pruned. Returns new CPU bool masks in the
+    order of ``weights``.
+    """
+    if scope not in PRUNING_SCOPES:
+        raise ValueError(f"scope must be one of {PRUNING_SCOPES}, got {scope!r}")
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must satisfy 0 <= fraction < 1, got {fraction!r}")
+    masks = _check_masks(weights, masks)
+    # float64 on CPU: exact for any float weight dtype, and layers may sit on different devices.
+    magnitude = {name: w.detach().to("cpu", torch.float64).abs().flatten() for name, w in weights.items()}
+
+    if scope == "layer":
+        return {
+            name: _prune_smallest(magnitude[name], masks[name].flatten(), fraction).view(w.shape)
+            for name, w in weights.items()
+        }
+    kept = _prune_smallest(
+        torch.cat(list(magnitude.values())), torch.cat([m.flatten() for m in masks.values()]), fraction
+    )
+    pieces = kept.split([w.numel() for w in weights.values()])
+    return {name: piece.view(w.shape) for (name, w), piece in zip(weights.items(), pieces)}
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the pruned entries of the named parameters of ``model``, in place."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise ValueError(f"masks name parameters the model lacks: {unknown}")
+    for name, mask in masks.items():
+        # a broadcastable mask of the wrong shape would otherwise prune silently wrong
+        if mask.shape != params[name].shape:
+            raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, parameter {tuple(params[name].shape)}")
+    with torch.no_grad():
+        for name, mask in masks.items():
+            # masked_fill rather than multiply: a diverged (inf/NaN) weight still becomes 0.
+            params[name].masked_fill_(~mask.to(params[name].device, torch.bool), 0.0)
+
+
+def density(masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of weights kept over all masked tensors together."""
+    if not masks:
+        raise ValueError("density of no masks is undefined")
+    kept = sum(int(m.count_nonzero()) for m in masks.values())
+    return kept / sum(m.numel() for m in masks.values())
+
+
+def layer_densities(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Fraction of weights kept in each masked tensor."""
+    return {name: int(m.count_nonzero()) / m.numel() for name, m in masks.items()}

@@ -1,0 +1,260 @@
+"""Stage entry points: one function per kind of job, from input files to output files.
+
+Each function reads what it needs, calls the science (training loop, scores,
+pruning, distillation, analyses) and writes its results through
+:mod:`workflow.storage`. They know nothing of Snakemake: the workflow's rules and
+a researcher at a shell call them the same way, through :mod:`workflow.cli`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from workflow import storage
+from workflow.analysis.activations import activations_dataset, layer_matrix, record_activations
+from workflow.analysis.cka import cka_matrix
+from workflow.data import TaskData, load_data
+from workflow.distill import kd_loss
+from workflow.finetune import FINETUNE
+from workflow.models import build_model
+from workflow.prune_data import el2n, random_scores, select
+from workflow.prune_network import density, layer_densities, magnitude_masks, prunable_parameters
+from workflow.train import TrainConfig, resolve_device, seed_everything, train
+
+PathLike = str | Path
+
+
+def _setup(device: str, threads: int | None) -> torch.device:
+    if threads:
+        torch.set_num_threads(threads)
+    return resolve_device(device)
+
+
+def _new_model(spec: Mapping[str, Any], data: TaskData, device: torch.device, seed: int) -> nn.Module:
+    seed_everything(seed)
+    return build_model(dict(spec["model"]), data.in_length, data.num_classes).to(device)
+
+
+def load_model(path: PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A trained model and everything saved with it (spec, masks, ...)."""
+    saved = storage.load_torch(path)
+    model = build_model(dict(saved["spec"]["model"]), saved["in_length"], saved["num_classes"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), saved
+
+
+def _kept_examples(spec: Mapping[str, Any], scores_path: PathLike, labels: np.ndarray) -> np.ndarray:
+    scores = storage.open_dataset(scores_path)["score"]
+    # Random pruning draws a fresh subset per seed; score-based methods average
+    # their scores over initialisations and so keep the same subset for every seed.
+    values = scores.sel(init=spec["seed"]) if spec["score"]["score"] == "random" else scores.mean("init")
+    return select(
+        values.values,
+        spec["fraction"],
+        keep=spec["keep"],
+        labels=labels,
+        class_balanced=spec["class_balanced"],
+    )
+
+
+def train_run(
+    spec: Mapping[str, Any],
+    out: PathLike,
+    *,
+    data_path: PathLike,
+    parent: PathLike | None = None,
+    scores: PathLike | None = None,
+    teacher: PathLike | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Train the run described by ``spec`` (see :meth:`workflow.study.Study.spec`).
+
+    Writes ``out/metrics.zarr`` (per-epoch metrics) and then ``out/model.pt``
+    (weights, spec, masks), each atomically.
+    """
+    dev = _setup(device, threads)
+    stage, seed = spec["stage"], spec["seed"]
+    data = load_data(data_path, dev)
+    model = _new_model(spec, data, dev, seed)
+    cfg = TrainConfig.from_dict(spec["train"])
+    extra: dict[str, Any] = {}
+    loss_fn = None
+    masks = None
+    snapshot_steps: Sequence[int] = ()
+
+    if stage == "finetune":
+        parent_state = storage.load_torch(parent)["state_dict"] if parent else None
+        FINETUNE[spec["method"]](model, parent_state)
+    elif stage in ("prune_data", "distill"):
+        kept = _kept_examples(spec, scores, data.y_train.cpu().numpy())
+        data = data.subset(kept)
+        extra["kept"] = torch.as_tensor(kept)
+        if stage == "distill":
+            teacher_model, _ = load_model(teacher, dev)
+            teacher_model.requires_grad_(False)
+            T, alpha = spec["temperature"], spec["alpha"]
+
+            def loss_fn(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    teacher_logits = teacher_model(xb)
+                return kd_loss(logits, teacher_logits, yb, T, alpha)
+
+    elif stage == "prune_network":
+        if spec["level"] == 0:
+            snapshot_steps = (spec["rewind_step"],)
+        else:
+            previous = storage.load_torch(parent)
+            trained = {k: v for k, v in previous["state_dict"].items()}
+            masks = magnitude_masks(
+                {k: trained[k] for k in prunable_parameters(model)},
+                previous["masks"],
+                spec["fraction"],
+                spec["scope"],
+            )
+            # Rewind: surviving weights restart from their values at the rewind step.
+            model.load_state_dict(previous["rewind"])
+            extra["rewind"] = previous["rewind"]
+        extra["masks"] = masks
+    elif stage != "pretrain":
+        raise ValueError(f"unknown training stage {stage!r}")
+
+    result = train(
+        model, data, cfg, seed=seed, loss_fn=loss_fn, masks=masks,
+        snapshot_steps=snapshot_steps, progress=progress, desc=spec["run"],
+    )
+    if stage == "prune_network" and spec["level"] == 0:
+        extra["rewind"] = result.snapshots[spec["rewind_step"]]
+
+    metrics = result.history
+    if stage == "prune_network":
+        d = density(masks) if masks else 1.0
+        metrics["density"] = xr.DataArray(d, attrs={"description": "fraction of prunable weights kept"})
+    if "kept" in extra:
+        metrics["kept_size"] = xr.DataArray(len(extra["kept"]), attrs={"description": "training examples kept"})
+    attrs = storage.provenance(spec, parent=spec.get("parent"), seed=seed, device=str(dev))
+    attrs["steps"] = result.steps
+    storage.write_dataset(metrics, Path(out) / "metrics.zarr", attrs)
+    storage.save_torch(
+        {
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "spec": dict(spec),
+            "in_length": data.in_length,
+            "num_classes": data.num_classes,
+            "masks": extra.get("masks"),
+            "rewind": extra.get("rewind"),
+            "kept": extra.get("kept"),
+            "provenance": attrs,
+        },
+        Path(out) / "model.pt",
+    )
+
+
+def compute_scores(
+    spec: Mapping[str, Any],
+    out: PathLike,
+    *,
+    data_path: PathLike,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Score every training example once; write ``score`` over (init, sample) to ``out``."""
+    dev = _setup(device, threads)
+    data = load_data(data_path, dev)
+    n = len(data.y_train)
+    if spec["score"] == "el2n":
+        cfg = TrainConfig.from_dict(spec["train"])
+        rows, inits = [], list(range(spec["inits"]))
+        for init in inits:
+            model = _new_model(spec, data, dev, seed=init)
+            train(model, data, cfg, seed=init, stop_after=spec["epoch"], progress=progress, desc=f"el2n init {init}")
+            model.eval()
+            with torch.no_grad():
+                logits = torch.cat([model(xb) for xb in data.x_train.split(1024)])
+            rows.append(el2n(logits, data.y_train).cpu().numpy())
+        values = np.stack(rows)
+        description = f"EL2N at epoch {spec['epoch']}, one row per initialisation"
+    elif spec["score"] == "random":
+        inits = list(spec["seeds"])
+        values = np.stack([random_scores(n, s) for s in inits])
+        description = "uniform random scores, one independent draw per training seed"
+    else:
+        raise ValueError(f"unknown score {spec['score']!r}; allowed: el2n, random")
+    ds = xr.Dataset(
+        {
+            "score": (("init", "sample"), values.astype(np.float64), {"description": description}),
+            "label": ("sample", data.y_train.cpu().numpy()),
+        },
+        coords={"init": inits, "sample": np.arange(n)},
+    )
+    storage.write_dataset(ds, out, storage.provenance(spec, device=str(dev)))
+
+
+def record(
+    model_path: PathLike,
+    data_path: PathLike,
+    out: PathLike,
+    *,
+    probe_size: int,
+    device: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """Activations of every named layer of a model on the probe set (first test examples)."""
+    dev = _setup(device, threads)
+    data = load_data(data_path, dev)
+    if probe_size > len(data.y_test):
+        raise ValueError(f"probe_size={probe_size} exceeds the {len(data.y_test)} test examples")
+    model, saved = load_model(model_path, dev)
+    acts = record_activations(model, data.x_test[:probe_size])
+    ds = activations_dataset(acts, np.arange(probe_size))
+    attrs = storage.provenance(saved["spec"], parent=saved["spec"].get("parent"), seed=saved["spec"]["seed"], device=str(dev))
+    attrs["model"] = str(model_path)
+    storage.write_dataset(ds, out, attrs)
+
+
+def compare_cka(acts_a: PathLike, acts_b: PathLike, out: PathLike, *, model_a: str, model_b: str) -> None:
+    """Linear CKA between every layer of two models on the same probe set."""
+    a, b = storage.open_dataset(acts_a), storage.open_dataset(acts_b)
+    if not np.array_equal(a["sample"].values, b["sample"].values):
+        raise ValueError(f"{acts_a} and {acts_b} were recorded on different probe sets")
+    cka = cka_matrix(
+        {layer: layer_matrix(a, layer) for layer in a.attrs["layers"]},
+        {layer: layer_matrix(b, layer) for layer in b.attrs["layers"]},
+    )
+    attrs = storage.provenance(None)
+    attrs.update(model_a=model_a, model_b=model_b, measure="linear CKA (float64)")
+    storage.write_dataset(cka.to_dataset(), out, attrs)
+
+
+def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike) -> None:
+    """Combine per-run stores into one tidy dataset whose sweep axes are dimensions.
+
+    ``entries``: (coordinates of the run on the sweep axes, its store). Runs that a
+    sweep does not have, and epochs a run did not reach, are NaN.
+    """
+    if not entries:
+        raise ValueError("nothing to collect")
+    parts = []
+    for coords, path in entries:
+        ds = storage.open_dataset(path)
+        ds.attrs = {}
+        parts.append(ds.expand_dims({k: [v] for k, v in coords.items()}))
+    combined = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop")
+    combined = combined.sortby(list(entries[0][0]))
+    attrs = storage.provenance(None)
+    attrs["runs"] = [str(p) for _, p in entries]
+    storage.write_dataset(combined, out, attrs)
+
+
+def parse_entries(text: str) -> list[tuple[dict[str, Any], str]]:
+    """Entries of :func:`collect` from JSON: ``[[{"seed": 0}, "path"], ...]``."""
+    return [(dict(c), str(p)) for c, p in json.loads(text)]

@@ -1,0 +1,130 @@
+"""All reading and writing of results: Zarr stores through xarray, model files, figures.
+
+Every writer here is atomic: it writes to a hidden sibling path and renames it into
+place only once the write is complete, so a job killed half-way leaves either
+nothing or a finished result, never a half store that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import socket
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import xarray as xr
+
+from workflow import __version__
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
+
+    Works for files and directories (Zarr stores). On error the temporary is
+    removed and ``path`` is left as it was.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def provenance(
+    spec: Mapping[str, Any] | None = None,
+    *,
+    parent: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Attributes that say where a result came from.
+
+    ``spec`` is the resolved configuration of the run, stored as JSON text so that
+    any Zarr reader can show it.
+    """
+    attrs: dict[str, Any] = {
+        "package": "dlsci",
+        "package_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+    }
+    if spec is not None:
+        attrs["config"] = json.dumps(spec, sort_keys=True)
+    if parent is not None:
+        attrs["parent"] = parent
+    if seed is not None:
+        attrs["seed"] = int(seed)
+    if device is not None:
+        attrs["device"] = device
+    return attrs
+
+
+def write_dataset(ds: xr.Dataset, path: PathLike, attrs: Mapping[str, Any] | None = None) -> Path:
+    """Write ``ds`` as a Zarr store at ``path``, atomically, with ``attrs`` added.
+
+    Chunking follows the dataset's own chunks (``ds.chunk({...})``) when it has any.
+    Metadata is consolidated so that a plain ``xr.open_zarr(path)`` opens it fast
+    and without warnings.
+    """
+    ds = ds.copy()
+    ds.attrs.update(attrs or {})
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Consolidated metadata is an extension of Zarr v3 that zarr-python and
+        # xarray both read; the warning is about other implementations.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds.to_zarr(tmp, mode="w", consolidated=True)
+    return Path(path)
+
+
+def open_dataset(path: PathLike, *, load: bool = True) -> xr.Dataset:
+    """Open a store written by :func:`write_dataset` (loaded into memory by default)."""
+    ds = xr.open_zarr(path, consolidated=True)
+    return ds.load() if load else ds
+
+
+def save_torch(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` written atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def load_torch(path: PathLike, map_location: str = "cpu") -> Any:
+    """Load a file written by :func:`save_torch` (our own files, so full unpickling)."""
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def write_json(obj: Any, path: PathLike) -> Path:
+    """JSON text written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def save_figure(fig: Any, path: PathLike) -> Path:
+    """Save a matplotlib figure atomically; the format follows the suffix of ``path``."""
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        fig.savefig(tmp, format=final.suffix.lstrip("."), bbox_inches="tight", dpi=150)
+    return final

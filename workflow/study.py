@@ -1,0 +1,234 @@
+"""The plan of a study: which runs it has, where they live, and what defines each.
+
+A *run* is one model produced by one stage with one resolved configuration. Its id
+is its readable folder under the results root, e.g. ``pretrain/s0`` or
+``prune_data/el2n-hard/f0.25/s1``. :meth:`Study.spec` gives everything that
+determines a run (data, model, training settings, seed, method settings, parent):
+the workflow passes it to the job, so changing any of it reruns that run and what
+depends on it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from workflow.config import load_config
+
+STAGES = ("pretrain", "finetune", "prune_data", "distill", "prune_network")
+
+
+def fraction_label(f: float) -> str:
+    """``0.25 -> "0.25"``, ``1.0 -> "1"``: the fraction as it appears in run ids."""
+    return f"{f:g}"
+
+
+def data_pruning_method(score: str, keep: str) -> str:
+    """The label of a data-pruning method: ``el2n-hard``; ``random`` has no keep rule."""
+    return score if score == "random" else f"{score}-{keep}"
+
+
+class Study:
+    """All runs of one configuration, with their specs, parents and input files."""
+
+    def __init__(self, config: Mapping[str, Any], *, checked: bool = False) -> None:
+        self.config = dict(config) if checked else load_config(config)
+        self.root = self.config["results"].rstrip("/")
+
+    # --- paths ---------------------------------------------------------------
+    def path(self, run: str, name: str = "") -> str:
+        """A file of a run, or the run's folder when ``name`` is empty."""
+        return f"{self.root}/{run}/{name}".rstrip("/")
+
+    def data_path(self, task: str) -> str:
+        return f"{self.root}/data/{task}.npz"
+
+    def summary_path(self, name: str) -> str:
+        return f"{self.root}/summary/{name}.zarr"
+
+    def plot_path(self, figure: str, ext: str) -> str:
+        return f"{self.root}/plots/{figure}.{ext}"
+
+    # --- runs ------------------------------------------------------------------
+    def pretrain_runs(self) -> list[str]:
+        return [f"pretrain/s{s}" for s in self.config["pretrain"]["seeds"]]
+
+    def finetune_runs(self) -> list[str]:
+        ft = self.config["finetune"]
+        return [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
+
+    def data_pruning_methods(self) -> list[str]:
+        pd = self.config["prune_data"]
+        return list(dict.fromkeys(data_pruning_method(s, k) for s in pd["scores"] for k in pd["keep"]))
+
+    def score_stores(self) -> list[str]:
+        return [f"prune_data/scores/{s}" for s in self.config["prune_data"]["scores"]]
+
+    def subset_runs(self, stage: str) -> list[str]:
+        """Runs of ``prune_data`` or ``distill``: one per method, kept fraction and seed."""
+        pd = self.config["prune_data"]
+        return [
+            f"{stage}/{m}/f{fraction_label(f)}/s{s}"
+            for m in self.data_pruning_methods()
+            for f in pd["fractions"]
+            for s in pd["seeds"]
+        ]
+
+    def network_pruning_runs(self) -> list[str]:
+        pn = self.config["prune_network"]
+        return [
+            f"prune_network/{m}/s{s}/level{level}"
+            for m in pn["methods"]
+            for s in pn["seeds"]
+            for level in range(pn["levels"] + 1)
+        ]
+
+    def training_runs(self) -> list[str]:
+        """Every run that trains a model, in DAG order."""
+        return (
+            self.pretrain_runs()
+            + self.finetune_runs()
+            + self.subset_runs("prune_data")
+            + self.subset_runs("distill")
+            + self.network_pruning_runs()
+        )
+
+    def cka_edges(self) -> list[tuple[str, str]]:
+        """(parent, child) pairs compared by CKA: each pretrained model and its fine-tuned children."""
+        return [(p, r) for r in self.finetune_runs() if (p := self.parent(r)) is not None]
+
+    def activation_runs(self) -> list[str]:
+        """Runs whose activations on the probe set are recorded."""
+        return list(dict.fromkeys(run for edge in self.cka_edges() for run in edge))
+
+    # --- identity ----------------------------------------------------------------
+    @staticmethod
+    def parse(run: str) -> dict[str, Any]:
+        """The parts of a run id: ``stage``, ``method``, ``fraction``, ``seed``, ``level``."""
+        parts = run.split("/")
+        out: dict[str, Any] = {"stage": parts[0]}
+        for p in parts[1:]:
+            if p.startswith("s") and p[1:].isdigit():
+                out["seed"] = int(p[1:])
+            elif p.startswith("level") and p[5:].isdigit():
+                out["level"] = int(p[5:])
+            elif p.startswith("f") and p[1:].replace(".", "", 1).isdigit():
+                out["fraction"] = float(p[1:])
+            else:
+                out["method"] = p
+        return out
+
+    def parent(self, run: str) -> str | None:
+        """The run whose weights this run starts from, if any."""
+        r = self.parse(run)
+        if r["stage"] == "finetune" and r["method"] != "scratch":
+            return f"pretrain/s{r['seed']}"
+        if r["stage"] == "prune_network" and r["level"] > 0:
+            return f"prune_network/{r['method']}/s{r['seed']}/level{r['level'] - 1}"
+        return None
+
+    def task(self, run: str) -> str:
+        """``source`` for pretraining, ``target`` for everything after it."""
+        return "source" if self.parse(run)["stage"] == "pretrain" else "target"
+
+    def train_config(self, stage: str) -> dict[str, Any]:
+        """The global ``train`` settings with the stage's overrides on top."""
+        return {**self.config["train"], **self.config[stage].get("train", {})}
+
+    def score_spec(self, score: str) -> dict[str, Any]:
+        """What determines a score store: the method, its settings, data and model."""
+        pd = self.config["prune_data"]
+        spec: dict[str, Any] = {
+            "stage": "scores",
+            "score": score,
+            "data": self.config["data"]["target"],
+        }
+        if score == "el2n":
+            spec.update(
+                model=self.config["model"],
+                train=self.train_config("prune_data"),
+                inits=pd["el2n"]["inits"],
+                epoch=pd["el2n"]["epoch"],
+            )
+        elif score == "random":
+            spec["seeds"] = pd["seeds"]  # one independent draw per training seed
+        return spec
+
+    def spec(self, run: str) -> dict[str, Any]:
+        """Everything that determines a training run."""
+        r = self.parse(run)
+        stage = r["stage"]
+        spec: dict[str, Any] = {
+            "run": run,
+            "stage": stage,
+            "seed": r["seed"],
+            "data": self.config["data"][self.task(run)],
+            "model": self.config["model"],
+            "train": self.train_config(stage),
+            "parent": self.parent(run),
+        }
+        if stage == "finetune":
+            spec["method"] = r["method"]
+        elif stage in ("prune_data", "distill"):
+            pd = self.config["prune_data"]
+            score, _, keep = r["method"].partition("-")
+            spec.update(
+                method=r["method"],
+                score=self.score_spec(score),
+                keep=keep or "hard",
+                fraction=r["fraction"],
+                class_balanced=pd["class_balanced"],
+            )
+            if stage == "distill":
+                d = self.config["distill"]
+                spec.update(
+                    teacher=d["teacher"],
+                    teacher_spec=self.spec(d["teacher"]),
+                    temperature=d["temperature"],
+                    alpha=d["alpha"],
+                )
+        elif stage == "prune_network":
+            pn = self.config["prune_network"]
+            spec.update(
+                method=r["method"],
+                level=r["level"],
+                fraction=pn["fraction"],
+                scope=pn["scope"],
+                rewind_step=pn["rewind_step"],
+            )
+        return spec
+
+    def summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
+        """Per summary: the stores it gathers, each with its coordinates on the sweep axes."""
+
+        def metrics(runs: list[str], dims: tuple[str, ...], **fixed: Any) -> list[tuple[dict[str, Any], str]]:
+            return [
+                ({d: fixed[d] if d in fixed else self.parse(r)[d] for d in dims}, self.path(r, "metrics.zarr"))
+                for r in runs
+            ]
+
+        subset_dims = ("method", "fraction", "kd", "seed")
+        return {
+            "pretrain": metrics(self.pretrain_runs(), ("seed",)),
+            "finetune": metrics(self.finetune_runs(), ("method", "seed")),
+            "data_pruning": metrics(self.subset_runs("prune_data"), subset_dims, kd=False)
+            + metrics(self.subset_runs("distill"), subset_dims, kd=True),
+            "network_pruning": metrics(self.network_pruning_runs(), ("method", "level", "seed")),
+            "cka": [
+                ({"method": self.parse(child)["method"], "seed": self.parse(child)["seed"]}, self.cka_path(child))
+                for _, child in self.cka_edges()
+            ],
+        }
+
+    def cka_path(self, child: str) -> str:
+        """The CKA store of the edge from ``child``'s parent to ``child``."""
+        return f"{self.root}/analyze/cka/{child}/analysis.zarr"
+
+    def analysis_spec(self) -> dict[str, Any]:
+        """What determines the probe set and the analyses on it."""
+        return {"probe_size": self.config["analyze"]["probe_size"], "data": self.config["data"]["target"]}
+
+    @staticmethod
+    def dumps(spec: Mapping[str, Any]) -> str:
+        """Canonical JSON of a spec (stable key order, so unchanged specs compare equal)."""
+        return json.dumps(spec, sort_keys=True, separators=(",", ":"))

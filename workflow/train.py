@@ -1,0 +1,233 @@
+"""The one training loop, used by every stage that trains a model.
+
+Stages differ only in what they hand to :func:`train`: the trainable parameters
+(``requires_grad``), the loss (cross-entropy, or distillation), masks to hold at
+zero, and hooks to read the model during training. Runs are seeded: on the CPU
+the same seed gives bit-identical weights and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from workflow.data import TaskData
+from workflow.prune_network import apply_masks
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(logits, x_batch, y_batch) -> scalar loss``."""
+
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""``on_batch(indices, logits, y_batch)``, called after every forward pass in training."""
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+class DivergenceError(RuntimeError):
+    """The training loss stopped being finite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} unknown; allowed: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} unknown; allowed: {', '.join(SCHEDULES)}")
+        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {asdict(self)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(d) - allowed
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves besides the trained model itself."""
+
+    history: xr.Dataset
+    snapshots: dict[int, dict[str, torch.Tensor]]
+    steps: int
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and numpy, e.g. before building a model."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    loss = correct = 0.0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        logits = model(xb)
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    return loss / len(y), correct / len(y)
+
+
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _set_train_mode(model: nn.Module) -> None:
+    """Train mode, except BatchNorm layers with nothing to train keep their statistics.
+
+    A linear probe freezes the body; its BatchNorm statistics are part of the
+    frozen features and must not drift with the target data.
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if not any(p.requires_grad for p in m.parameters(recurse=False)):
+                m.eval()
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    batches = list(perm.split(batch_size))
+    # A batch of one breaks BatchNorm in train mode; fold it into the previous one.
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2] = torch.cat(batches[-2:])
+        batches.pop()
+    return batches
+
+
+def history_dataset(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
+    """Per-epoch metrics as a Dataset over ``epoch`` (0 = before training)."""
+    n = len(next(iter(history.values())))
+    return xr.Dataset(
+        {k: ("epoch", np.asarray(v, dtype=np.float64)) for k, v in history.items()},
+        coords={"epoch": np.arange(n)},
+    )
+
+
+def train(
+    model: nn.Module,
+    data: TaskData,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    loss_fn: LossFn | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    snapshot_steps: Sequence[int] = (),
+    stop_after: int | None = None,
+    on_batch: BatchHook | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on ``data`` and return its per-epoch metrics.
+
+    * Parameters with ``requires_grad=False`` are not trained.
+    * ``loss_fn`` defaults to cross-entropy; metrics are always cross-entropy.
+    * ``masks`` (parameter name -> bool tensor) are applied before training and after
+      every optimiser step, so masked weights stay exactly zero.
+    * ``snapshot_steps``: optimiser steps (0 = before training) at which a copy of the
+      weights is kept, e.g. the rewind point of iterative magnitude pruning.
+    * ``stop_after``: stop after this many epochs while keeping the learning-rate
+      schedule of the full ``cfg.epochs`` (an early checkpoint of a normal run).
+    * A non-finite loss raises :class:`DivergenceError`.
+    """
+    loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters")
+    opt = _optimizer(params, cfg)
+    n = len(data.y_train)
+    steps_per_epoch = len(_batches(n, cfg.batch_size, torch.Generator().manual_seed(0)))
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    generator = torch.Generator().manual_seed(seed)
+    epochs = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
+
+    if masks:
+        apply_masks(model, masks)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    wanted = set(snapshot_steps)
+
+    def snapshot(step: int) -> None:
+        if step in wanted:
+            snapshots[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+
+    def record() -> None:
+        for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+            loss, acc = evaluate(model, x, y)
+            history[f"{split}_loss"].append(loss)
+            history[f"{split}_acc"].append(acc)
+
+    record()
+    step = 0
+    snapshot(step)
+    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
+    for epoch in bar:
+        _set_train_mode(model)
+        for idx in _batches(n, cfg.batch_size, generator):
+            idx = idx.to(data.x_train.device)
+            xb, yb = data.x_train[idx], data.y_train[idx]
+            logits = model(xb)
+            loss = loss_fn(logits, xb, yb)
+            if not torch.isfinite(loss):
+                raise DivergenceError(
+                    f"{desc}: loss is {loss.item()} at epoch {epoch}, step {step + 1} "
+                    f"(lr={sched.get_last_lr()[0]:.3g}); lower the learning rate or check the data"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if masks:
+                apply_masks(model, masks)
+            if on_batch is not None:
+                on_batch(idx, logits.detach(), yb)
+            step += 1
+            snapshot(step)
+        record()
+        bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
+    missing = wanted - set(snapshots)
+    if missing:
+        raise ValueError(f"snapshot steps {sorted(missing)} lie beyond the {step} steps of training")
+    return TrainResult(history_dataset(history), snapshots, step)
