@@ -23,7 +23,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
 JOB = f"python -m workflow"
-RUN_OPTS = f"--device {config['device']} --threads {{threads}} --no-progress"
+RUN_OPTS = f"--device {config['device']} --threads {{threads}}"
 
 
 wildcard_constraints:

@@ -1,0 +1,104 @@
+"""Tests for making dataset files (workflow.datasets) and loading them (workflow.data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workflow.data import TaskData, load_data
+from workflow.datasets import DATASETS, dataset_settings, make_data
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+# --- making files -------------------------------------------------------------------
+
+
+def test_make_data_writes_train_and_test_arrays_of_the_right_shapes_and_dtypes(task_path: Path) -> None:
+    arrays = _arrays(task_path)
+    assert set(arrays) == {"x_train", "y_train", "x_test", "y_test"}
+    assert arrays["x_train"].shape == (240, 40) and arrays["x_train"].dtype == np.float32
+    assert arrays["x_test"].shape == (60, 40) and arrays["x_test"].dtype == np.float32
+    assert arrays["y_train"].shape == (240,) and arrays["y_train"].dtype == np.int64
+    assert arrays["y_test"].shape == (60,) and arrays["y_test"].dtype == np.int64
+    assert set(np.unique(arrays["y_train"])) <= set(range(10))
+
+
+def test_make_data_writes_exactly_the_path_it_is_given(task_spec: dict, tmp_path: Path) -> None:
+    out = make_data(task_spec, tmp_path / "task")  # no .npz appended
+    assert out == tmp_path / "task"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task"]
+
+
+def test_the_same_spec_makes_identical_files(task_spec: dict, task_path: Path, tmp_path: Path) -> None:
+    again = make_data(task_spec, tmp_path / "again.npz")
+    assert again.read_bytes() == task_path.read_bytes()
+
+
+def test_another_generator_seed_makes_other_data(task_path: Path, tmp_path: Path) -> None:
+    other = make_data({"name": "mnist1d", "args": {"num_samples": 300, "seed": 1}}, tmp_path / "other.npz")
+    assert not np.array_equal(_arrays(other)["x_train"], _arrays(task_path)["x_train"])
+
+
+def test_train_size_keeps_the_first_n_training_examples_and_all_test_examples(
+    task_spec: dict, task_path: Path, tmp_path: Path
+) -> None:
+    small = _arrays(make_data({**task_spec, "train_size": 50}, tmp_path / "small.npz"))
+    full = _arrays(task_path)
+    np.testing.assert_array_equal(small["x_train"], full["x_train"][:50])
+    np.testing.assert_array_equal(small["y_train"], full["y_train"][:50])
+    np.testing.assert_array_equal(small["x_test"], full["x_test"])
+    np.testing.assert_array_equal(small["y_test"], full["y_test"])
+
+
+def test_too_large_train_size_raises_and_writes_nothing(task_spec: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train_size=241 exceeds the 240 training examples"):
+        make_data({**task_spec, "train_size": 241}, tmp_path / "task.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_generator_setting_raises_naming_the_allowed_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\['num_sample'\].*allowed: .*'num_samples'.*'train_split'"):
+        make_data({"name": "mnist1d", "args": {"num_sample": 300}}, tmp_path / "task.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_dataset_raises_key_error_listing_the_registered(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown dataset 'cifar11'; allowed: mnist1d"):
+        make_data({"name": "cifar11"}, tmp_path / "task.npz")
+
+
+def test_dataset_settings_are_the_generator_defaults_without_the_download_url() -> None:
+    settings = dataset_settings("mnist1d")
+    assert "url" not in settings
+    assert settings["num_samples"] == 5000 and settings["final_seq_length"] == 40
+    assert DATASETS.names() == ["mnist1d"]
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def test_load_data_gives_tensors_of_the_file(task_path: Path) -> None:
+    data = load_data(task_path)
+    arrays = _arrays(task_path)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.device == torch.device("cpu")
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(getattr(data, name).numpy(), array)
+    assert data.num_classes == 10
+    assert data.in_length == 40
+
+
+def test_subset_keeps_the_chosen_training_examples_and_the_whole_test_set(task: TaskData) -> None:
+    indices = np.array([5, 0, 17])
+    sub = task.subset(indices)
+    assert torch.equal(sub.x_train, task.x_train[[5, 0, 17]])
+    assert torch.equal(sub.y_train, task.y_train[[5, 0, 17]])
+    assert sub.x_test is task.x_test and sub.y_test is task.y_test
+    assert sub.num_classes == task.num_classes  # the test set still has every class

@@ -1,0 +1,200 @@
+"""End to end: the real ``snakemake`` runs the tiny study through the whole DAG.
+
+The workflow files are copied into a fresh folder, as a clone would have them,
+and Snakemake runs there; the package comes from the installed environment.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import xarray as xr
+import yaml
+
+from workflow.study import Study
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = "config/studies/tiny.yaml"
+pytestmark = pytest.mark.e2e
+
+
+def snakemake(
+    cwd: Path, *args: str, configfiles: tuple[str, ...] = (TINY,), check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run the real snakemake command line in ``cwd``; later config files override earlier ones."""
+    cmd = [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", *configfiles]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned(cwd: Path, *args: str, configfiles: tuple[str, ...] = (TINY,)) -> dict[str, int]:
+    """Jobs per rule that a dry run would execute (empty when nothing is to be done)."""
+    proc = snakemake(cwd, "--dry-run", *args, configfiles=configfiles)
+    out = proc.stdout + proc.stderr
+    if "Job stats:" not in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m or m.group(1) == "total":
+            break
+        jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest)
+    for folder in ("rules", "config"):
+        shutil.copytree(REPO / folder, dest / folder)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder in which the tiny study has run to completion."""
+    cwd = copy_workflow(tmp_path_factory.mktemp("study"))
+    snakemake(cwd)
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def study(study_dir: Path) -> Study:
+    default = yaml.safe_load((study_dir / "config/config.yaml").read_text())
+    tiny = yaml.safe_load((study_dir / TINY).read_text())
+    return Study({**default, **tiny, "results": str(study_dir / "results")})
+
+
+def open_quietly(path: Path) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return xr.open_zarr(path)
+
+
+def test_every_run_store_exists_and_opens(study: Study) -> None:
+    for run in study.training_runs():
+        ds = open_quietly(Path(study.path(run, "metrics.zarr")))
+        assert set(ds.data_vars) >= {"train_loss", "train_acc", "test_loss", "test_acc"}
+        assert ds.sizes["epoch"] >= 2
+        for key in ("config", "seed", "package_version", "device", "created"):
+            assert key in ds.attrs, (run, key)
+        assert ds.attrs.get("parent") == study.parent(run)
+        assert Path(study.path(run, "model.pt")).stat().st_size > 0
+    for store in study.score_stores():
+        assert open_quietly(Path(study.path(store, "scores.zarr")))["score"].dims == ("init", "sample")
+    for run in study.activation_runs():
+        ds = open_quietly(Path(study.path(run, "activations.zarr")))
+        assert list(ds.attrs["layers"]) == ["conv1", "conv2", "conv3", "head"]
+    for _, child in study.cka_edges():
+        assert open_quietly(Path(study.cka_path(child)))["cka"].dims == ("layer_a", "layer_b")
+
+
+def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
+    expected = {
+        "pretrain": {"seed", "epoch"},
+        "finetune": {"method", "seed", "epoch"},
+        "data_pruning": {"method", "fraction", "kd", "seed", "epoch"},
+        "network_pruning": {"method", "level", "seed", "epoch"},
+        "cka": {"method", "seed", "layer_a", "layer_b"},
+    }
+    for name, dims in expected.items():
+        ds = open_quietly(Path(study.summary_path(name)))
+        assert set(ds.sizes) == dims, name
+    dp = open_quietly(Path(study.summary_path("data_pruning")))
+    assert list(dp["kd"].values) == [False, True]
+    assert sorted(dp["method"].values) == ["el2n-hard", "random"]
+
+
+def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
+    for figure in ("training_curves", "data_pruning", "network_pruning", "cka"):
+        image = matplotlib.image.imread(study.plot_path(figure, "png"))
+        assert image.shape[0] > 100 and image.shape[1] > 100
+        assert Path(study.plot_path(figure, "pdf")).read_bytes().startswith(b"%PDF")
+
+
+def test_a_finished_study_has_nothing_to_do(study_dir: Path) -> None:
+    assert planned(study_dir) == {}
+
+
+def test_forcerun_reruns_the_stage_and_only_what_depends_on_it(study_dir: Path) -> None:
+    jobs = planned(study_dir, "--forcerun", "pretrain")
+    assert jobs["pretrain"] == 2
+    assert jobs["finetune"] == 2  # full and linear_probe start from pretrain; scratch does not
+    for untouched in ("make_data", "scores", "prune_data", "distill", "prune_network"):
+        assert untouched not in jobs
+
+
+def test_asking_for_one_output_reruns_that_run_alone(study_dir: Path, study: Study) -> None:
+    target = Path(study.path("finetune/full/s0", "model.pt"))
+    others = [Path(study.path(r, "model.pt")) for r in study.training_runs() if r != "finetune/full/s0"]
+    before = {p: p.stat().st_mtime_ns for p in others}
+    old = target.stat().st_mtime_ns
+    snakemake(study_dir, str(target.relative_to(study_dir)), "--forcerun", "finetune")
+    assert target.stat().st_mtime_ns > old
+    assert {p: p.stat().st_mtime_ns for p in others} == before
+    # the downstream of that run is now out of date, and nothing else
+    jobs = planned(study_dir)
+    assert "finetune" not in jobs and "pretrain" not in jobs and "prune_data" not in jobs
+    snakemake(study_dir)  # bring the study back up to date for the other tests
+
+
+def test_a_changed_setting_reruns_exactly_its_dependents(study_dir: Path) -> None:
+    changed = study_dir / "changed.yaml"
+    tiny = yaml.safe_load((study_dir / TINY).read_text())
+    tiny["prune_network"]["train"]["lr"] = 0.02
+    changed.write_text(yaml.safe_dump(tiny))
+    jobs = planned(study_dir, configfiles=(TINY, str(changed)))
+    assert jobs.get("prune_network") == 2
+    assert set(jobs) <= {"prune_network", "collect", "plot", "all"}
+
+
+def test_plots_are_redrawn_from_stored_results_without_training(study_dir: Path, study: Study) -> None:
+    png = Path(study.plot_path("cka", "png"))
+    old = png.stat().st_mtime_ns
+    proc = snakemake(study_dir, "plots", "--forcerun", "plot")
+    assert png.stat().st_mtime_ns > old
+    ran = set(re.findall(r"rule (\w+):", proc.stdout + proc.stderr))
+    assert ran <= {"plot", "plots"}, ran
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"pretrain": {"seeds": [0], "epochz": 3}}, ["epochz", "allowed keys: seeds, train"]),
+        ({"finetune": {"methods": ["full", "lora"], "seeds": [0]}}, ["finetune.methods[1]", "full, linear_probe, scratch"]),
+        ({"train": {"epochs": "ten", "batch_size": 50, "lr": 0.01}}, ["train.epochs", "integer"]),
+        ({"distill": {"teacher": "finetune/full/s7"}}, ["distill.teacher", "finetune/scratch/s0"]),
+    ],
+)
+def test_a_bad_config_stops_before_any_job(tmp_path: Path, override: dict, expected: list[str]) -> None:
+    cwd = copy_workflow(tmp_path)
+    bad = cwd / "bad.yaml"
+    bad.write_text(yaml.safe_dump(override))
+    proc = snakemake(cwd, configfiles=(TINY, str(bad)), check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    for text in expected:
+        assert text in message, message[-3000:]
+    assert not (cwd / "results").exists()
+
+
+def test_a_diverging_run_fails_loudly_and_leaves_no_result(tmp_path: Path) -> None:
+    cwd = copy_workflow(tmp_path)
+    bad = cwd / "diverge.yaml"
+    bad.write_text(yaml.safe_dump({"pretrain": {"seeds": [0], "train": {"lr": 1e30, "optimizer": "sgd"}}}))
+    proc = snakemake(cwd, "results/pretrain/s0/model.pt", configfiles=(TINY, str(bad)), check=False)
+    assert proc.returncode != 0
+    log = (cwd / "results/logs/pretrain/s0.log").read_text()
+    assert "DivergenceError" in log and "lower the learning rate" in log
+    assert not (cwd / "results/pretrain/s0/model.pt").exists()
+    assert not (cwd / "results/pretrain/s0/metrics.zarr").exists()

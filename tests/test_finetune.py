@@ -1,0 +1,98 @@
+"""Tests for fine-tuning methods and the name registries they are looked up in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workflow.finetune import FINETUNE
+from workflow.models import MLP
+from workflow.registry import Registry
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def parent(make_cnn) -> dict[str, torch.Tensor]:
+    """A parent trained on a 3-class source task: its head does not fit a 10-class model."""
+    model = make_cnn(seed=1, num_classes=3)
+    with torch.no_grad():
+        for buffer_name, buffer in model.named_buffers():
+            if "running_mean" in buffer_name:
+                buffer.add_(1.0)  # statistics the fresh model does not have
+    return _state(model)
+
+
+@pytest.mark.parametrize("method", ["full", "linear_probe"])
+def test_methods_with_a_parent_load_its_body_and_keep_a_fresh_head(make_cnn, parent, method: str) -> None:
+    model = make_cnn(seed=0)
+    fresh = _state(model)
+    FINETUNE[method](model, parent)
+    for name, value in model.state_dict().items():
+        expected = fresh[name] if name.startswith("head.") else parent[name]
+        assert torch.equal(value, expected), name
+
+
+def test_full_trains_every_parameter(make_cnn, parent) -> None:
+    model = make_cnn(seed=0)
+    FINETUNE["full"](model, parent)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_linear_probe_trains_only_the_head(make_cnn, parent) -> None:
+    model = make_cnn(seed=0)
+    FINETUNE["linear_probe"](model, parent)
+    trainable = sorted(name for name, p in model.named_parameters() if p.requires_grad)
+    assert trainable == ["head.bias", "head.weight"]
+
+
+@pytest.mark.parametrize("method", ["full", "linear_probe"])
+def test_methods_with_a_parent_refuse_to_start_without_one(make_cnn, method: str) -> None:
+    with pytest.raises(ValueError, match="needs a parent"):
+        FINETUNE[method](make_cnn(seed=0), None)
+
+
+def test_a_parent_of_another_architecture_is_refused(make_cnn) -> None:
+    torch.manual_seed(0)
+    other = MLP(in_length=40, num_classes=10, width=8).state_dict()
+    with pytest.raises(ValueError, match="does not match"):
+        FINETUNE["full"](make_cnn(seed=0), other)
+
+
+def test_scratch_refuses_a_parent(make_cnn, parent) -> None:
+    with pytest.raises(ValueError, match="scratch takes no parent"):
+        FINETUNE["scratch"](make_cnn(seed=0), parent)
+
+
+def test_scratch_leaves_the_fresh_model_as_it_is(make_cnn) -> None:
+    model = make_cnn(seed=0)
+    fresh = _state(model)
+    FINETUNE["scratch"](model, None)
+    assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# --- registries -------------------------------------------------------------------------
+
+
+def test_finetune_registry_lists_the_methods() -> None:
+    assert FINETUNE.names() == ["full", "linear_probe", "scratch"]
+    assert "full" in FINETUNE and "lora" not in FINETUNE
+
+
+def test_unknown_finetune_method_raises_key_error_listing_the_allowed() -> None:
+    with pytest.raises(KeyError, match="unknown finetune method 'lora'; allowed: full, linear_probe, scratch"):
+        FINETUNE["lora"]
+
+
+def test_registry_refuses_a_name_registered_twice() -> None:
+    registry: Registry[int] = Registry("thing")
+    registry.register("b")(1)
+    registry.register("a")(2)
+    with pytest.raises(ValueError, match="thing 'a' is registered twice"):
+        registry.register("a")(3)
+    assert registry["a"] == 2
+    assert registry.names() == ["a", "b"]
+    assert list(registry) == ["b", "a"]  # iteration keeps registration order

@@ -1,0 +1,279 @@
+"""Tests for the stage entry points, run in-process on the tiny study and the tiny task.
+
+A module-wide :class:`Pipeline` trains each run of the tiny study at most once (its
+parent, scores or teacher first), as the workflow would; tests then read its files.
+Both tasks of the study are the tiny task file (240 train, 60 test examples).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from workflow import stages, storage
+from workflow.data import load_data
+from workflow.finetune import FINETUNE
+from workflow.models import build_model
+from workflow.prune_data import random_scores
+from workflow.prune_network import apply_masks
+from workflow.study import Study
+from workflow.train import evaluate, seed_everything
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+N_TRAIN = 240
+
+
+class Pipeline:
+    """The tiny study's runs, trained on demand with their dependencies first."""
+
+    def __init__(self, config: dict[str, Any], task_path: Path) -> None:
+        self.study = Study(config)
+        self.task_path = task_path
+
+    def folder(self, run: str) -> Path:
+        return Path(self.study.path(run))
+
+    def scores(self, score: str) -> Path:
+        out = Path(self.study.path(f"prune_data/scores/{score}", "scores.zarr"))
+        if not out.exists():
+            stages.compute_scores(self.study.score_spec(score), out, data_path=self.task_path,
+                                  device="cpu", progress=False)
+        return out
+
+    def run(self, run: str) -> Path:
+        out = self.folder(run)
+        if (out / "model.pt").exists():
+            return out
+        spec = self.study.spec(run)
+        inputs: dict[str, Any] = {}
+        if spec["parent"]:
+            inputs["parent"] = self.run(spec["parent"]) / "model.pt"
+        if "score" in spec:
+            inputs["scores"] = self.scores(spec["score"]["score"])
+        if "teacher" in spec:
+            inputs["teacher"] = self.run(spec["teacher"]) / "model.pt"
+        stages.train_run(spec, out, data_path=self.task_path, device="cpu", progress=False, **inputs)
+        return out
+
+
+@pytest.fixture(scope="module")
+def pipeline(read_config, task_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    config = read_config("tiny")
+    config["results"] = str(tmp_path_factory.mktemp("results"))
+    return Pipeline(config, task_path)
+
+
+def _metrics(folder: Path) -> xr.Dataset:
+    return storage.open_dataset(folder / "metrics.zarr")
+
+
+def _saved(folder: Path) -> dict[str, Any]:
+    return storage.load_torch(folder / "model.pt")
+
+
+# --- training runs ----------------------------------------------------------------------------
+
+
+def test_pretrain_writes_metrics_with_provenance(pipeline: Pipeline) -> None:
+    metrics = _metrics(pipeline.run("pretrain/s0"))
+    assert metrics["epoch"].values.tolist() == [0, 1, 2]
+    assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(metrics.data_vars)
+    assert json.loads(metrics.attrs["config"]) == pipeline.study.spec("pretrain/s0")
+    assert metrics.attrs["seed"] == 0 and metrics.attrs["device"] == "cpu"
+    assert metrics.attrs["steps"] == 2 * 5  # 2 epochs of 240 examples in batches of 50
+    assert "parent" not in metrics.attrs
+
+
+def test_load_model_rebuilds_the_trained_model(pipeline: Pipeline, task) -> None:
+    folder = pipeline.run("pretrain/s0")
+    model, saved = stages.load_model(folder / "model.pt")
+    assert not model.training
+    assert saved["spec"] == pipeline.study.spec("pretrain/s0")
+    loss, acc = evaluate(model, task.x_test, task.y_test)
+    metrics = _metrics(folder)
+    assert loss == pytest.approx(float(metrics.test_loss[-1]), rel=1e-6)
+    assert acc == float(metrics.test_acc[-1])
+
+
+def test_a_rerun_of_a_run_gives_the_same_model_and_metrics(pipeline: Pipeline, tmp_path: Path) -> None:
+    first = pipeline.run("pretrain/s0")
+    stages.train_run(pipeline.study.spec("pretrain/s0"), tmp_path, data_path=pipeline.task_path,
+                     device="cpu", progress=False)
+    a, b = _saved(first)["state_dict"], _saved(tmp_path)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    xr.testing.assert_equal(_metrics(first), _metrics(tmp_path))
+
+
+def test_finetune_full_starts_from_the_pretrained_body_with_a_fresh_head(pipeline: Pipeline, task) -> None:
+    folder = pipeline.run("finetune/full/s0")
+    spec = pipeline.study.spec("finetune/full/s0")
+    assert _metrics(folder).attrs["parent"] == "pretrain/s0"
+    seed_everything(0)
+    start = build_model(dict(spec["model"]), 40, 10)
+    FINETUNE["full"](start, _saved(pipeline.run("pretrain/s0"))["state_dict"])
+    loss, _ = evaluate(start, task.x_test, task.y_test)
+    assert float(_metrics(folder).test_loss[0]) == pytest.approx(loss, rel=1e-6)
+
+
+def test_linear_probe_keeps_the_pretrained_body_exactly(pipeline: Pipeline) -> None:
+    parent = _saved(pipeline.run("pretrain/s0"))["state_dict"]
+    probe = _saved(pipeline.run("finetune/linear_probe/s0"))["state_dict"]
+    for name, value in probe.items():
+        if name.startswith("head."):
+            assert not torch.equal(value, parent[name])
+        else:
+            assert torch.equal(value, parent[name]), f"{name} changed (BatchNorm statistics included)"
+
+
+# --- data pruning -----------------------------------------------------------------------------
+
+
+def test_el2n_scores_are_over_init_and_sample(pipeline: Pipeline, task) -> None:
+    scores = storage.open_dataset(pipeline.scores("el2n"))
+    assert scores["score"].dims == ("init", "sample")
+    assert scores["init"].values.tolist() == [0, 1]  # el2n.inits: 2
+    assert scores["sample"].values.tolist() == list(range(N_TRAIN))
+    values = scores["score"].values
+    assert np.isfinite(values).all() and (values >= 0).all() and (values <= np.sqrt(2)).all()
+    assert not np.array_equal(values[0], values[1])  # independent initialisations
+    np.testing.assert_array_equal(scores["label"].values, task.y_train.numpy())
+
+
+def test_random_scores_are_one_draw_per_training_seed(pipeline: Pipeline) -> None:
+    scores = storage.open_dataset(pipeline.scores("random"))
+    assert scores["score"].dims == ("init", "sample")
+    assert scores["init"].values.tolist() == [0]  # prune_data.seeds: [0]
+    np.testing.assert_array_equal(scores["score"].sel(init=0).values, random_scores(N_TRAIN, 0))
+
+
+def test_an_unknown_score_is_refused(task_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown score 'forgetting'"):
+        stages.compute_scores({"score": "forgetting"}, tmp_path / "s.zarr", data_path=task_path, device="cpu")
+
+
+@pytest.mark.parametrize("method", ["el2n-hard", "random"])
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_prune_data_trains_on_exactly_round_f_n_examples(
+    pipeline: Pipeline, tmp_path: Path, method: str, fraction: float
+) -> None:
+    spec = {**pipeline.study.spec(f"prune_data/{method}/f0.5/s0"), "fraction": fraction}
+    scores_path = pipeline.scores(spec["score"]["score"])
+    stages.train_run(spec, tmp_path, data_path=pipeline.task_path, scores=scores_path,
+                     device="cpu", progress=False)
+    kept = _saved(tmp_path)["kept"].numpy()
+    assert len(kept) == round(fraction * N_TRAIN)
+    assert len(np.unique(kept)) == len(kept) and kept.min() >= 0 and kept.max() < N_TRAIN
+    assert int(_metrics(tmp_path)["kept_size"]) == len(kept)
+    assert _metrics(tmp_path).attrs["steps"] == 2 * -(-len(kept) // 50)  # trained on the subset only
+    if method == "el2n-hard":  # the hardest examples by the mean score over initialisations
+        mean = storage.open_dataset(scores_path)["score"].mean("init").values
+        dropped = np.setdiff1d(np.arange(N_TRAIN), kept)
+        assert mean[kept].min() >= mean[dropped].max()
+
+
+# --- network pruning --------------------------------------------------------------------------
+
+
+def test_imp_level_zero_trains_the_dense_model_and_keeps_its_rewind_point(pipeline: Pipeline) -> None:
+    folder = pipeline.run("prune_network/imp/s0/level0")
+    saved = _saved(folder)
+    assert float(_metrics(folder)["density"]) == 1.0
+    assert saved["masks"] is None
+    assert saved["rewind"].keys() == saved["state_dict"].keys()
+    assert not all(torch.equal(saved["rewind"][k], saved["state_dict"][k]) for k in saved["rewind"])
+
+
+def test_imp_level_one_prunes_a_fifth_of_the_weights_and_keeps_them_zero(pipeline: Pipeline) -> None:
+    folder = pipeline.run("prune_network/imp/s0/level1")
+    saved = _saved(folder)
+    masks, weights = saved["masks"], saved["state_dict"]
+    total = sum(m.numel() for m in masks.values())
+    assert float(_metrics(folder)["density"]) == pytest.approx(0.8, abs=1 / total)
+    for name, mask in masks.items():
+        assert torch.all(weights[name][~mask] == 0), name
+        assert torch.any(weights[name][mask] != 0), name
+
+
+def test_imp_level_one_starts_from_the_masked_rewind_weights(pipeline: Pipeline, task) -> None:
+    level0 = _saved(pipeline.run("prune_network/imp/s0/level0"))
+    level1_folder = pipeline.run("prune_network/imp/s0/level1")
+    level1 = _saved(level1_folder)
+    assert all(torch.equal(level1["rewind"][k], v) for k, v in level0["rewind"].items())
+    start = build_model(dict(level1["spec"]["model"]), 40, 10)
+    start.load_state_dict(level0["rewind"])
+    apply_masks(start, level1["masks"])
+    loss, acc = evaluate(start, task.x_test, task.y_test)
+    metrics = _metrics(level1_folder)
+    assert float(metrics.test_loss[0]) == pytest.approx(loss, rel=1e-6)
+    assert float(metrics.test_acc[0]) == acc
+
+
+# --- distillation -----------------------------------------------------------------------------
+
+
+def test_distill_trains_on_the_prune_data_subset_with_the_teacher(pipeline: Pipeline) -> None:
+    run = "distill/el2n-hard/f0.5/s0"
+    assert pipeline.study.spec(run)["teacher"] == "finetune/scratch/s0"
+    student = _saved(pipeline.run(run))
+    plain = _saved(pipeline.run("prune_data/el2n-hard/f0.5/s0"))
+    assert torch.equal(student["kept"], plain["kept"])
+    # same seed, same subset, same start: only the teacher's part of the loss differs
+    xr.testing.assert_equal(_metrics(pipeline.folder(run)).isel(epoch=0),
+                            _metrics(pipeline.folder("prune_data/el2n-hard/f0.5/s0")).isel(epoch=0))
+    assert not torch.equal(student["state_dict"]["head.weight"], plain["state_dict"]["head.weight"])
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:The data type")  # see test_storage.py::test_writing_string_coordinates_emits_no_warnings
+def test_record_then_compare_cka_of_a_model_with_itself_has_a_diagonal_of_one(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    model = pipeline.run("pretrain/s0") / "model.pt"
+    stages.record(model, pipeline.task_path, tmp_path / "acts.zarr", probe_size=50, device="cpu")
+    acts = storage.open_dataset(tmp_path / "acts.zarr")
+    assert acts["sample"].values.tolist() == list(range(50))
+    assert list(acts.attrs["layers"]) == ["conv1", "conv2", "conv3", "head"]
+    assert acts.attrs["seed"] == 0
+    stages.compare_cka(tmp_path / "acts.zarr", tmp_path / "acts.zarr", tmp_path / "cka.zarr",
+                       model_a="pretrain/s0", model_b="pretrain/s0")
+    cka = storage.open_dataset(tmp_path / "cka.zarr")["cka"]
+    assert cka.dims == ("layer_a", "layer_b") and cka.shape == (4, 4)
+    np.testing.assert_allclose(np.diag(cka.values), 1.0, rtol=1e-10)
+    np.testing.assert_allclose(cka.values, cka.values.T, rtol=1e-10)
+
+
+def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="probe_size=61 exceeds the 60 test examples"):
+        stages.record(pipeline.run("pretrain/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",
+                      probe_size=61, device="cpu")
+
+
+def test_collect_merges_metrics_stores_over_the_sweep_axes(pipeline: Pipeline, tmp_path: Path) -> None:
+    entries = [({"seed": s}, pipeline.run(f"pretrain/s{s}") / "metrics.zarr") for s in (1, 0)]
+    stages.collect(entries, tmp_path / "pretrain.zarr")
+    summary = storage.open_dataset(tmp_path / "pretrain.zarr")
+    assert summary["test_acc"].dims == ("seed", "epoch")
+    assert summary["seed"].values.tolist() == [0, 1]  # sorted
+    for coords, path in entries:
+        np.testing.assert_array_equal(summary["test_acc"].sel(coords).values, storage.open_dataset(path)["test_acc"].values)
+    assert summary.attrs["runs"] == [str(p) for _, p in entries]
+
+
+def test_collect_of_nothing_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nothing to collect"):
+        stages.collect([], tmp_path / "x.zarr")
+
+
+def test_parse_entries_reads_collect_entries_from_json() -> None:
+    text = json.dumps([[{"method": "full", "seed": 0}, "a/metrics.zarr"], [{"method": "full", "seed": 1}, "b"]])
+    assert stages.parse_entries(text) == [({"method": "full", "seed": 0}, "a/metrics.zarr"),
+                                          ({"method": "full", "seed": 1}, "b")]
