@@ -14,6 +14,8 @@ rule activations:
         probe_size=config["analyze"]["probe_size"],
     wildcard_constraints:
         run=r"(pretrain|finetune|prune_data|distill|prune_network)/[^.]+",
+    conda:
+        ENV
     threads: config["threads"]
     log:
         f"{R}/logs/activations/{{run}}.log",
@@ -33,6 +35,8 @@ rule cka:
         parent=lambda w: STUDY.parent(w.run),
     wildcard_constraints:
         run=r"(finetune|prune_data|distill|prune_network)/[^.]+",
+    conda:
+        ENV
     log:
         f"{R}/logs/cka/{{run}}.log",
     shell:
@@ -48,6 +52,8 @@ rule collect:
         directory(f"{R}/summary/{{name}}.zarr"),
     params:
         entries=lambda w: json.dumps(STUDY.summaries()[w.name]),
+    conda:
+        ENV
     log:
         f"{R}/logs/summary/{{name}}.log",
     shell:

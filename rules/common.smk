@@ -22,7 +22,8 @@ R = STUDY.root
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
 
-JOB = f"python -m workflow"
+ENV = "../envs/dlsci.yaml"  # relative to rules/
+JOB = "python -m workflow"
 RUN_OPTS = f"--device {config['device']} --threads {{threads}}"
 
 

@@ -6,6 +6,8 @@ rule make_data:
         spec=lambda w: Study.dumps(config["data"][w.task]),
     wildcard_constraints:
         task="source|target",
+    conda:
+        ENV
     log:
         f"{R}/logs/data/{{task}}.log",
     shell:

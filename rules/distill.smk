@@ -11,6 +11,8 @@ rule distill:
         spec=lambda w: spec_json(f"distill/{w.method}/f{w.fraction}/s{w.seed}"),
         out=lambda w, output: os.path.dirname(output.model),
         inputs=lambda w, input: train_inputs(input),
+    conda:
+        ENV
     threads: config["threads"]
     log:
         f"{R}/logs/distill/{{method}}/f{{fraction}}/s{{seed}}.log",

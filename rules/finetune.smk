@@ -15,6 +15,8 @@ rule finetune:
         spec=lambda w: spec_json(f"finetune/{w.method}/s{w.seed}"),
         out=lambda w, output: os.path.dirname(output.model),
         inputs=lambda w, input: train_inputs(input),
+    conda:
+        ENV
     threads: config["threads"]
     log:
         f"{R}/logs/finetune/{{method}}/s{{seed}}.log",

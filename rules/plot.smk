@@ -17,6 +17,8 @@ rule plot:
         summaries=lambda w, input: " ".join(f"--summary {name}={path}" for name, path in input.items()),
     wildcard_constraints:
         figure="|".join(FIGURES),
+    conda:
+        ENV
     log:
         f"{R}/logs/plots/{{figure}}.log",
     shell:

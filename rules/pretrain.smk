@@ -9,6 +9,8 @@ rule pretrain:
         spec=lambda w: spec_json(f"pretrain/s{w.seed}"),
         out=lambda w, output: os.path.dirname(output.model),
         inputs="",
+    conda:
+        ENV
     threads: config["threads"]
     log:
         f"{R}/logs/pretrain/s{{seed}}.log",

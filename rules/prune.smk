@@ -11,6 +11,8 @@ rule scores:
         directory(f"{R}/prune_data/scores/{{score}}/scores.zarr"),
     params:
         spec=lambda w: Study.dumps(STUDY.score_spec(w.score)),
+    conda:
+        ENV
     threads: config["threads"]
     log:
         f"{R}/logs/scores/{{score}}.log",
@@ -30,6 +32,8 @@ rule prune_data:
         spec=lambda w: spec_json(f"prune_data/{w.method}/f{w.fraction}/s{w.seed}"),
         out=lambda w, output: os.path.dirname(output.model),
         inputs=lambda w, input: train_inputs(input),
+    conda:
+        ENV
     threads: config["threads"]
     log:
         f"{R}/logs/prune_data/{{method}}/f{{fraction}}/s{{seed}}.log",
@@ -54,6 +58,8 @@ rule prune_network:
         spec=lambda w: spec_json(f"prune_network/{w.method}/s{w.seed}/level{w.level}"),
         out=lambda w, output: os.path.dirname(output.model),
         inputs=lambda w, input: train_inputs(input),
+    conda:
+        ENV
     threads: config["threads"]
     log:
         f"{R}/logs/prune_network/{{method}}/s{{seed}}/level{{level}}.log",

@@ -146,15 +146,15 @@ def test_finetune_seeds_need_no_pretraining_when_every_method_is_scratch(default
     assert _load_with(default_config, scratch_only)["finetune"]["seeds"] == [7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: model settings are not checked against the named model, so "
-    "{name: mlp, channels: 8} passes validation and every training job then fails "
-    "with TypeError: _mlp() got an unexpected keyword argument 'channels'",
-)
-def test_a_model_setting_the_model_does_not_take_is_refused(default_config: Config) -> None:
-    with pytest.raises(ConfigError, match="channels"):
+def test_a_model_setting_the_named_model_does_not_take_is_refused(default_config: Config) -> None:
+    # Otherwise every training job fails later with "unexpected keyword argument 'channels'".
+    with pytest.raises(ConfigError, match=r"'model\.channels'.*mlp.*allowed keys: .*width"):
         _load_with(default_config, lambda c: c.update(model={"name": "mlp", "channels": 8}))
+
+
+@pytest.mark.parametrize("model", [{"name": "mlp", "width": 8, "depth": 1}, {"name": "cnn1d", "channels": 4}])
+def test_each_model_takes_its_own_settings(default_config: Config, model: Config) -> None:
+    assert _load_with(default_config, lambda c: c.update(model=model))["model"] == model
 
 
 # --- defaults ---------------------------------------------------------------------------
@@ -241,6 +241,22 @@ def test_schema_scores_and_keep_rules_are_those_of_data_pruning(schema) -> None:
     prune_data = schema["properties"]["prune_data"]["properties"]
     assert _enum(prune_data, "scores", "items") == sorted(SCORE_METHODS)
     assert _enum(prune_data, "keep", "items") == sorted(KEEP_RULES)
+
+
+def test_schema_model_settings_are_the_arguments_of_each_model(schema) -> None:
+    import inspect
+
+    from workflow.models import MODELS
+
+    per_model = {
+        rule["if"]["properties"]["name"]["const"]: set(rule["then"]["propertyNames"]["enum"])
+        for rule in schema["properties"]["model"]["allOf"]
+    }
+    assert sorted(per_model) == MODELS.names()
+    for name, allowed in per_model.items():
+        arguments = set(inspect.signature(MODELS[name]).parameters) - {"in_length", "num_classes"}
+        assert allowed == {"name"} | arguments, name
+    assert set().union(*per_model.values()) == set(schema["properties"]["model"]["properties"])
 
 
 def test_schema_training_keys_are_the_fields_of_train_config(schema) -> None:

@@ -17,7 +17,6 @@ import torch
 import xarray as xr
 
 from workflow import stages, storage
-from workflow.data import load_data
 from workflow.finetune import FINETUNE
 from workflow.models import build_model
 from workflow.prune_data import random_scores
@@ -233,7 +232,6 @@ def test_distill_trains_on_the_prune_data_subset_with_the_teacher(pipeline: Pipe
 # --- analysis ---------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:The data type")  # see test_storage.py::test_writing_string_coordinates_emits_no_warnings
 def test_record_then_compare_cka_of_a_model_with_itself_has_a_diagonal_of_one(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -251,6 +249,15 @@ def test_record_then_compare_cka_of_a_model_with_itself_has_a_diagonal_of_one(
     np.testing.assert_allclose(cka.values, cka.values.T, rtol=1e-10)
 
 
+def test_compare_cka_refuses_activations_of_different_probe_sets(pipeline: Pipeline, tmp_path: Path) -> None:
+    model = pipeline.run("pretrain/s0") / "model.pt"
+    stages.record(model, pipeline.task_path, tmp_path / "a.zarr", probe_size=50, device="cpu")
+    stages.record(model, pipeline.task_path, tmp_path / "b.zarr", probe_size=40, device="cpu")
+    with pytest.raises(ValueError, match="different probe sets"):
+        stages.compare_cka(tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "cka.zarr", model_a="a", model_b="b")
+    assert not (tmp_path / "cka.zarr").exists()
+
+
 def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="probe_size=61 exceeds the 60 test examples"):
         stages.record(pipeline.run("pretrain/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",
@@ -266,6 +273,17 @@ def test_collect_merges_metrics_stores_over_the_sweep_axes(pipeline: Pipeline, t
     for coords, path in entries:
         np.testing.assert_array_equal(summary["test_acc"].sel(coords).values, storage.open_dataset(path)["test_acc"].values)
     assert summary.attrs["runs"] == [str(p) for _, p in entries]
+
+
+def test_collect_of_the_study_finetune_summary_has_method_and_seed_axes(pipeline: Pipeline, tmp_path: Path) -> None:
+    entries = pipeline.study.summaries()["finetune"]
+    for coords, _ in entries:
+        pipeline.run(f"finetune/{coords['method']}/s{coords['seed']}")
+    stages.collect(entries, tmp_path / "finetune.zarr")
+    summary = storage.open_dataset(tmp_path / "finetune.zarr")
+    assert summary["test_acc"].dims == ("method", "seed", "epoch")
+    assert summary["method"].values.tolist() == ["full", "linear_probe", "scratch"]
+    assert not summary["test_acc"].isnull().any()
 
 
 def test_collect_of_nothing_is_refused(tmp_path: Path) -> None:

@@ -77,27 +77,21 @@ def test_parse_reads_each_part(study: Study) -> None:
     assert Study.parse("finetune/scratch/s3") == {"stage": "finetune", "method": "scratch", "seed": 3}
 
 
-@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25, 0.1, 0.05, 0.001, 0.3333])
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25, 0.1, 0.05, 0.001, 0.3333, 1e-05, 0.1234567, 1 / 3])
 def test_fraction_labels_parse_back_to_the_fraction(fraction: float) -> None:
     assert Study.parse(f"prune_data/random/f{fraction_label(fraction)}/s0")["fraction"] == fraction
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: fraction_label uses '{:g}' (6 significant digits, exponent below 1e-4): "
-    "0.1234567 and 0.1234568 get the same run id, and the spec's fraction is the rounded one",
-)
+def test_fraction_labels_are_short_and_positional() -> None:
+    assert [fraction_label(f) for f in (1.0, 0.5, 0.25, 1e-05)] == ["1", "0.5", "0.25", "0.00001"]
+
+
 def test_distinct_fractions_get_distinct_run_ids(default_config: Config) -> None:
     study = _changed(default_config, lambda c: c["prune_data"].update(fractions=[0.1234567, 0.1234568]))
     runs = study.subset_runs("prune_data")
     assert len(set(runs)) == len(runs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: fraction_label(1e-05) is '1e-05', which parse() does not read as a fraction "
-    "(it becomes the method), so spec() raises KeyError: 'fraction'",
-)
 def test_a_small_fraction_makes_a_valid_spec(default_config: Config) -> None:
     study = _changed(default_config, lambda c: c["prune_data"].update(fractions=[0.00001]))
     assert study.spec(study.subset_runs("prune_data")[0])["fraction"] == 0.00001

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("figure")
     p.add_argument("--summary", action="append", default=[], metavar="NAME=PATH", required=True)
     p.add_argument("--out", action="append", required=True, help="output file (.png, .pdf, .svg); repeatable")
+
+    p = sub.add_parser("report", help="print the headline numbers of a study from its summaries")
+    p.add_argument("results", nargs="?", default="results", help="the study's results folder")
     return parser
 
 
@@ -105,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         summaries = dict(s.split("=", 1) for s in args.summary)
         render(args.figure, summaries, args.out)
+    elif args.command == "report":
+        from workflow.report import report
+
+        print(report(args.results))
     return 0
 
 

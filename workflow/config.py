@@ -41,13 +41,21 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str,
     return schema
 
 
-def _describe(error: jsonschema.ValidationError, root: Mapping[str, Any]) -> str:
+def _describe(error: jsonschema.ValidationError, root: Mapping[str, Any], config: Any) -> str:
     key = _key(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(_resolve(error.schema, root).get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         where = "" if key == "<top level>" else f" under '{key}'"
         return f"unknown config key(s) {extra}{where}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "enum" and "propertyNames" in error.schema_path:
+        node = config
+        for part in error.absolute_path:
+            node = node[part]
+        return (
+            f"config key '{key}.{error.instance}' is not a setting of {key}.name = {node.get('name')!r}; "
+            f"allowed keys: {', '.join(map(str, error.validator_value))}"
+        )
     if error.validator == "enum":
         return f"config key '{key}' = {error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
     if error.validator == "required":
@@ -61,7 +69,7 @@ def validate(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -> Non
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e, schema) for e in errors))
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e, schema, config) for e in errors))
 
 
 def fill_defaults(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -> dict[str, Any]:

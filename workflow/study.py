@@ -13,14 +13,20 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+import numpy as np
+
 from workflow.config import load_config
 
 STAGES = ("pretrain", "finetune", "prune_data", "distill", "prune_network")
 
 
 def fraction_label(f: float) -> str:
-    """``0.25 -> "0.25"``, ``1.0 -> "1"``: the fraction as it appears in run ids."""
-    return f"{f:g}"
+    """``0.25 -> "0.25"``, ``1.0 -> "1"``, ``1e-5 -> "0.00001"``: the fraction in run ids.
+
+    Positional and exact (shortest round-trip digits), so distinct fractions never
+    share a run id and the id parses back to the same number.
+    """
+    return np.format_float_positional(float(f), trim="-")
 
 
 def data_pruning_method(score: str, keep: str) -> str:

@@ -110,15 +110,18 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Opti
 
 
 def _set_train_mode(model: nn.Module) -> None:
-    """Train mode, except BatchNorm layers with nothing to train keep their statistics.
+    """Train mode, except frozen BatchNorm layers keep their statistics.
 
     A linear probe freezes the body; its BatchNorm statistics are part of the
-    frozen features and must not drift with the target data.
+    frozen features and must not drift with the target data. A BatchNorm is frozen
+    when it has affine parameters and none of them trains (one without affine
+    parameters follows the model).
     """
     model.train()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if not any(p.requires_grad for p in m.parameters(recurse=False)):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
                 m.eval()
 
 
@@ -198,9 +201,15 @@ def train(
             loss, acc = evaluate(model, x, y)
             history[f"{split}_loss"].append(loss)
             history[f"{split}_acc"].append(acc)
+        # The last optimiser step can break the weights after its own loss was finite.
+        if not math.isfinite(history["train_loss"][-1]):
+            raise DivergenceError(
+                f"{desc}: the training-set loss is {history['train_loss'][-1]} after epoch "
+                f"{len(history['train_loss']) - 1}, step {step}; lower the learning rate or check the data"
+            )
 
-    record()
     step = 0
+    record()
     snapshot(step)
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
     for epoch in bar:

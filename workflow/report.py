@@ -1,0 +1,53 @@
+"""Plain-text tables of a study's headline numbers, read from its summaries alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import xarray as xr
+
+from workflow import storage
+from workflow.plots import final_value
+
+
+def _final_acc(ds: xr.Dataset) -> xr.DataArray:
+    return 100 * final_value(ds["test_acc"])
+
+
+def _table(title: str, da: xr.DataArray) -> str:
+    """Mean ± std over ``seed`` (and every seed's value) for each other coordinate."""
+    if len(da.dims) > 1:
+        frame = da.to_series().unstack("seed")
+    else:
+        frame = da.to_series().to_frame(name="").T
+    seeds = list(frame.columns)
+    frame.columns = [f"seed {s}" for s in seeds]
+    values = frame.iloc[:, : len(seeds)]
+    frame["mean"] = values.mean(axis=1)
+    frame["std"] = values.std(axis=1, ddof=1) if len(seeds) > 1 else 0.0
+    frame = frame.dropna(subset=["mean"])
+    return f"{title}: final test accuracy (%)\n{frame.round(1).to_string()}\n"
+
+
+def report(results: str | Path) -> str:
+    """Tables for every summary present under ``results/summary``."""
+    summary = Path(results) / "summary"
+    parts = []
+
+    def have(name: str) -> xr.Dataset | None:
+        path = summary / f"{name}.zarr"
+        return storage.open_dataset(path) if path.exists() else None
+
+    if (ds := have("pretrain")) is not None:
+        parts.append(_table("pretrain (source task)", _final_acc(ds)))
+    if (ds := have("finetune")) is not None:
+        parts.append(_table("finetune (target task)", _final_acc(ds)))
+    if (ds := have("data_pruning")) is not None:
+        parts.append(_table("data pruning (kd: knowledge distillation)", _final_acc(ds)))
+    if (ds := have("network_pruning")) is not None:
+        density = 100 * ds["density"].mean([d for d in ds["density"].dims if d != "level"])
+        remaining = ", ".join(f"{lv}: {d:.1f}" for lv, d in zip(ds["level"].values, density.values))
+        parts.append(_table("network pruning", _final_acc(ds)) + f"weights remaining per level (%): {remaining}\n")
+    if not parts:
+        raise FileNotFoundError(f"no summaries under {summary}; run the study first")
+    return "\n".join(parts)
