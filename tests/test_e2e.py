@@ -104,7 +104,7 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         "pretrain": {"seed", "epoch"},
         "finetune": {"method", "seed", "epoch"},
         "data_pruning": {"method", "fraction", "kd", "seed", "epoch"},
-        "network_pruning": {"method", "level", "seed", "epoch"},
+        "network_pruning": {"method", "level", "seed", "epoch", "param"},
         "cka": {"method", "seed", "layer_a", "layer_b"},
     }
     for name, dims in expected.items():

@@ -56,7 +56,7 @@ def test_el2n_rejects_mismatched_labels() -> None:
 def test_random_scores_are_seeded_uniform() -> None:
     a = random_scores(1000, seed=3)
     assert a.dtype == np.float64 and a.shape == (1000,)
-    assert ((0 <= a) & (a < 1)).all()
+    assert ((a >= 0) & (a < 1)).all()
     np.testing.assert_array_equal(a, random_scores(1000, seed=3))
     assert not np.array_equal(a, random_scores(1000, seed=4))
     assert SCORE_METHODS == ("el2n", "random")

@@ -22,15 +22,6 @@ def _cnn() -> CNN1d:
     return CNN1d(in_length=40, num_classes=10, channels=8)
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny models train faster on one thread than with intra-op threading overhead.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in prunable_parameters(model).items()}
 
@@ -123,7 +114,7 @@ def test_masks_must_match_weights() -> None:
     ],
     ids=["sgd-momentum-wd", "adam"],
 )
-def test_pruned_weights_stay_exactly_zero_during_training(make_optimiser, one_thread: None) -> None:
+def test_pruned_weights_stay_exactly_zero_during_training(make_optimiser, torch_one_thread: None) -> None:
     model = _cnn()
     masks = magnitude_masks(_weights(model), None, 0.6)
     apply_masks(model, masks)

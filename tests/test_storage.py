@@ -144,7 +144,7 @@ def test_provenance_carries_version_time_seed_parent_device_and_config_as_json()
     assert attrs["package_version"] == workflow.__version__
     created = dt.datetime.fromisoformat(attrs["created"])
     assert created.tzinfo is not None
-    assert abs(dt.datetime.now(dt.timezone.utc) - created) < dt.timedelta(minutes=5)
+    assert abs(dt.datetime.now(dt.UTC) - created) < dt.timedelta(minutes=5)
     assert isinstance(attrs["config"], str) and json.loads(attrs["config"]) == spec
     assert attrs["seed"] == 1 and attrs["parent"] == "pretrain/s1" and attrs["device"] == "cpu"
 

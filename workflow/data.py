@@ -31,7 +31,7 @@ class TaskData:
     def in_length(self) -> int:
         return int(np.prod(self.x_train.shape[1:]))
 
-    def subset(self, indices: np.ndarray) -> "TaskData":
+    def subset(self, indices: np.ndarray) -> TaskData:
         """The same task with only the training examples at ``indices``."""
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.x_train.device)
         return TaskData(self.x_train[idx], self.y_train[idx], self.x_test, self.y_test)

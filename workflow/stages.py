@@ -113,9 +113,8 @@ def train_run(
             snapshot_steps = (spec["rewind_step"],)
         else:
             previous = storage.load_torch(parent)
-            trained = {k: v for k, v in previous["state_dict"].items()}
             masks = magnitude_masks(
-                {k: trained[k] for k in prunable_parameters(model)},
+                {k: previous["state_dict"][k] for k in prunable_parameters(model)},
                 previous["masks"],
                 spec["fraction"],
                 spec["scope"],
@@ -136,8 +135,13 @@ def train_run(
 
     metrics = result.history
     if stage == "prune_network":
-        d = density(masks) if masks else 1.0
-        metrics["density"] = xr.DataArray(d, attrs={"description": "fraction of prunable weights kept"})
+        dense = {name: torch.ones_like(p, dtype=torch.bool) for name, p in prunable_parameters(model).items()}
+        per_layer = layer_densities(masks or dense)
+        metrics["density"] = xr.DataArray(density(masks or dense), attrs={"description": "fraction of prunable weights kept"})
+        metrics["layer_density"] = xr.DataArray(
+            list(per_layer.values()), dims="param", coords={"param": list(per_layer)},
+            attrs={"description": "fraction of each prunable tensor kept"},
+        )
     if "kept" in extra:
         metrics["kept_size"] = xr.DataArray(len(extra["kept"]), attrs={"description": "training examples kept"})
     attrs = storage.provenance(spec, parent=spec.get("parent"), seed=seed, device=str(dev))

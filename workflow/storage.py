@@ -62,7 +62,7 @@ def provenance(
     attrs: dict[str, Any] = {
         "package": "dlsci",
         "package_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
     }
     if spec is not None:

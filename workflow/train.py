@@ -57,7 +57,7 @@ class TrainConfig:
             raise ValueError(f"need epochs >= 0, batch_size >= 1, lr > 0; got {asdict(self)}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         allowed = {f.name for f in fields(cls)}
         unknown = set(d) - allowed
         if unknown:
