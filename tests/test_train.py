@@ -198,9 +198,12 @@ def test_snapshot_at_step_zero_is_the_initial_weights(make_cnn, task) -> None:
     assert not _equal_states(result.snapshots[3], initial)
 
 
-def test_snapshot_beyond_training_raises(make_cnn, task) -> None:
+def test_snapshot_beyond_training_is_refused_before_training(make_cnn, task) -> None:
+    model = make_cnn(0)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"snapshot steps \[11\] lie beyond the 10 steps"):
-        _fit(make_cnn, task, snapshot_steps=(11,))
+        train(model, task, CFG, seed=0, progress=False, snapshot_steps=(11,))
+    assert _equal_states(model.state_dict(), initial)
 
 
 # --- stop_after ------------------------------------------------------------------------

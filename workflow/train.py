@@ -184,6 +184,13 @@ def train(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     generator = torch.Generator().manual_seed(seed)
     epochs = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
+    # Refuse before training, not after: a rewind point past the end is a config error.
+    beyond = sorted(s for s in snapshot_steps if not 0 <= s <= epochs * steps_per_epoch)
+    if beyond:
+        raise ValueError(
+            f"snapshot steps {beyond} lie beyond the {epochs * steps_per_epoch} steps of training "
+            f"({epochs} epochs of {steps_per_epoch} steps)"
+        )
 
     if masks:
         apply_masks(model, masks)
@@ -236,7 +243,4 @@ def train(
             snapshot(step)
         record()
         bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
-    missing = wanted - set(snapshots)
-    if missing:
-        raise ValueError(f"snapshot steps {sorted(missing)} lie beyond the {step} steps of training")
     return TrainResult(history_dataset(history), snapshots, step)
