@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from workflow.prune_data import SCORE_METHODS, el2n, random_scores, select
+from workflow.prune_data import SCORE_METHODS, RepeatedRandomSubsets, el2n, random_scores, select
 
 
 # ---------------------------------------------------------------- EL2N
@@ -151,3 +151,65 @@ def test_select_properties(scores: np.ndarray, fraction: float, keep: str) -> No
         if dropped_tied.size:
             assert kept_tied.max() < dropped_tied.min()
     np.testing.assert_array_equal(kept, select(scores.copy(), fraction, keep))
+
+
+# --- repeated random sampling (RS2) ------------------------------------------------
+
+
+def _epochs(sampler: RepeatedRandomSubsets, count: int, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [sampler(generator) for _ in range(count)]
+
+
+@given(n=st.integers(1, 60), fraction=st.floats(0.01, 1.0))
+@settings(max_examples=60, deadline=None)
+def test_rs2_sees_every_example_once_within_ceil_one_over_r_epochs(n: int, fraction: float) -> None:
+    sampler = RepeatedRandomSubsets(n, fraction)
+    size = max(1, round(fraction * n))
+    epochs = _epochs(sampler, math.ceil(n / size) + 5)
+    for e in epochs:
+        assert len(e) == size and len(set(e.tolist())) == size  # distinct within an epoch
+    first = torch.cat(epochs[: math.ceil(n / size)])
+    assert set(first.tolist()) == set(range(n))
+
+
+@given(n=st.integers(2, 50), fraction=st.floats(0.05, 0.9), passes=st.integers(1, 4))
+@settings(max_examples=40, deadline=None)
+def test_rs2_is_without_replacement_pass_by_pass(n: int, fraction: float, passes: int) -> None:
+    sampler = RepeatedRandomSubsets(n, fraction)
+    seen = torch.cat(_epochs(sampler, math.ceil(passes * n / sampler.size)))
+    counts = torch.bincount(seen, minlength=n)
+    # In any prefix of the stream, counts differ by at most one: no example is
+    # drawn again before every other has been drawn as often.
+    assert counts.max() - counts.min() <= 1
+
+
+def test_rs2_is_deterministic_given_the_generator() -> None:
+    a = _epochs(RepeatedRandomSubsets(37, 0.3), 9, seed=4)
+    b = _epochs(RepeatedRandomSubsets(37, 0.3), 9, seed=4)
+    c = _epochs(RepeatedRandomSubsets(37, 0.3), 9, seed=5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_rs2_refuses_a_bad_fraction() -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        RepeatedRandomSubsets(10, 0.0)
+
+
+def test_rs2_drives_the_training_loop(tmp_path) -> None:
+    from workflow.data import load_data
+    from workflow.datasets import make_data
+    from workflow.models import CNN1d
+    from workflow.train import TrainConfig, train
+
+    data = load_data(make_data({"name": "mnist1d", "args": {"num_samples": 200}}, tmp_path / "d.npz"))
+    seen: list[torch.Tensor] = []
+    torch.manual_seed(0)
+    result = train(
+        CNN1d(40, 10, channels=4), data, TrainConfig(epochs=4, batch_size=20, lr=0.01),
+        seed=0, sampler=RepeatedRandomSubsets(len(data.y_train), 0.25), progress=False,
+        on_batch=lambda idx, logits, y: seen.append(idx.cpu()),
+    )
+    assert result.steps == 4 * 2  # 40 examples an epoch, batches of 20
+    assert sorted(torch.cat(seen).tolist()) == list(range(160))  # 4 epochs of 1/4: all once

@@ -90,3 +90,41 @@ def select(
         members = np.flatnonzero(labels == c)  # ascending, so ties still go to the lower index
         kept.append(members[_keep_extreme(scores[members], _kept_count(fraction, len(members)), keep)])
     return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+class RepeatedRandomSubsets:
+    """Repeated random sampling without replacement (RS2): a fresh subset every epoch.
+
+    Each epoch trains on ``round(fraction * n)`` examples, the next disjoint slice of
+    a random order of all ``n``; when fewer than a slice remain, they are topped up
+    from a new random order of the others, which the following epochs continue. So
+    every example is seen once in each pass, and the first ``ceil(1 / fraction)``
+    epochs see every example. An :class:`workflow.train.EpochSampler`.
+    """
+
+    def __init__(self, n: int, fraction: float) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        self.n = n
+        self.size = _kept_count(fraction, n)
+        self._order: torch.Tensor | None = None
+        self._pos = 0
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        if self._order is None:
+            self._order = torch.randperm(self.n, generator=generator)
+        end = self._pos + self.size
+        if end <= self.n:
+            self._pos = end
+            return self._order[end - self.size : end]
+        rest = self._order[self._pos :]
+        seen = torch.zeros(self.n, dtype=torch.bool)
+        seen[rest] = True
+        others = torch.randperm(self.n, generator=generator)
+        others = others[~seen[others]]
+        fill = others[: self.size - len(rest)]
+        # The new pass: this epoch's top-up, the remaining others, then the examples
+        # this epoch finished the old pass with.
+        self._order = torch.cat([others, rest])
+        self._pos = len(fill)
+        return torch.cat([rest, fill])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -125,9 +125,28 @@ def _set_train_mode(model: nn.Module) -> None:
                 m.eval()
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=generator)
-    batches = list(perm.split(batch_size))
+class EpochSampler(Protocol):
+    """Chooses the training examples of each epoch, in order."""
+
+    size: int  # examples per epoch
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        """Indices of the next epoch's examples (a LongTensor on the CPU)."""
+        ...
+
+
+class Shuffle:
+    """Every example once per epoch, in a fresh random order: the usual epoch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = self.size = n
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.n, generator=generator)
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    batches = list(order.split(batch_size))
     # A batch of one breaks BatchNorm in train mode; fold it into the previous one.
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2] = torch.cat(batches[-2:])
@@ -154,6 +173,7 @@ def train(
     masks: Mapping[str, torch.Tensor] | None = None,
     snapshot_steps: Sequence[int] = (),
     stop_after: int | None = None,
+    sampler: EpochSampler | None = None,
     on_batch: BatchHook | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -168,6 +188,8 @@ def train(
       weights is kept, e.g. the rewind point of iterative magnitude pruning.
     * ``stop_after``: stop after this many epochs while keeping the learning-rate
       schedule of the full ``cfg.epochs`` (an early checkpoint of a normal run).
+    * ``sampler`` picks each epoch's examples (default :class:`Shuffle`: all of them);
+      e.g. repeated random sampling trains on a fresh subset every epoch.
     * A non-finite loss raises :class:`DivergenceError`.
     """
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
@@ -175,8 +197,8 @@ def train(
     if not params:
         raise ValueError("no trainable parameters")
     opt = _optimizer(params, cfg)
-    n = len(data.y_train)
-    steps_per_epoch = len(_batches(n, cfg.batch_size, torch.Generator().manual_seed(0)))
+    sampler = sampler or Shuffle(len(data.y_train))
+    steps_per_epoch = len(_batches(torch.arange(sampler.size), cfg.batch_size))
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
@@ -221,7 +243,7 @@ def train(
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
     for epoch in bar:
         _set_train_mode(model)
-        for idx in _batches(n, cfg.batch_size, generator):
+        for idx in _batches(sampler(generator), cfg.batch_size):
             idx = idx.to(data.x_train.device)
             xb, yb = data.x_train[idx], data.y_train[idx]
             logits = model(xb)
