@@ -1,8 +1,7 @@
 rule distill:
     """Students on the pruned subsets, taught by the one teacher of the study."""
     input:
-        data=STUDY.data_path("target"),
-        scores=lambda w: scores_store(w.method),
+        unpack(subset_inputs),
         teacher=STUDY.path(config["distill"]["teacher"], "model.pt"),
     output:
         model=f"{R}/distill/{{method}}/f{{fraction}}/s{{seed}}/model.pt",

@@ -1,30 +1,40 @@
-def scores_store(method):
-    """The score store a data-pruning method selects with (``el2n-hard`` -> el2n)."""
-    return f"{R}/prune_data/scores/{method.split('-')[0]}/scores.zarr"
+def scores_inputs(w):
+    """The task, and for prototype scores the model whose embedding is clustered."""
+    inputs = {"data": STUDY.data_path("target")}
+    if w.score == "prototypes":
+        inputs["model"] = STUDY.path(config["prune_data"]["prototypes"]["embedding"], "model.pt")
+    return inputs
+
+
+def subset_inputs(w):
+    """The task, and the score store the method selects with (rs2 has none)."""
+    store = STUDY.score_path(w.method)
+    return {"data": STUDY.data_path("target"), **({"scores": store} if store else {})}
 
 
 rule scores:
     """Score every target training example once; every fraction and seed reuses it."""
     input:
-        data=STUDY.data_path("target"),
+        unpack(scores_inputs),
     output:
         directory(f"{R}/prune_data/scores/{{score}}/scores.zarr"),
     params:
         spec=lambda w: Study.dumps(STUDY.score_spec(w.score)),
+        model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
     conda:
         ENV
     threads: config["threads"]
     log:
         f"{R}/logs/scores/{{score}}.log",
     shell:
-        JOB + " scores --spec {params.spec:q} --data {input.data} --out {output} " + RUN_OPTS + " > {log} 2>&1"
+        JOB + " scores --spec {params.spec:q} --data {input.data} {params.model} --out {output} "
+        + RUN_OPTS + " > {log} 2>&1"
 
 
 rule prune_data:
     """Train from scratch on the kept subset of the target training data."""
     input:
-        data=STUDY.data_path("target"),
-        scores=lambda w: scores_store(w.method),
+        unpack(subset_inputs),
     output:
         model=f"{R}/prune_data/{{method}}/f{{fraction}}/s{{seed}}/model.pt",
         metrics=directory(f"{R}/prune_data/{{method}}/f{{fraction}}/s{{seed}}/metrics.zarr"),

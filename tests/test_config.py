@@ -77,8 +77,12 @@ ERRORS = {
         ["'finetune.methods[1]' = 'lora'", "allowed values: full, linear_probe, scratch"],
     ),
     "unknown data-pruning score": (
-        lambda c: c["prune_data"].update(scores=["forgetting"]),
-        ["'prune_data.scores[0]' = 'forgetting'", "allowed values: el2n, random"],
+        lambda c: c["prune_data"].update(scores=["memorisation"]),
+        ["'prune_data.scores[0]' = 'memorisation'", "allowed values: el2n, grand, forgetting, prototypes, random, rs2"],
+    ),
+    "prototype embedding that is not a run": (
+        lambda c: c["prune_data"].update(scores=["prototypes"], prototypes={"embedding": "pretrain/s9"}),
+        ["'prune_data.prototypes.embedding' = 'pretrain/s9'", "allowed values: pretrain/s0, pretrain/s1"],
     ),
     "unknown model": (
         lambda c: c["model"].update(name="resnet18"),

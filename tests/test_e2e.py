@@ -112,7 +112,9 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         assert set(ds.sizes) == dims, name
     dp = open_quietly(Path(study.summary_path("data_pruning")))
     assert list(dp["kd"].values) == [False, True]
-    assert sorted(dp["method"].values) == ["el2n-hard", "random"]
+    assert sorted(dp["method"].values) == [
+        "el2n-hard", "forgetting-hard", "grand-hard", "prototypes-hard", "random", "rs2"
+    ]
 
 
 def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
@@ -130,7 +132,9 @@ def test_forcerun_reruns_the_stage_and_only_what_depends_on_it(study_dir: Path) 
     jobs = planned(study_dir, "--forcerun", "pretrain")
     assert jobs["pretrain"] == 2
     assert jobs["finetune"] == 2  # full and linear_probe start from pretrain; scratch does not
-    for untouched in ("make_data", "scores", "prune_data", "distill", "prune_network"):
+    # prototype scores cluster pretrain/s0's embedding: that store and its two runs
+    assert jobs["scores"] == 1 and jobs["prune_data"] == 1 and jobs["distill"] == 1
+    for untouched in ("make_data", "prune_network"):
         assert untouched not in jobs
 
 

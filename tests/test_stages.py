@@ -42,7 +42,9 @@ class Pipeline:
     def scores(self, score: str) -> Path:
         out = Path(self.study.path(f"prune_data/scores/{score}", "scores.zarr"))
         if not out.exists():
-            stages.compute_scores(self.study.score_spec(score), out, data_path=self.task_path,
+            spec = self.study.score_spec(score)
+            model = self.run(spec["embedding"]) / "model.pt" if score == "prototypes" else None
+            stages.compute_scores(spec, out, data_path=self.task_path, model_path=model,
                                   device="cpu", progress=False)
         return out
 
@@ -54,7 +56,7 @@ class Pipeline:
         inputs: dict[str, Any] = {}
         if spec["parent"]:
             inputs["parent"] = self.run(spec["parent"]) / "model.pt"
-        if "score" in spec:
+        if "score" in spec and spec["score"]["score"] != "rs2":
             inputs["scores"] = self.scores(spec["score"]["score"])
         if "teacher" in spec:
             inputs["teacher"] = self.run(spec["teacher"]) / "model.pt"
@@ -153,8 +155,45 @@ def test_random_scores_are_one_draw_per_training_seed(pipeline: Pipeline) -> Non
 
 
 def test_an_unknown_score_is_refused(task_path: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown score 'forgetting'"):
-        stages.compute_scores({"score": "forgetting"}, tmp_path / "s.zarr", data_path=task_path, device="cpu")
+    with pytest.raises(ValueError, match="unknown score 'nonsense'; allowed: el2n, forgetting, grand"):
+        stages.compute_scores({"score": "nonsense"}, tmp_path / "s.zarr", data_path=task_path, device="cpu")
+
+
+def test_grand_scores_are_per_example_gradient_norms_at_initialisation(pipeline: Pipeline) -> None:
+    scores = storage.open_dataset(pipeline.scores("grand"))
+    assert scores["score"].dims == ("init", "sample")
+    assert scores["init"].values.tolist() == [0, 1]  # grand.inits: 2
+    values = scores["score"].values
+    assert np.isfinite(values).all() and (values > 0).all()
+    assert not np.array_equal(values[0], values[1])
+    assert "at epoch 0" in scores["score"].attrs["description"]
+
+
+def test_forgetting_scores_count_events_and_mark_never_learned_as_infinite(pipeline: Pipeline) -> None:
+    scores = storage.open_dataset(pipeline.scores("forgetting"))
+    assert scores["score"].dims == ("init", "sample")
+    values = scores["score"].values
+    finite = values[np.isfinite(values)]
+    # 2 epochs: each example is presented twice, so it is forgotten at most once
+    assert set(np.unique(finite)) <= {0.0, 1.0}
+    assert np.isinf(values).any() or len(finite) == values.size
+
+
+def test_prototype_scores_are_distances_in_the_embedding_of_the_named_run(pipeline: Pipeline) -> None:
+    scores = storage.open_dataset(pipeline.scores("prototypes"))
+    assert scores["score"].dims == ("init", "sample")
+    values = scores["score"].values
+    # distances between unit vectors lie in [0, 2]
+    assert np.isfinite(values).all() and (values >= 0).all() and (values <= 2).all()
+    assert "pretrain/s0" in scores["score"].attrs["description"]
+
+
+def test_rs2_trains_on_a_fresh_subset_of_round_f_n_examples_each_epoch(pipeline: Pipeline) -> None:
+    folder = pipeline.run("prune_data/rs2/f0.5/s0")
+    saved, metrics = _saved(folder), _metrics(folder)
+    assert saved["kept"] is None  # no fixed subset
+    assert int(metrics["kept_size"]) == round(0.5 * N_TRAIN)
+    assert metrics.attrs["steps"] == 2 * -(-round(0.5 * N_TRAIN) // 50)  # the budget of a static subset
 
 
 @pytest.mark.parametrize("method", ["el2n-hard", "random"])

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scores", help="score every training example")
     p.add_argument("--spec", required=True)
     p.add_argument("--data", required=True)
+    p.add_argument("--model", help="model.pt whose embedding is scored (prototypes)")
     p.add_argument("--out", required=True, help="scores.zarr")
     _common(p)
 
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workflow.stages import compute_scores
 
         compute_scores(
-            json.loads(args.spec), args.out, data_path=args.data, device=args.device,
+            json.loads(args.spec), args.out, data_path=args.data, model_path=args.model, device=args.device,
             threads=args.threads, progress=not args.no_progress,
         )
     elif args.command == "activations":

@@ -114,6 +114,15 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"config key 'finetune.seeds' has {missing}, which 'pretrain.seeds' lacks: each "
                 f"fine-tuning run starts from the pretrained model of its seed; allowed: {config['pretrain']['seeds']}"
             )
+    pd = config["prune_data"]
+    if "prototypes" in pd["scores"]:
+        models = [f"pretrain/s{s}" for s in config["pretrain"]["seeds"]]
+        models += [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
+        if pd["prototypes"]["embedding"] not in models:
+            problems.append(
+                f"config key 'prune_data.prototypes.embedding' = {pd['prototypes']['embedding']!r} is not a "
+                f"run of this study; allowed values: {', '.join(models)}"
+            )
     teachers = [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
     if config["distill"]["teacher"] not in teachers:
         problems.append(

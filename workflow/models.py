@@ -9,11 +9,13 @@ Every model exposes the same two things the stages rely on:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from workflow import storage
 from workflow.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -87,3 +89,18 @@ def build_model(spec: dict[str, Any], in_length: int, num_classes: int) -> nn.Mo
     """Build the model named by ``spec["name"]``; the other keys are its settings."""
     settings = {k: v for k, v in spec.items() if k != "name"}
     return MODELS[spec["name"]](in_length, num_classes, **settings)
+
+
+def seeded_model(spec: dict[str, Any], in_length: int, num_classes: int, seed: int,
+                 device: torch.device | str = "cpu") -> nn.Module:
+    """:func:`build_model` with its initialisation drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return build_model(dict(spec), in_length, num_classes).to(device)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A trained model (in eval mode) and everything saved with it (spec, masks, ...)."""
+    saved = storage.load_torch(path)
+    model = build_model(dict(saved["spec"]["model"]), saved["in_length"], saved["num_classes"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), saved

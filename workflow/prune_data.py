@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# The scores the data-pruning stage supports now.
-SCORE_METHODS: tuple[str, ...] = ("el2n", "random")
+# The data-pruning methods; all but rs2 score every example once into a store.
+SCORE_METHODS: tuple[str, ...] = ("el2n", "grand", "forgetting", "prototypes", "random", "rs2")
 KEEP_RULES: tuple[str, ...] = ("hard", "easy")
 
 

@@ -11,6 +11,13 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A name that no implementation is registered under (a KeyError and a ValueError)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
 class Registry(Generic[T]):
     """A named table of implementations of one kind (datasets, models, scores ...)."""
 
@@ -33,7 +40,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
             ) from None
 

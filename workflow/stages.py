@@ -23,8 +23,9 @@ from workflow.analysis.cka import cka_matrix
 from workflow.data import TaskData, load_data
 from workflow.distill import kd_loss
 from workflow.finetune import FINETUNE
-from workflow.models import build_model
-from workflow.prune_data import el2n, random_scores, select
+from workflow.models import load_model, seeded_model
+from workflow.prune_data import RepeatedRandomSubsets, select
+from workflow.scoring import SCORERS, ScoreContext
 from workflow.prune_network import density, layer_densities, magnitude_masks, prunable_parameters
 from workflow.train import TrainConfig, resolve_device, seed_everything, train
 
@@ -39,15 +40,7 @@ def _setup(device: str, threads: int | None) -> torch.device:
 
 def _new_model(spec: Mapping[str, Any], data: TaskData, device: torch.device, seed: int) -> nn.Module:
     seed_everything(seed)
-    return build_model(dict(spec["model"]), data.in_length, data.num_classes).to(device)
-
-
-def load_model(path: PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A trained model and everything saved with it (spec, masks, ...)."""
-    saved = storage.load_torch(path)
-    model = build_model(dict(saved["spec"]["model"]), saved["in_length"], saved["num_classes"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), saved
+    return seeded_model(spec["model"], data.in_length, data.num_classes, seed, device)
 
 
 def _kept_examples(spec: Mapping[str, Any], scores_path: PathLike, labels: np.ndarray) -> np.ndarray:
@@ -89,15 +82,21 @@ def train_run(
     extra: dict[str, Any] = {}
     loss_fn = None
     masks = None
+    sampler = None
     snapshot_steps: Sequence[int] = ()
 
     if stage == "finetune":
         parent_state = storage.load_torch(parent)["state_dict"] if parent else None
         FINETUNE[spec["method"]](model, parent_state)
     elif stage in ("prune_data", "distill"):
-        kept = _kept_examples(spec, scores, data.y_train.cpu().numpy())
-        data = data.subset(kept)
-        extra["kept"] = torch.as_tensor(kept)
+        if spec["score"]["score"] == "rs2":
+            # No fixed subset: a fresh random slice of the data every epoch.
+            sampler = RepeatedRandomSubsets(len(data.y_train), spec["fraction"])
+            extra["kept_per_epoch"] = sampler.size
+        else:
+            kept = _kept_examples(spec, scores, data.y_train.cpu().numpy())
+            data = data.subset(kept)
+            extra["kept"] = torch.as_tensor(kept)
         if stage == "distill":
             teacher_model, _ = load_model(teacher, dev)
             teacher_model.requires_grad_(False)
@@ -128,7 +127,7 @@ def train_run(
 
     result = train(
         model, data, cfg, seed=seed, loss_fn=loss_fn, masks=masks,
-        snapshot_steps=snapshot_steps, progress=progress, desc=spec["run"],
+        snapshot_steps=snapshot_steps, sampler=sampler, progress=progress, desc=spec["run"],
     )
     if stage == "prune_network" and spec["level"] == 0:
         extra["rewind"] = result.snapshots[spec["rewind_step"]]
@@ -142,8 +141,9 @@ def train_run(
             list(per_layer.values()), dims="param", coords={"param": list(per_layer)},
             attrs={"description": "fraction of each prunable tensor kept"},
         )
-    if "kept" in extra:
-        metrics["kept_size"] = xr.DataArray(len(extra["kept"]), attrs={"description": "training examples kept"})
+    if stage in ("prune_data", "distill"):
+        kept_size = len(extra["kept"]) if "kept" in extra else extra["kept_per_epoch"]
+        metrics["kept_size"] = xr.DataArray(kept_size, attrs={"description": "training examples per epoch"})
     attrs = storage.provenance(spec, parent=spec.get("parent"), seed=seed, device=str(dev))
     attrs["steps"] = result.steps
     storage.write_dataset(metrics, Path(out) / "metrics.zarr", attrs)
@@ -167,38 +167,26 @@ def compute_scores(
     out: PathLike,
     *,
     data_path: PathLike,
+    model_path: PathLike | None = None,
     device: str = "auto",
     threads: int | None = None,
     progress: bool = True,
 ) -> None:
-    """Score every training example once; write ``score`` over (init, sample) to ``out``."""
+    """Score every training example once; write ``score`` over (init, sample) to ``out``.
+
+    ``model_path``: the embedding model, for methods that score in a model's
+    representation (prototypes).
+    """
     dev = _setup(device, threads)
     data = load_data(data_path, dev)
-    n = len(data.y_train)
-    if spec["score"] == "el2n":
-        cfg = TrainConfig.from_dict(spec["train"])
-        rows, inits = [], list(range(spec["inits"]))
-        for init in inits:
-            model = _new_model(spec, data, dev, seed=init)
-            train(model, data, cfg, seed=init, stop_after=spec["epoch"], progress=progress, desc=f"el2n init {init}")
-            model.eval()
-            with torch.no_grad():
-                logits = torch.cat([model(xb) for xb in data.x_train.split(1024)])
-            rows.append(el2n(logits, data.y_train).cpu().numpy())
-        values = np.stack(rows)
-        description = f"EL2N at epoch {spec['epoch']}, one row per initialisation"
-    elif spec["score"] == "random":
-        inits = list(spec["seeds"])
-        values = np.stack([random_scores(n, s) for s in inits])
-        description = "uniform random scores, one independent draw per training seed"
-    else:
-        raise ValueError(f"unknown score {spec['score']!r}; allowed: el2n, random")
+    ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress)
+    rows = SCORERS[spec["score"]](ctx)
     ds = xr.Dataset(
         {
-            "score": (("init", "sample"), values.astype(np.float64), {"description": description}),
+            "score": (("init", "sample"), rows.values.astype(np.float64), {"description": rows.description}),
             "label": ("sample", data.y_train.cpu().numpy()),
         },
-        coords={"init": inits, "sample": np.arange(n)},
+        coords={"init": rows.inits, "sample": np.arange(len(data.y_train))},
     )
     storage.write_dataset(ds, out, storage.provenance(spec, device=str(dev)))
 

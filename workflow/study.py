@@ -18,6 +18,9 @@ import numpy as np
 from workflow.config import load_config
 
 STAGES = ("pretrain", "finetune", "prune_data", "distill", "prune_network")
+# Data-pruning methods with no keep rule: random subsets, and RS2's fresh random
+# subset every epoch.
+UNORDERED_METHODS = ("random", "rs2")
 
 
 def fraction_label(f: float) -> str:
@@ -30,8 +33,8 @@ def fraction_label(f: float) -> str:
 
 
 def data_pruning_method(score: str, keep: str) -> str:
-    """The label of a data-pruning method: ``el2n-hard``; ``random`` has no keep rule."""
-    return score if score == "random" else f"{score}-{keep}"
+    """The label of a data-pruning method: ``el2n-hard``; random and rs2 have no keep rule."""
+    return score if score in UNORDERED_METHODS else f"{score}-{keep}"
 
 
 class Study:
@@ -68,7 +71,13 @@ class Study:
         return list(dict.fromkeys(data_pruning_method(s, k) for s in pd["scores"] for k in pd["keep"]))
 
     def score_stores(self) -> list[str]:
-        return [f"prune_data/scores/{s}" for s in self.config["prune_data"]["scores"]]
+        """Score stores of the study (rs2 needs none: it draws a new subset every epoch)."""
+        return [f"prune_data/scores/{s}" for s in self.config["prune_data"]["scores"] if s != "rs2"]
+
+    def score_path(self, method: str) -> str | None:
+        """The score store a data-pruning method selects with (``el2n-hard`` -> el2n)."""
+        score = method.split("-")[0]
+        return None if score == "rs2" else self.path(f"prune_data/scores/{score}", "scores.zarr")
 
     def subset_runs(self, stage: str) -> list[str]:
         """Runs of ``prune_data`` or ``distill``: one per method, kept fraction and seed."""
@@ -149,13 +158,11 @@ class Study:
             "score": score,
             "data": self.config["data"]["target"],
         }
-        if score == "el2n":
-            spec.update(
-                model=self.config["model"],
-                train=self.train_config("prune_data"),
-                inits=pd["el2n"]["inits"],
-                epoch=pd["el2n"]["epoch"],
-            )
+        if score in ("el2n", "grand", "forgetting"):
+            # scored by models of the study's architecture, trained as prune_data trains
+            spec.update(model=self.config["model"], train=self.train_config("prune_data"), **pd[score])
+        elif score == "prototypes":
+            spec.update(pd["prototypes"], embedding_spec=self.spec(pd["prototypes"]["embedding"]))
         elif score == "random":
             spec["seeds"] = pd["seeds"]  # one independent draw per training seed
         return spec
