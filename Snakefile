@@ -8,12 +8,22 @@
 # The science lives in the `workflow` package; rules only wire files to its
 # command line. (`workflow` is also Snakemake's own global here: never rebind it.)
 
+import copy
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
+
+
+# A study given with --configfile is complete: it replaces the embedded default
+# instead of merging into it, so no default setting leaks into it (--config still
+# overrides single keys of whichever study runs).
+if workflow.config_settings.configfiles:
+    config.clear()
+    config.update(copy.deepcopy(dict(workflow.config_settings.overwrite_config)))
 
 
 include: "rules/common.smk"

@@ -31,6 +31,9 @@ wildcard_constraints:
     seed=r"\d+",
     level=r"\d+",
     fraction=r"[0-9.]+",
+    temperature=r"[0-9.]+",
+    alpha=r"[0-9.]+",
+    teacher=r"trained|untrained",
     method=r"[a-z0-9_]+(-[a-z0-9_]+)?",
     score=r"[a-z0-9_]+",
 

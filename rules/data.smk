@@ -1,5 +1,10 @@
+localrules:
+    make_data,
+
+
 rule make_data:
-    """Generate (later: download) a task's data once; every job of the task reads it."""
+    """Make a task's data file once; every job of the task reads it. A local rule: torchvision
+    downloads run on the submitting host, since compute nodes often have no network."""
     output:
         f"{R}/data/{{task}}.npz",
     params:

@@ -25,7 +25,11 @@ rule plot:
         JOB + " plot {wildcards.figure} {params.summaries} --out {output.png} --out {output.pdf} > {log} 2>&1"
 
 
+# The figures this study has the summaries for.
+STUDY_FIGURES = [f for f, (_, needs) in FIGURES.items() if set(needs) <= set(STUDY.summaries())]
+
+
 rule plots:
     """Every figure. Redraw all from stored results: snakemake plots --forcerun plot"""
     input:
-        [STUDY.plot_path(f, ext) for f in FIGURES for ext in ("png", "pdf")],
+        [STUDY.plot_path(f, ext) for f in STUDY_FIGURES for ext in ("png", "pdf")],

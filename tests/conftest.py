@@ -16,18 +16,6 @@ TINY_TASK = {"name": "mnist1d", "args": {"num_samples": 300}}
 """300 examples: 240 train, 60 test, 40-long signals, 10 classes."""
 
 
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base`` as Snakemake merges a ``--configfile``:
-    dicts merge key by key, anything else (lists included) is replaced."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 @pytest.fixture
 def torch_one_thread():
     """Tiny models train faster on one thread; restores the thread count after."""
@@ -72,16 +60,14 @@ def make_cnn() -> Callable[..., torch.nn.Module]:
 
 
 def _read_config(name: str) -> dict[str, Any]:
-    default = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())
-    if name == "default":
-        return default
-    return deep_merge(default, yaml.safe_load((CONFIG_DIR / "studies" / f"{name}.yaml").read_text()))
+    path = CONFIG_DIR / "config.yaml" if name == "default" else CONFIG_DIR / "studies" / f"{name}.yaml"
+    return yaml.safe_load(path.read_text())
 
 
 @pytest.fixture(scope="session")
 def read_config() -> Callable[[str], dict[str, Any]]:
-    """``read_config("default" | "tiny")``: a fresh, unvalidated copy of a shipped study;
-    a study of ``config/studies/`` comes merged over the default."""
+    """``read_config("default" | "tiny" | ...)``: a fresh, unvalidated copy of a shipped
+    study (a study of ``config/studies/`` is complete: it replaces the default)."""
     return _read_config
 
 

@@ -135,3 +135,12 @@ def test_runs_on_the_model_device_and_returns_numpy(model, x, acts):
     on_gpu = record_activations(model.cuda(), x)  # x stays on the CPU
     for layer in acts:
         np.testing.assert_allclose(on_gpu[layer], acts[layer], rtol=1e-4, atol=1e-4)
+
+
+def test_image_maps_flatten_channel_major_with_channel_and_position_coordinates() -> None:
+    values = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (n, C, H, W)
+    ds = activations_dataset({"stage1": values}, np.arange(2))
+    assert ds["stage1"].dims == ("sample", "stage1_unit") and ds.sizes["stage1_unit"] == 60
+    np.testing.assert_array_equal(ds["stage1"].values, values.reshape(2, -1))
+    assert ds["stage1_channel"].values.tolist() == [c for c in range(3) for _ in range(20)]
+    assert ds["stage1_position"].values.tolist() == list(range(20)) * 3

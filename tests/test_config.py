@@ -30,12 +30,13 @@ def test_the_default_config_loads(default_config: Config) -> None:
     assert config["finetune"]["methods"] == ["full", "linear_probe", "scratch"]
 
 
-def test_the_tiny_study_merged_over_the_default_loads(tiny_config: Config) -> None:
+def test_the_tiny_study_loads_on_its_own(tiny_config: Config) -> None:
     config = load_config(tiny_config)
     assert config["model"] == {"name": "cnn1d", "channels": 4}
-    assert config["finetune"]["seeds"] == [0]  # lists replace
-    assert config["finetune"]["train"] == {"epochs": 2, "batch_size": 50, "lr": 0.003}  # dicts merge
+    assert config["finetune"]["seeds"] == [0]
+    assert config["finetune"]["train"] == {"epochs": 2}  # nothing of the default's leaks in
     assert config["data"]["target"]["train_size"] == 100
+    assert config["data"]["source"]["train_size"] is None  # the schema's default
 
 
 def test_load_config_does_not_change_its_input(default_config: Config) -> None:
@@ -181,7 +182,8 @@ def test_defaults_are_filled_in(default_config: Config) -> None:
     assert config["prune_data"]["keep"] == ["hard"]
     assert config["prune_data"]["class_balanced"] is False
     assert config["prune_data"]["el2n"] == {"inits": 2, "epoch": 3}
-    assert (config["distill"]["temperature"], config["distill"]["alpha"]) == (4.0, 0.5)
+    assert (config["distill"]["temperature"], config["distill"]["alpha"]) == ([4.0], [0.5])
+    assert config["distill"]["teachers"] == ["trained"]
     assert config["pretrain"]["train"] == {}
     assert config["data"]["source"]["args"] == {}
     assert config["data"]["target"]["train_size"] is None
@@ -269,3 +271,8 @@ def test_schema_training_keys_are_the_fields_of_train_config(schema) -> None:
     from workflow.train import TrainConfig
 
     assert sorted(schema["$defs"]["train_overrides"]["properties"]) == sorted(f.name for f in fields(TrainConfig))
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in (Path(__file__).parent.parent / "config" / "studies").glob("*.yaml")))
+def test_every_shipped_study_is_a_complete_valid_config(read_config, study: str) -> None:
+    load_config(read_config(study))

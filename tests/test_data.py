@@ -70,7 +70,7 @@ def test_unknown_generator_setting_raises_naming_the_allowed_keys(tmp_path: Path
 
 
 def test_unknown_dataset_raises_key_error_listing_the_registered(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="unknown dataset 'cifar11'; allowed: mnist1d"):
+    with pytest.raises(KeyError, match="unknown dataset .cifar11.; allowed: cifar10, cifar100, fashion_mnist, mnist, mnist1d"):
         make_data({"name": "cifar11"}, tmp_path / "task.npz")
 
 
@@ -78,7 +78,7 @@ def test_dataset_settings_are_the_generator_defaults_without_the_download_url() 
     settings = dataset_settings("mnist1d")
     assert "url" not in settings
     assert settings["num_samples"] == 5000 and settings["final_seq_length"] == 40
-    assert DATASETS.names() == ["mnist1d"]
+    assert "mnist1d" in DATASETS.names()
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 import xarray as xr
 import yaml
 
+from workflow.plots import FIGURES
 from workflow.study import Study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,9 +71,8 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def study(study_dir: Path) -> Study:
-    default = yaml.safe_load((study_dir / "config/config.yaml").read_text())
     tiny = yaml.safe_load((study_dir / TINY).read_text())
-    return Study({**default, **tiny, "results": str(study_dir / "results")})
+    return Study({**tiny, "results": str(study_dir / tiny["results"])})
 
 
 def open_quietly(path: Path) -> xr.Dataset:
@@ -103,7 +103,9 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
     expected = {
         "pretrain": {"seed", "epoch"},
         "finetune": {"method", "seed", "epoch"},
-        "data_pruning": {"method", "fraction", "kd", "seed", "epoch"},
+        "data_pruning": {"method", "fraction", "seed", "epoch"},
+        "distill": {"method", "fraction", "teacher", "temperature", "alpha", "seed", "epoch"},
+        "scores": {"method", "init", "sample"},
         "network_pruning": {"method", "level", "seed", "epoch", "param"},
         "cka": {"method", "seed", "layer_a", "layer_b"},
     }
@@ -111,17 +113,25 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         ds = open_quietly(Path(study.summary_path(name)))
         assert set(ds.sizes) == dims, name
     dp = open_quietly(Path(study.summary_path("data_pruning")))
-    assert list(dp["kd"].values) == [False, True]
+    kd = open_quietly(Path(study.summary_path("distill")))
+    assert sorted(kd["teacher"].values) == ["trained", "untrained"]
+    assert sorted(kd["method"].values) == sorted(dp["method"].values)
     assert sorted(dp["method"].values) == [
         "el2n-hard", "forgetting-hard", "grand-hard", "prototypes-hard", "random", "rs2"
     ]
 
 
 def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
-    for figure in ("training_curves", "data_pruning", "network_pruning", "cka"):
+    for figure in FIGURES:
         image = matplotlib.image.imread(study.plot_path(figure, "png"))
         assert image.shape[0] > 100 and image.shape[1] > 100
         assert Path(study.plot_path(figure, "pdf")).read_bytes().startswith(b"%PDF")
+
+
+def test_the_teacher_is_trained_once_however_many_students_use_it(tmp_path: Path) -> None:
+    jobs = planned(copy_workflow(tmp_path))
+    assert jobs["distill"] == 12  # 6 methods x 2 teachers (one trained, one untrained)
+    assert jobs["finetune"] == 3  # full, linear_probe, scratch: the teacher among them, once
 
 
 def test_a_finished_study_has_nothing_to_do(study_dir: Path) -> None:
@@ -132,14 +142,14 @@ def test_forcerun_reruns_the_stage_and_only_what_depends_on_it(study_dir: Path) 
     jobs = planned(study_dir, "--forcerun", "pretrain")
     assert jobs["pretrain"] == 2
     assert jobs["finetune"] == 2  # full and linear_probe start from pretrain; scratch does not
-    # prototype scores cluster pretrain/s0's embedding: that store and its two runs
-    assert jobs["scores"] == 1 and jobs["prune_data"] == 1 and jobs["distill"] == 1
+    # prototype scores cluster pretrain/s0's embedding: that store and its runs
+    assert jobs["scores"] == 1 and jobs["prune_data"] == 1 and jobs["distill"] == 2
     for untouched in ("make_data", "prune_network"):
         assert untouched not in jobs
 
 
 def test_asking_for_one_output_reruns_that_run_alone(study_dir: Path, study: Study) -> None:
-    target = Path(study.path("finetune/full/s0", "model.pt"))
+    target = Path(study.path("finetune/full/s0", "model.pt"))  # absolute; snakemake wants it relative
     others = [Path(study.path(r, "model.pt")) for r in study.training_runs() if r != "finetune/full/s0"]
     before = {p: p.stat().st_mtime_ns for p in others}
     old = target.stat().st_mtime_ns
@@ -189,16 +199,16 @@ def test_a_bad_config_stops_before_any_job(tmp_path: Path, override: dict, expec
     message = proc.stdout + proc.stderr
     for text in expected:
         assert text in message, message[-3000:]
-    assert not (cwd / "results").exists()
+    assert not (cwd / "results").exists()  # nothing ran, nothing written
 
 
 def test_a_diverging_run_fails_loudly_and_leaves_no_result(tmp_path: Path) -> None:
     cwd = copy_workflow(tmp_path)
     bad = cwd / "diverge.yaml"
     bad.write_text(yaml.safe_dump({"pretrain": {"seeds": [0], "train": {"lr": 1e30, "optimizer": "sgd"}}}))
-    proc = snakemake(cwd, "results/pretrain/s0/model.pt", configfiles=(TINY, str(bad)), check=False)
+    proc = snakemake(cwd, "results/tiny/pretrain/s0/model.pt", configfiles=(TINY, str(bad)), check=False)
     assert proc.returncode != 0
-    log = (cwd / "results/logs/pretrain/s0.log").read_text()
+    log = (cwd / "results/tiny/logs/pretrain/s0.log").read_text()
     assert "DivergenceError" in log and "lower the learning rate" in log
-    assert not (cwd / "results/pretrain/s0/model.pt").exists()
-    assert not (cwd / "results/pretrain/s0/metrics.zarr").exists()
+    assert not (cwd / "results/tiny/pretrain/s0/model.pt").exists()
+    assert not (cwd / "results/tiny/pretrain/s0/metrics.zarr").exists()

@@ -75,25 +75,104 @@ def _finetune(n_seeds: int) -> xr.Dataset:
     return ds
 
 
+PRUNING_METHODS = [
+    "el2n-hard", "el2n-easy", "grand-hard", "forgetting-easy", "prototypes-hard", "random", "rs2",
+]
+FRACTIONS = np.array([0.1, 0.25, 0.5, 0.75])
+
+
+def _less_data(fractions: np.ndarray) -> xr.DataArray:
+    """Less data -> more error: gives the log-log plot a slope."""
+    return xr.DataArray(0.3 * (1 - fractions), coords={"fraction": fractions})
+
+
 def _data_pruning(n_seeds: int) -> xr.Dataset:
-    fractions = np.array([0.25, 0.5, 0.75])
     ds = _metrics_dataset(
-        {
-            "method": ["el2n-hard", "random"],
-            "fraction": fractions,
-            "kd": np.array([False, True]),
-            "seed": np.arange(n_seeds),
-        },
-        n_epochs=5,
+        {"method": PRUNING_METHODS, "fraction": FRACTIONS, "seed": np.arange(n_seeds)},
+        n_epochs=12,
         seed=2,
     )
-    # Less data -> more error, KD helps a bit: gives the log-log plot a slope.
-    less_data = xr.DataArray(0.25 * (1 - fractions), coords={"fraction": fractions})
-    with_kd = xr.DataArray([0.0, 0.03], dims="kd", coords={"kd": ds["kd"]})
-    ds["test_acc"] = (ds["test_acc"] - less_data + with_kd).clip(0.0, 1.0)
+    method_offset = xr.DataArray(
+        np.linspace(-0.04, 0.04, len(PRUNING_METHODS)), coords={"method": PRUNING_METHODS}
+    )
+    ds["test_acc"] = (ds["test_acc"] - _less_data(FRACTIONS) + method_offset).clip(0.0, 1.0)
     # A combination that was not run.
-    ds["test_acc"].loc[{"method": "random", "kd": True}] = np.nan
+    ds["test_acc"].loc[{"method": "rs2", "fraction": 0.1}] = np.nan
     return ds
+
+
+def _optimal_alpha(fractions: np.ndarray) -> xr.DataArray:
+    """As "Distilling the Knowledge in Data Pruning" finds: less data, larger best alpha."""
+    return xr.DataArray(np.interp(fractions, [0.1, 0.5, 0.75], [0.9, 0.5, 0.25]),
+                        coords={"fraction": fractions})
+
+
+def _distill(n_seeds: int) -> xr.Dataset:
+    alphas = np.array([0.25, 0.5, 0.9])
+    ds = _metrics_dataset(
+        {
+            "method": PRUNING_METHODS[:5] + ["random"],
+            "fraction": FRACTIONS,
+            "teacher": ["trained", "untrained"],
+            "temperature": np.array([2.0, 4.0]),
+            "alpha": alphas,
+            "seed": np.arange(n_seeds),
+        },
+        n_epochs=12,
+        seed=5,
+    )
+    alpha = xr.DataArray(alphas, coords={"alpha": alphas})
+    # KD helps, most at the best alpha; the untrained teacher helps less; T=4 a bit better.
+    gain = (
+        0.04 - 0.6 * (alpha - _optimal_alpha(FRACTIONS)) ** 2
+        + xr.DataArray([0.0, -0.02], coords={"teacher": ds["teacher"]})
+        + xr.DataArray([0.0, 0.005], coords={"temperature": ds["temperature"]})
+    )
+    ds["test_acc"] = (ds["test_acc"] - _less_data(FRACTIONS) + gain).clip(0.0, 1.0)
+    # Combinations not run: the untrained teacher only at T=4, and not at all for one method.
+    ds["test_acc"].loc[{"teacher": "untrained", "temperature": 2.0}] = np.nan
+    ds["test_acc"].loc[{"teacher": "untrained", "method": "prototypes-hard"}] = np.nan
+    # One (method, fraction) with no KD run at all.
+    ds["test_acc"].loc[{"method": "grand-hard", "fraction": 0.75}] = np.nan
+    return ds
+
+
+SCORE_METHODS = ["el2n", "grand", "forgetting", "prototypes", "random"]
+N_EXAMPLES = 400
+
+
+def _scores(n_seeds: int) -> xr.Dataset:
+    """Scores of 400 examples, correlated through a hidden difficulty; 4, 4, 2, 1, 1 repetitions.
+
+    ``n_seeds`` is ignored: repetitions are the ``init`` dim.
+    """
+    rng = np.random.default_rng(6)
+    n_init = 4
+    difficulty = rng.standard_normal(N_EXAMPLES)
+
+    def noise() -> np.ndarray:
+        return rng.standard_normal((n_init, N_EXAMPLES))
+
+    el2n = np.sqrt(2) / (1 + np.exp(-(difficulty + 0.5 * noise() - 1)))
+    grand = np.exp(0.6 * difficulty + 0.3 * noise())
+    forgetting = rng.poisson(np.exp(difficulty + 0.3 * noise())).astype(float)
+    forgetting[0, difficulty > 1.6] = np.inf  # hardest examples never learned in one run
+    forgetting[1, difficulty > 2.0] = np.inf
+    forgetting[2:] = np.nan  # two repetitions only
+    prototypes = np.full((n_init, N_EXAMPLES), np.nan)
+    prototypes[0] = np.abs(0.4 * difficulty + rng.standard_normal(N_EXAMPLES)) + 0.1
+    random = np.full((n_init, N_EXAMPLES), np.nan)
+    random[0] = rng.uniform(size=N_EXAMPLES)
+    score = np.stack([el2n, grand, forgetting, prototypes, random])
+    labels = rng.integers(0, 10, N_EXAMPLES)
+    return xr.Dataset(
+        {
+            "score": (("method", "init", "sample"), score),
+            "label": (("method", "sample"), np.tile(labels, (len(SCORE_METHODS), 1))),
+        },
+        coords={"method": SCORE_METHODS, "init": np.arange(n_init),
+                "sample": np.arange(N_EXAMPLES)},
+    )
 
 
 def _network_pruning(n_seeds: int) -> xr.Dataset:
@@ -130,8 +209,10 @@ BUILDERS = {
     "pretrain": _pretrain,
     "finetune": _finetune,
     "data_pruning": _data_pruning,
+    "distill": _distill,
     "network_pruning": _network_pruning,
     "cka": _cka,
+    "scores": _scores,
 }
 
 
@@ -174,7 +255,7 @@ def test_final_value_takes_last_non_nan_epoch() -> None:
 def test_final_value_keeps_other_dims() -> None:
     ds = _data_pruning(2)
     out = plots.final_value(ds["test_acc"])
-    assert out.dims == ("method", "fraction", "kd", "seed")
+    assert out.dims == ("method", "fraction", "seed")
     # Seed 1 stops two epochs early, so its final value is epoch n-3.
     expected = ds["test_acc"].isel(seed=1, epoch=-3).sel({"method": "el2n-hard"})
     np.testing.assert_allclose(out.isel(seed=1).sel({"method": "el2n-hard"}), expected)
@@ -184,6 +265,8 @@ def test_final_value_keeps_other_dims() -> None:
 def test_render_writes_png_and_pdf(
     figure: str, n_seeds: int, summary_paths: dict[str, Path], tmp_path: Path
 ) -> None:
+    if n_seeds == 1 and all("seed" not in BUILDERS[n](1).dims for n in plots.FIGURES[figure][1]):
+        pytest.skip("its summaries have no seed dim: the same figure as for two seeds")
     png, pdf = tmp_path / "fig" / f"{figure}.png", tmp_path / "fig" / f"{figure}.pdf"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # NaN holes must not leak RuntimeWarnings
@@ -202,7 +285,11 @@ def test_render_writes_png_and_pdf(
 
 
 def test_figures_table_matches_signatures() -> None:
-    assert set(plots.FIGURES) == {"training_curves", "data_pruning", "network_pruning", "cka"}
+    assert set(plots.FIGURES) == {
+        "training_curves", "data_pruning", "best_alpha", "network_pruning", "cka",
+        "score_distributions", "score_agreement",
+    }
+    assert plots.FIGURES["data_pruning"][1] == ("data_pruning", "distill")
     for func, needs in plots.FIGURES.values():
         fig = func(*(BUILDERS[name](2) for name in needs))
         assert fig.axes
@@ -228,22 +315,148 @@ def test_network_pruning_accepts_density_as_collected_variable() -> None:
     np.testing.assert_allclose(line.get_xdata(), 100 * 0.8 ** np.arange(8))
 
 
-def test_data_pruning_single_method_skips_combinations_not_run() -> None:
-    ds = _data_pruning(2).sel({"method": ["random"]})  # random + KD is all NaN
-    ax = plots.data_pruning(ds).axes[0]
-    assert ax.get_legend_handles_labels()[1] == ["random"]
-    expected = 100 * (1 - plots.final_value(ds["test_acc"]).sel({"kd": False}).mean("seed"))
-    np.testing.assert_allclose(ax.containers[0].lines[0].get_ydata(), expected.squeeze())
+def _lines(ax) -> dict[str, object]:
+    """Error-bar lines of a figure by label ("method, style")."""
+    return {c.get_label(): c.lines[0] for c in ax.containers}
+
+
+def _texts(fig) -> str:
+    """All text drawn in a figure (titles, notes, legends), for checking what it says."""
+    return "\n".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+
+
+def test_best_over_picks_best_seed_mean_over_temperature_and_alpha() -> None:
+    acc = xr.DataArray(
+        np.full((2, 2, 3, 2), np.nan),
+        dims=("method", "temperature", "alpha", "seed"),
+        coords={"method": ["a", "b"], "temperature": [2.0, 4.0], "alpha": [0.25, 0.5, 0.9],
+                "seed": [0, 1]},
+    )
+    # Method a: alpha 0.9 has the best single seed (0.95) but alpha 0.5 at T=4 the best mean.
+    acc.loc[{"method": "a", "temperature": 2.0}] = [[0.6, 0.6], [0.7, 0.72], [0.95, 0.4]]
+    acc.loc[{"method": "a", "temperature": 4.0}] = [[0.6, 0.62], [0.8, 0.78], [np.nan, 0.5]]
+    # Method b was never run.
+    best, where = plots.best_over(acc, ("temperature", "alpha"))
+    assert best.dims == ("method",) and set(where) == {"temperature", "alpha"}
+    np.testing.assert_allclose(best.values, [0.79, np.nan])
+    np.testing.assert_allclose(where["alpha"].values, [0.5, np.nan])
+    np.testing.assert_allclose(where["temperature"].values, [4.0, np.nan])
+    # With an epoch dim, the final (last non-NaN) value of each run is what counts.
+    curves = xr.concat([acc * 0, acc], dim="epoch").transpose(..., "epoch")
+    curves[{"epoch": 1, "seed": 1}] = np.nan  # seed 1 stopped early: its final value is 0
+    best, where = plots.best_over(curves, ("temperature", "alpha"))
+    np.testing.assert_allclose(where["alpha"].values, [0.9, np.nan])  # 0.95 / 2 wins now
+    np.testing.assert_allclose(best.values, [0.475, np.nan])
+
+
+def test_data_pruning_kd_points_are_at_best_temperature_and_alpha() -> None:
+    pruned, distill = _data_pruning(2), _distill(2)
+    fig = plots.data_pruning(pruned, distill)
+    lines = _lines(fig.axes[0])
+    final = plots.final_value(distill["test_acc"]).sel({"method": "el2n-hard"})
+    for teacher, style in (("trained", "KD, trained teacher"),
+                           ("untrained", "KD, untrained (random) teacher")):
+        mean = final.sel({"teacher": teacher}).mean("seed")
+        expected = 100 * (1 - mean.max(("temperature", "alpha")))
+        line = lines[f"el2n-hard, {style}"]
+        np.testing.assert_allclose(line.get_xdata(), 100 * FRACTIONS, rtol=0.1)  # dodged
+        np.testing.assert_allclose(line.get_ydata(), expected)
+    no_kd = 100 * (1 - plots.final_value(pruned["test_acc"]).mean("seed"))
+    np.testing.assert_allclose(lines["el2n-hard, no KD"].get_ydata(),
+                               no_kd.sel({"method": "el2n-hard"}))
+    # Styles: solid, dashed, dotted; prototypes-hard has no untrained-teacher line;
+    # grand-hard's KD line skips the fraction not run; rs2 (no KD at all) is still drawn.
+    assert lines["el2n-hard, no KD"].get_linestyle() == "-"
+    assert lines["el2n-hard, KD, trained teacher"].get_linestyle() == "--"
+    assert lines["el2n-hard, KD, untrained (random) teacher"].get_linestyle() == ":"
+    assert "prototypes-hard, KD, untrained (random) teacher" not in lines
+    assert len(lines["grand-hard, KD, trained teacher"].get_xdata()) == 3
+    assert len(lines["rs2, no KD"].get_xdata()) == 3
+    method_key, style_key = fig.legends
+    assert [t.get_text() for t in method_key.get_texts()] == PRUNING_METHODS
+    assert [t.get_text() for t in style_key.get_texts()] == [
+        "no KD", "KD, trained teacher", "KD, untrained (random) teacher"]
+    assert "chosen per point" in _texts(fig)
+
+
+def test_data_pruning_without_untrained_teacher_has_no_dotted_style() -> None:
+    distill = _distill(2).sel({"teacher": ["trained"]})
+    fig = plots.data_pruning(_data_pruning(2), distill)
+    assert [t.get_text() for t in fig.legends[1].get_texts()] == ["no KD", "KD, trained teacher"]
 
 
 def test_all_nan_summary_says_no_data() -> None:
-    ds = _data_pruning(2)
-    ds["test_acc"][:] = np.nan
+    pruned, distill = _data_pruning(2), _distill(2)
+    pruned["test_acc"][:] = np.nan
+    distill["test_acc"][:] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fig = plots.data_pruning(ds)
+        fig = plots.data_pruning(pruned, distill)
         fig.canvas.draw()
     assert any(t.get_text() == "no data" for t in fig.axes[0].texts)
+
+
+def test_best_alpha_follows_the_optimum() -> None:
+    ds = _distill(2)
+    # Noise-free accuracy peaked at the optimal alpha of each fraction, T irrelevant.
+    peak = 0.8 - (ds["alpha"] - _optimal_alpha(FRACTIONS)) ** 2
+    ds["test_acc"] = ds["test_acc"].notnull() * peak.broadcast_like(ds["test_acc"])
+    ds["test_acc"].loc[{"method": "grand-hard", "fraction": 0.75}] = np.nan
+    ax = plots.best_alpha(ds).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines() if line.get_marker() == "o"}
+    assert list(lines) == PRUNING_METHODS[:5] + ["random"]
+    # Optimum 0.9, 0.75, 0.5, 0.25: the nearest swept alpha is 0.9, 0.9, 0.5, 0.25.
+    np.testing.assert_allclose(lines["el2n-hard"].get_ydata(), [0.9, 0.9, 0.5, 0.25])
+    np.testing.assert_allclose(lines["el2n-hard"].get_xdata(), 100 * FRACTIONS, rtol=0.1)
+    assert len(lines["grand-hard"].get_xdata()) == 3  # fraction 0.75 not run
+    assert ax.get_ylim()[0] <= 0 and ax.get_ylim()[1] >= 1
+
+
+def test_best_alpha_single_alpha_says_so() -> None:
+    fig = plots.best_alpha(_distill(1).sel({"alpha": [0.5]}))
+    assert "only α = 0.5 was swept" in fig.axes[0].get_title()
+
+
+def test_score_correlations_equal_scipy_and_the_heatmap() -> None:
+    from scipy import stats
+
+    ds = _scores(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(ds["score"].values, axis=1)  # (method, sample)
+    assert np.isinf(means[SCORE_METHODS.index("forgetting")]).any()
+    expected = stats.spearmanr(means.T).statistic
+    rho = plots.score_correlations(ds)
+    assert rho.dims == ("method_a", "method_b")
+    assert rho["method_a"].values.tolist() == SCORE_METHODS
+    np.testing.assert_allclose(rho.values, expected, atol=1e-12)
+    np.testing.assert_array_equal(np.diag(rho.values), 1.0)
+    image = plots.score_agreement(ds).axes[0].images[0]
+    np.testing.assert_allclose(np.asarray(image.get_array()), expected, atol=1e-12)
+    assert image.get_clim() == (-1.0, 1.0)
+
+
+def test_score_correlations_constant_method_is_nan_without_warnings() -> None:
+    ds = _scores(1)
+    ds["score"].loc[{"method": "random"}] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rho = plots.score_correlations(ds)
+    assert np.isnan(rho.sel({"method_a": "random"})).all()
+    assert np.isfinite(rho.sel({"method_a": "el2n", "method_b": "grand"}))
+
+
+def test_score_distributions_counts_never_learned() -> None:
+    ds = _scores(1)
+    fig = plots.score_distributions(ds)
+    forgetting = fig.axes[SCORE_METHODS.index("forgetting")]
+    mean = ds["score"].sel({"method": "forgetting"}).isel(init=[0, 1]).mean("init").values
+    n_inf = int(np.isinf(mean).sum())
+    assert 0 < n_inf < N_EXAMPLES
+    assert any(f"{n_inf} of {N_EXAMPLES} never learned" in t.get_text() for t in forgetting.texts)
+    assert sum(p.get_height() for p in forgetting.patches) == N_EXAMPLES - n_inf
+    assert "2 runs" in forgetting.get_title()
+    assert "EL2N" in fig.axes[0].get_xlabel()
 
 
 def test_unknown_figure_names_allowed_ones(tmp_path: Path) -> None:

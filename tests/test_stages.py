@@ -58,8 +58,8 @@ class Pipeline:
             inputs["parent"] = self.run(spec["parent"]) / "model.pt"
         if "score" in spec and spec["score"]["score"] != "rs2":
             inputs["scores"] = self.scores(spec["score"]["score"])
-        if "teacher" in spec:
-            inputs["teacher"] = self.run(spec["teacher"]) / "model.pt"
+        if "teacher_run" in spec:
+            inputs["teacher"] = self.run(spec["teacher_run"]) / "model.pt"
         stages.train_run(spec, out, data_path=self.task_path, device="cpu", progress=False, **inputs)
         return out
 
@@ -257,8 +257,8 @@ def test_imp_level_one_starts_from_the_masked_rewind_weights(pipeline: Pipeline,
 
 
 def test_distill_trains_on_the_prune_data_subset_with_the_teacher(pipeline: Pipeline) -> None:
-    run = "distill/el2n-hard/f0.5/s0"
-    assert pipeline.study.spec(run)["teacher"] == "finetune/scratch/s0"
+    run = "distill/trained/el2n-hard/f0.5/T4-a0.5/s0"
+    assert pipeline.study.spec(run)["teacher_run"] == "finetune/scratch/s0"
     student = _saved(pipeline.run(run))
     plain = _saved(pipeline.run("prune_data/el2n-hard/f0.5/s0"))
     assert torch.equal(student["kept"], plain["kept"])
@@ -266,6 +266,13 @@ def test_distill_trains_on_the_prune_data_subset_with_the_teacher(pipeline: Pipe
     xr.testing.assert_equal(_metrics(pipeline.folder(run)).isel(epoch=0),
                             _metrics(pipeline.folder("prune_data/el2n-hard/f0.5/s0")).isel(epoch=0))
     assert not torch.equal(student["state_dict"]["head.weight"], plain["state_dict"]["head.weight"])
+
+
+def test_an_untrained_teacher_needs_no_teacher_file_and_teaches_differently(pipeline: Pipeline) -> None:
+    untrained = _saved(pipeline.run("distill/untrained/el2n-hard/f0.5/T4-a0.5/s0"))
+    trained = _saved(pipeline.run("distill/trained/el2n-hard/f0.5/T4-a0.5/s0"))
+    assert torch.equal(untrained["kept"], trained["kept"])
+    assert not torch.equal(untrained["state_dict"]["head.weight"], trained["state_dict"]["head.weight"])
 
 
 # --- analysis ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
-from workflow.study import STAGES, Study, fraction_label
+from workflow.study import STAGES, Study, number_label
 
 Config = dict[str, Any]
 
@@ -34,8 +34,12 @@ def _id_segments(parts: dict[str, Any]) -> set[str]:
     out = {parts["stage"]}
     if "method" in parts:
         out.add(parts["method"])
+    if "teacher" in parts:
+        out.add(parts["teacher"])
     if "fraction" in parts:
-        out.add("f" + fraction_label(parts["fraction"]))
+        out.add("f" + number_label(parts["fraction"]))
+    if "temperature" in parts:
+        out.add(f"T{number_label(parts['temperature'])}-a{number_label(parts['alpha'])}")
     if "seed" in parts:
         out.add(f"s{parts['seed']}")
     if "level" in parts:
@@ -57,7 +61,7 @@ def test_run_ids_are_unique_and_readable(study: Study) -> None:
     assert "pretrain/s0" in runs
     assert "finetune/linear_probe/s1" in runs
     assert "prune_data/el2n-hard/f0.25/s1" in runs
-    assert "distill/random/f0.75/s0" in runs
+    assert "distill/trained/random/f0.75/T4-a0.5/s0" in runs
     assert "prune_network/imp/s1/level3" in runs
 
 
@@ -78,12 +82,12 @@ def test_parse_reads_each_part(study: Study) -> None:
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25, 0.1, 0.05, 0.001, 0.3333, 1e-05, 0.1234567, 1 / 3])
-def test_fraction_labels_parse_back_to_the_fraction(fraction: float) -> None:
-    assert Study.parse(f"prune_data/random/f{fraction_label(fraction)}/s0")["fraction"] == fraction
+def test_number_labels_parse_back_to_the_fraction(fraction: float) -> None:
+    assert Study.parse(f"prune_data/random/f{number_label(fraction)}/s0")["fraction"] == fraction
 
 
-def test_fraction_labels_are_short_and_positional() -> None:
-    assert [fraction_label(f) for f in (1.0, 0.5, 0.25, 1e-05)] == ["1", "0.5", "0.25", "0.00001"]
+def test_number_labels_are_short_and_positional() -> None:
+    assert [number_label(f) for f in (1.0, 0.5, 0.25, 1e-05)] == ["1", "0.5", "0.25", "0.00001"]
 
 
 def test_distinct_fractions_get_distinct_run_ids(default_config: Config) -> None:
@@ -177,12 +181,12 @@ def test_global_train_settings_change_every_stage_without_its_own_value(default_
     [
         (lambda c: c["analyze"].update(probe_size=100), set()),
         (lambda c: c.update(threads=2, device="cpu"), set()),
-        (lambda c: c["distill"].update(temperature=2.0), {"distill"}),
+        (lambda c: c["distill"].update(teacher="finetune/full/s0"), {"distill"}),
         (lambda c: c["prune_network"].update(rewind_step=5), {"prune_network"}),
         (lambda c: c["pretrain"]["train"].update(epochs=3), {"pretrain"}),
         (lambda c: c["data"]["source"]["args"].update(seed=3), {"pretrain"}),
     ],
-    ids=["probe_size", "threads-device", "temperature", "rewind_step", "pretrain-epochs", "source-data"],
+    ids=["probe_size", "threads-device", "teacher", "rewind_step", "pretrain-epochs", "source-data"],
 )
 def test_a_setting_changes_the_specs_of_the_runs_it_affects_and_no_others(
     default_config: Config, change: Callable[[Config], None], stages: set[str]
@@ -191,6 +195,14 @@ def test_a_setting_changes_the_specs_of_the_runs_it_affects_and_no_others(
     assert {Study.parse(r)["stage"] for r in changed} == stages
     for stage in stages:
         assert set(_stage_runs(Study(default_config), stage)) <= changed
+
+
+def test_kd_settings_are_sweep_axes_in_the_run_ids(default_config: Config) -> None:
+    study = _changed(default_config, lambda c: c["distill"].update(temperature=[2.0, 4.0], alpha=[0.1, 0.9]))
+    runs = study.subset_runs("distill")
+    assert len(runs) == 2 * 3 * 2 * 2 * 2  # methods x fractions x T x alpha x seeds
+    assert "distill/trained/el2n-hard/f0.5/T2-a0.9/s1" in runs
+    assert Study.parse("distill/trained/el2n-hard/f0.5/T2-a0.9/s1")["alpha"] == 0.9
 
 
 def test_el2n_settings_change_only_the_runs_on_el2n_subsets(default_config: Config) -> None:
@@ -212,9 +224,13 @@ def test_specs_are_json_and_dumps_is_stable(default_config: Config) -> None:
 
 
 def test_spec_says_how_a_run_is_made(study: Study) -> None:
-    distill = study.spec("distill/el2n-hard/f0.5/s1")
-    assert distill["teacher"] == "finetune/scratch/s0"
+    distill = study.spec("distill/trained/el2n-hard/f0.5/T4-a0.5/s1")
+    assert (distill["teacher"], distill["teacher_run"]) == ("trained", "finetune/scratch/s0")
     assert distill["teacher_spec"] == study.spec("finetune/scratch/s0")
+    assert (distill["temperature"], distill["alpha"]) == (4.0, 0.5)
+    untrained = study.spec("distill/untrained/el2n-hard/f0.5/T4-a0.5/s1")
+    assert untrained["teacher"] == "untrained" and "teacher_run" not in untrained
+    assert untrained["teacher_seed"] != untrained["seed"]  # the student never starts at its teacher
     assert (distill["fraction"], distill["keep"], distill["score"]["score"]) == (0.5, "hard", "el2n")
     random = study.spec("prune_data/random/f0.25/s0")
     assert random["score"] == {"stage": "scores", "score": "random", "data": study.config["data"]["target"],
@@ -241,9 +257,13 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
         "pretrain": set(itertools.product(config["pretrain"]["seeds"])),
         "finetune": set(itertools.product(config["finetune"]["methods"], config["finetune"]["seeds"])),
         "data_pruning": set(itertools.product(
-            study.data_pruning_methods(), config["prune_data"]["fractions"], [False, True],
-            config["prune_data"]["seeds"],
+            study.data_pruning_methods(), config["prune_data"]["fractions"], config["prune_data"]["seeds"],
         )),
+        "distill": set(itertools.product(
+            study.data_pruning_methods(), config["prune_data"]["fractions"], config["distill"]["teachers"],
+            config["distill"]["temperature"], config["distill"]["alpha"], config["prune_data"]["seeds"],
+        )),
+        "scores": {(s,) for s in config["prune_data"]["scores"] if s != "rs2"},
         "network_pruning": set(itertools.product(
             config["prune_network"]["methods"], range(config["prune_network"]["levels"] + 1),
             config["prune_network"]["seeds"],
@@ -259,10 +279,12 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
         assert len({tuple(c) for c, _ in entries}) == 1, f"{name}: every entry has the same dims"
         paths = [p for _, p in entries]
         assert len(paths) == len(set(paths)), name
-    assert len(summaries["data_pruning"]) == 2 * 3 * 2 * 2
+    assert len(summaries["data_pruning"]) == 2 * 3 * 2
+    assert len(summaries["distill"]) == 2 * 3 * 1 * 1 * 1 * 2
 
 
 def test_summaries_gather_the_metrics_of_the_runs(study: Study) -> None:
     entries = dict((tuple(c.values()), p) for c, p in study.summaries()["data_pruning"])
-    assert entries[("random", 0.25, True, 1)] == "results/distill/random/f0.25/s1/metrics.zarr"
-    assert entries[("el2n-hard", 0.75, False, 0)] == "results/prune_data/el2n-hard/f0.75/s0/metrics.zarr"
+    assert entries[("el2n-hard", 0.75, 0)] == "results/prune_data/el2n-hard/f0.75/s0/metrics.zarr"
+    kd = dict((tuple(c.values()), p) for c, p in study.summaries()["distill"])
+    assert kd[("random", 0.25, "trained", 4.0, 0.5, 1)] == "results/distill/trained/random/f0.25/T4-a0.5/s1/metrics.zarr"

@@ -7,6 +7,7 @@ This module needs no torch, so that checking a configuration stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +59,99 @@ def _mnist1d(args: dict[str, Any]) -> Arrays:
 
 
 DATASETS.register("mnist1d")(DatasetSource(_mnist1d, _mnist1d_settings))
+
+
+# --- image datasets read by torchvision's own loaders from a local folder -----------------
+
+TORCHVISION_CLASSES: dict[str, str] = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "mnist": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+}
+"""Registered name -> class of ``torchvision.datasets`` that reads its on-disk layout."""
+
+
+def _torchvision_settings() -> dict[str, Any]:
+    return {"root": "data/torchvision", "download": False, "normalize": True}
+
+
+def torchvision_files(name: str, root: str | Path) -> list[Path]:
+    """The files torchvision reads for dataset ``name`` under ``root`` (both splits).
+
+    CIFAR: ``root/cifar-10-batches-py/data_batch_1`` ... (the extracted archive);
+    MNIST family: ``root/<Class>/raw/train-images-idx3-ubyte`` ... (the extracted IDX files).
+    """
+    from torchvision import datasets as tvd
+
+    cls = getattr(tvd, TORCHVISION_CLASSES[name])
+    root = Path(root)
+    if issubclass(cls, tvd.CIFAR10):
+        folder = root / cls.base_folder
+        names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    else:  # MNIST and its subclasses: the IDX files, unzipped, in <root>/<Class>/raw
+        folder = root / cls.__name__ / "raw"
+        names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+    return [folder / n for n in names]
+
+
+def _images(data: Any) -> np.ndarray:
+    """torchvision's image array (N, H, W, C) or (N, H, W), uint8 -> float32 (N, C, H, W) in [0, 1]."""
+    x = np.asarray(data)
+    x = np.ascontiguousarray(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2), dtype=np.float32)
+    x /= np.float32(255)
+    return x
+
+
+def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
+    """Train and official test split of a torchvision dataset, channels first, normalised
+    per channel with the training set's mean and standard deviation."""
+    settings = _torchvision_settings()
+    unknown = set(args) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; allowed: {sorted(settings)}")
+    settings.update(args)
+    for key in ("download", "normalize"):
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"{name} setting {key!r} must be true or false, not {settings[key]!r}")
+    root = Path(settings["root"])
+
+    from torchvision import datasets as tvd
+
+    cls = getattr(tvd, TORCHVISION_CLASSES[name])
+    if not settings["download"]:
+        missing = [str(p) for p in torchvision_files(name, root) if not p.is_file()]
+        legacy = root / cls.__name__ / "processed"  # old torchvision MNIST caches, still read
+        if missing and not (issubclass(cls, tvd.MNIST) and (legacy / "training.pt").is_file()
+                            and (legacy / "test.pt").is_file()):
+            raise FileNotFoundError(
+                f"{name}: dataset files not found under {root.resolve()} (torchvision's layout); "
+                f"missing: {', '.join(missing)}. Put the dataset there, point `args.root` at it, "
+                f"or set `download: true` in its `args` to fetch it"
+            )
+    splits = {}
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = cls(str(root), train=train, download=settings["download"])
+        except RuntimeError as e:  # torchvision: files present but not matching their checksums
+            raise RuntimeError(f"{name}: could not read the dataset under {root.resolve()}: {e}") from e
+        splits[f"x_{split}"] = _images(ds.data)
+        splits[f"y_{split}"] = np.asarray(ds.targets, dtype=np.int64)
+    if settings["normalize"]:
+        x_train = splits["x_train"]
+        mean = np.array([x_train[:, c].mean(dtype=np.float64) for c in range(x_train.shape[1])])
+        std = np.array([x_train[:, c].std(dtype=np.float64) for c in range(x_train.shape[1])])
+        std[std == 0] = 1.0  # a constant channel is only centred
+        shape = (1, -1, 1, 1)
+        for split in ("x_train", "x_test"):
+            splits[split] -= mean.astype(np.float32).reshape(shape)
+            splits[split] /= std.astype(np.float32).reshape(shape)
+    return splits
+
+
+for _name in TORCHVISION_CLASSES:
+    DATASETS.register(_name)(DatasetSource(partial(_torchvision, _name), _torchvision_settings))
+del _name
 
 
 def dataset_settings(name: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from itertools import combinations_with_replacement
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
@@ -23,16 +24,23 @@ from matplotlib import colormaps, ticker
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy.stats import spearmanr
 
 from workflow import storage
 
 __all__ = [
     "FIGURES",
+    "best_alpha",
+    "best_over",
     "cka_heatmaps",
     "data_pruning",
     "final_value",
     "network_pruning",
     "render",
+    "score_agreement",
+    "score_correlations",
+    "score_distributions",
     "training_curves",
 ]
 
@@ -40,6 +48,24 @@ LOSS_LABEL = "cross-entropy loss (nats)"
 PRETRAIN_COLOUR = "black"
 # "scratch" is not fine-tuned at all: it is the no-pretraining baseline.
 FINETUNE_LABELS = {"scratch": "from scratch (baseline)"}
+# Line style and legend text of the students of each teacher, in drawing order;
+# "none" is the data_pruning summary (no distillation).
+KD_STYLES = {
+    "none": ("-", "no KD"),
+    "trained": ("--", "KD, trained teacher"),
+    "untrained": (":", "KD, untrained (random) teacher"),
+}
+OTHER_TEACHER_STYLE = "-."
+# The hyperparameters of distillation chosen per point (maximised jointly).
+KD_HYPERPARAMETERS = ("temperature", "alpha")
+# What each per-example score is, for axis labels; higher = harder for all of them.
+SCORE_LABELS = {
+    "el2n": r"EL2N: $\|\mathrm{softmax}(f(x)) - \mathrm{onehot}(y)\|_2$",
+    "grand": r"GraNd: $\|\nabla_\theta\, \ell(f(x), y)\|_2$",
+    "forgetting": "forgetting events (1 → 0 accuracy transitions)",
+    "prototypes": "distance to nearest k-means centroid",
+    "random": "random score (baseline)",
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -80,6 +106,123 @@ def _over_seeds(da: xr.DataArray) -> _SeedStats:
         return _SeedStats(
             mean=da.mean("seed"), std=std, low=da.min("seed"), high=da.max("seed")
         )
+
+
+def _quiet_mean(da: xr.DataArray, dim: str) -> xr.DataArray:
+    """Mean over ``dim`` skipping NaN; all-NaN slices give NaN without a RuntimeWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return da.mean(dim)
+
+
+def _final(da: xr.DataArray) -> xr.DataArray:
+    """The final value of each run if ``da`` still has an epoch dim, else ``da`` itself."""
+    return final_value(da) if "epoch" in da.dims else da
+
+
+def _argbest(
+    mean: xr.DataArray, dims: Sequence[str]
+) -> tuple[dict[str, xr.Variable], xr.DataArray]:
+    """Where ``mean`` is largest over the combinations of ``dims`` (jointly), per other index.
+
+    Returns positional indices along each of ``dims`` (for ``isel``; first maximum
+    in coordinate order on ties) and a mask of where any combination is not NaN.
+    """
+    dims = list(dims)
+    others = [d for d in mean.dims if d not in dims]
+    ordered = mean.transpose(*others, *dims)
+    flat = ordered.values.reshape(ordered.shape[: len(others)] + (-1,))
+    run = ~np.isnan(flat)
+    best = np.where(run, flat, -np.inf).argmax(axis=-1)
+    positions = np.unravel_index(best, [mean.sizes[d] for d in dims])
+    indices = {d: xr.Variable(others, pos) for d, pos in zip(dims, positions)}
+    found = xr.DataArray(
+        run.any(axis=-1), dims=others, coords={d: mean[d] for d in others if d in mean.coords}
+    )
+    return indices, found
+
+
+def _choose(
+    da: xr.DataArray, dims: Sequence[str]
+) -> tuple[xr.DataArray, dict[str, xr.Variable], xr.DataArray]:
+    """The seed-mean final values of ``da``, and :func:`_argbest` of them over ``dims``."""
+    mean = _final(da)
+    if "seed" in mean.dims:
+        mean = _quiet_mean(mean, "seed")
+    return (mean, *_argbest(mean, dims))
+
+
+def best_over(da: xr.DataArray, dims: Sequence[str]) -> tuple[xr.DataArray, xr.Dataset]:
+    """Best seed-mean final value of ``da`` over the combinations of ``dims``, and where it is.
+
+    ``da`` is a metric where higher is better (e.g. ``test_acc``), per run: with an
+    ``epoch`` dim its :func:`final_value` is taken; with a ``seed`` dim the mean over
+    seeds (NaN skipped) is what is maximised, jointly over ``dims`` (e.g. temperature
+    and alpha). Returns ``(best, where)``: ``best`` the maximum over the remaining
+    dims, and ``where`` a Dataset with, for each of ``dims``, the coordinate value at
+    the maximum. Both are NaN where no combination was run; ties go to the first
+    combination in coordinate order.
+    """
+    mean, indices, found = _choose(da, dims)
+    best = mean.isel(indices).where(found).drop_vars(list(dims), errors="ignore")
+    where = xr.Dataset(
+        {d: found.copy(data=mean[d].values[indices[d].values]).where(found) for d in dims}
+    )
+    return best, where
+
+
+def _best_runs(da: xr.DataArray, dims: Sequence[str]) -> xr.DataArray:
+    """Per-seed final values of ``da`` at the combination of ``dims`` :func:`best_over` picks."""
+    _, indices, found = _choose(da, dims)
+    return _final(da).isel(indices).where(found).drop_vars(list(dims), errors="ignore")
+
+
+def _mean_scores(scores: xr.Dataset) -> xr.DataArray:
+    """Each example's score averaged over repetitions (``init``), NaN padding skipped.
+
+    An infinite score in any repetition (forgetting: never learned) stays infinite.
+    """
+    score = scores["score"]
+    return _quiet_mean(score, "init") if "init" in score.dims else score
+
+
+def _n_repetitions(scores: xr.Dataset, method: Hashable) -> int:
+    """How many repetitions (``init`` rows that are not all NaN) a method has."""
+    score = scores["score"].sel({"method": method})
+    if "init" not in score.dims:
+        return 1
+    return int(score.notnull().any("sample").sum())
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho over the examples both scored; NaN if either is constant there."""
+    both = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[both], b[both]
+    if a.size < 3 or np.unique(a).size < 2 or np.unique(b).size < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def score_correlations(scores: xr.Dataset) -> xr.DataArray:
+    """Spearman rank correlation between every two methods' mean per-example scores.
+
+    Dims ``(method_a, method_b)``; symmetric with 1 on the diagonal (NaN for a method
+    whose scores are constant or missing). Each pair uses the examples both methods
+    scored; +inf (never learned) ranks above every finite score.
+    """
+    means = _mean_scores(scores).transpose("method", "sample")
+    methods = _values(scores, "method")
+    rho = np.full((len(methods), len(methods)), np.nan)
+    for i, j in combinations_with_replacement(range(len(methods)), 2):
+        rho[i, j] = rho[j, i] = _spearman(means.values[i], means.values[j])
+    # Exactly 1 rather than a rounded 0.9999999999999998.
+    rho[np.diag_indices_from(rho)] = np.where(np.isnan(np.diag(rho)), np.nan, 1.0)
+    return xr.DataArray(
+        rho,
+        dims=("method_a", "method_b"),
+        coords={"method_a": methods, "method_b": methods},
+        name="spearman",
+    )
 
 
 # Selections below pass a dict: ``sel(method=...)`` would be taken as sel's own
@@ -144,18 +287,19 @@ def _plot_band(ax: Axes, x: Any, stats: _SeedStats, **line: Any) -> None:
         ax.fill_between(x, low, high, color=handle.get_color(), alpha=0.2, lw=0)
 
 
-def _plot_errorbar(ax: Axes, x: Any, stats: _SeedStats, **line: Any) -> None:
-    """Mean with std error bars over seeds, as markers joined by a line."""
+def _plot_errorbar(ax: Axes, x: Any, stats: _SeedStats, **line: Any) -> bool:
+    """Mean with std error bars over seeds, as markers joined by a line; whether any was drawn."""
     x, mean, std, _, _ = _finite(x, stats)
     if x.size:
         ax.errorbar(x, mean, yerr=std, marker="o", markersize=4, capsize=3, **line)
+    return bool(x.size)
 
 
 def _legend(ax: Axes, *, outside: bool = False, **kwargs: Any) -> None:
     """A legend (beside the figure if ``outside``), or a visible note when nothing was drawn."""
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
-        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        _no_data(ax)
     elif outside:
         # Below the panels, in a row: beside them it would collide with the suptitle.
         ax.figure.legend(
@@ -163,6 +307,79 @@ def _legend(ax: Axes, *, outside: bool = False, **kwargs: Any) -> None:
         )
     else:
         ax.legend(**kwargs)
+
+
+def _no_data(ax: Axes, text: str = "no data") -> None:
+    """Say in the panel that there is nothing to show."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center")
+
+
+def _key(
+    fig: Figure, title: str, handles: Sequence[Line2D], loc: str, **kwargs: Any
+) -> None:
+    """A legend of handmade entries (colours or line styles) beside the axes."""
+    if handles:
+        fig.legend(handles=list(handles), loc=loc, title=title, fontsize="small",
+                   title_fontsize="small", **kwargs)
+
+
+def _method_key(fig: Figure, methods: Iterable[Hashable], colours: Mapping[Hashable, Any]) -> None:
+    """The colour of each method, beside the axes (top right)."""
+    handles = [Line2D([], [], color=colours[m], marker="o", markersize=4, label=str(m))
+               for m in methods]
+    _key(fig, "method", handles, "outside right upper")
+
+
+def _kd_style(teacher: str) -> tuple[str, str]:
+    """Line style and legend text for the students of ``teacher`` ("none": no KD)."""
+    return KD_STYLES.get(teacher, (OTHER_TEACHER_STYLE, f"KD, {teacher} teacher"))
+
+
+def _dodge(i: int, n: int, step: float = 0.008) -> float:
+    """Factor that shifts the i-th of n lines a little along a log axis, so ties stay visible."""
+    return 10.0 ** (step * (i - (n - 1) / 2))
+
+
+def _heatmap(
+    ax: Axes,
+    values: np.ndarray,
+    *,
+    cmap: Any,
+    vmin: float,
+    vmax: float,
+    fontsize: float,
+    text_colour: Callable[[float], str],
+    aspect: str = "auto",
+    missing: str | None = None,
+) -> Any:
+    """``values`` as an image with each cell annotated (``missing`` in NaN cells, if given)."""
+    image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect=aspect)
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            text, colour = f"{v:.2f}", text_colour(v)
+        elif missing is not None:
+            text, colour = missing, "dimgrey"
+        else:
+            continue
+        ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=colour)
+    return image
+
+
+def _bins(values: np.ndarray) -> Any:
+    """Histogram bins: one per value for values on a coarse regular grid, else 10–50 bins.
+
+    Counts (forgetting events), and their means over a few runs (multiples of 1/k),
+    get a bin centred on each possible value rather than bins that straddle them.
+    """
+    distinct = np.unique(values)
+    if 1 < distinct.size <= 80:
+        step = np.diff(distinct).min()
+        n_steps = (distinct[-1] - distinct[0]) / step
+        on_grid = np.allclose((distinct - distinct[0]) / step,
+                              np.round((distinct - distinct[0]) / step), atol=1e-6)
+        if on_grid and n_steps <= 80:
+            return distinct[0] + step * (np.arange(round(n_steps) + 2) - 0.5)
+    return int(np.clip(len(np.histogram_bin_edges(values, "auto")) - 1, 10, 50))
 
 
 class _PlainLogFormatter(ticker.LogFormatter):
@@ -227,29 +444,109 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     return fig
 
 
-def data_pruning(ds: xr.Dataset) -> Figure:
-    """Final test error against training data kept, per pruning method, with and without KD."""
-    fig, axes = _new_figure(1, 1, (6.0, 4.4))
+def _pruning_curves(
+    pruned: xr.Dataset, distill: xr.Dataset
+) -> list[tuple[str, xr.DataArray]]:
+    """Final test accuracy per (method, fraction, seed) for each line style.
+
+    First the students without KD ("none"), then one entry per teacher, each at the
+    (temperature, alpha) with the best seed-mean final test accuracy per point.
+    """
+    curves = [("none", final_value(pruned["test_acc"]))]
+    order = list(KD_STYLES)
+    teachers = sorted(
+        _values(distill, "teacher"), key=lambda t: order.index(t) if t in order else len(order)
+    )
+    for teacher in teachers:
+        acc = distill["test_acc"].sel({"teacher": teacher}, drop=True)
+        curves.append((str(teacher), _best_runs(acc, KD_HYPERPARAMETERS)))
+    return curves
+
+
+def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
+    """Final test error against training data kept, per pruning method, without and with KD.
+
+    Solid: no distillation; dashed: KD from the trained teacher; dotted: KD from
+    a frozen untrained teacher. Each KD point is at the temperature and alpha with
+    the best mean final test accuracy over seeds for that (method, fraction, teacher).
+    """
+    fig, axes = _new_figure(1, 1, (7.0, 4.8))
     ax = axes[0, 0]
-    error = 100.0 * (1.0 - final_value(ds["test_acc"]))
-    methods = _values(ds, "method")
+    methods = list(dict.fromkeys(_values(pruned, "method") + _values(distill, "method")))
     colours = _colours(methods)
-    x = 100.0 * ds["fraction"].values
-    for method in methods:
-        for kd in _values(ds, "kd"):
-            stats = _over_seeds(error.sel({"method": method, "kd": kd}))
-            _plot_errorbar(
-                ax, x, stats, color=colours[method], linestyle="--" if kd else "-",
-                label=f"{method} + KD" if kd else str(method),
-            )
+    drawn_methods: set[Hashable] = set()
+    styles: list[Line2D] = []
+    for teacher, acc in _pruning_curves(pruned, distill):
+        linestyle, label = _kd_style(teacher)
+        x = 100.0 * acc["fraction"].values
+        drawn = False
+        for method in _values(acc, "method"):
+            stats = _over_seeds(100.0 * (1.0 - acc.sel({"method": method})))
+            # Each method a little to the side, so that error bars do not hide each other.
+            dodge = _dodge(methods.index(method), len(methods))
+            if _plot_errorbar(ax, x * dodge, stats, color=colours[method],
+                              linestyle=linestyle, label=f"{method}, {label}"):
+                drawn = True
+                drawn_methods.add(method)
+        if drawn:
+            styles.append(Line2D([], [], color="dimgrey", linestyle=linestyle, label=label))
+    if not styles:
+        _no_data(ax)
+    _method_key(fig, [m for m in methods if m in drawn_methods], colours)
+    # The choice is on test accuracy, as the KD-on-pruned-data paper reports its
+    # best alpha: the KD points are an optimistic estimate, and the key says so.
+    kd_note = ("KD: temperature T and weight α chosen per point "
+               "for the best mean final test accuracy")
+    _key(fig, f"line style ({kd_note})" if len(styles) > 1 else "line style", styles,
+         "outside lower center", ncols=len(styles) or 1)
     # Log-log, as in data-pruning scaling laws; ticks at the fractions actually kept.
-    _log_axis(ax, "x", ticks=x)
+    fractions = np.union1d(pruned["fraction"].values, distill["fraction"].values)
+    _log_axis(ax, "x", ticks=100.0 * fractions)
     _log_axis(ax, "y")
-    ax.set_xlabel("training examples kept (%)")
+    ax.set_xlabel("training examples kept (%; methods offset slightly)")
     ax.set_ylabel("final test error (%)")
     ax.grid(which="both", alpha=0.3)
-    _legend(ax, title="method (dashed: with KD)", fontsize="small")
-    ax.set_title(f"Data pruning: test error vs data kept ({_seeds_text('mean ± std', ds)})")
+    how = _seeds_text("mean ± std", pruned, distill)
+    ax.set_title(f"Data pruning with and without distillation\n{how}")
+    return fig
+
+
+def best_alpha(distill: xr.Dataset) -> Figure:
+    """Best distillation weight alpha (trained teacher) against kept fraction, per method."""
+    fig, axes = _new_figure(1, 1, (6.0, 4.2))
+    ax = axes[0, 0]
+    teacher = "trained"
+    methods = _values(distill, "method")
+    colours = _colours(methods)
+    drawn: list[Hashable] = []
+    if teacher in _values(distill, "teacher"):
+        acc = distill["test_acc"].sel({"teacher": teacher}, drop=True)
+        _, where = best_over(acc, KD_HYPERPARAMETERS)
+        x = 100.0 * distill["fraction"].values
+        for i, method in enumerate(methods):
+            y = where["alpha"].sel({"method": method}).values.astype(float)
+            keep = np.isfinite(y)
+            if keep.any():
+                ax.plot(x[keep] * _dodge(i, len(methods)), y[keep], marker="o",
+                        markersize=5, color=colours[method], label=str(method))
+                drawn.append(method)
+    if not drawn:
+        _no_data(ax, f"no data for the {teacher} teacher")
+    alphas = [float(a) for a in _values(distill, "alpha")]
+    for a in alphas:
+        ax.axhline(a, color="grey", linestyle=":", linewidth=0.8, zorder=0)
+    _method_key(fig, drawn, colours)
+    _log_axis(ax, "x", ticks=100.0 * distill["fraction"].values)
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_locator(ticker.MultipleLocator(0.25))
+    ax.set_xlabel("training examples kept (%; methods offset slightly)")
+    ax.set_ylabel("best KD weight α (dotted: values swept)")
+    ax.grid(axis="x", which="major", alpha=0.3)
+    how = _seeds_text("mean", distill)
+    note = (f"only α = {alphas[0]:g} was swept: nothing to choose" if len(alphas) == 1
+            else f"best final test accuracy ({how}) over α and T")
+    ax.set_title(f"Best KD weight α per kept fraction ({teacher} teacher)\n{note}",
+                 fontsize="medium")
     return fig
 
 
@@ -292,12 +589,9 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
     for ax, method in zip(axes[0], methods):
         mean = _over_seeds(ds["cka"].sel({"method": method})).mean
         values = mean.transpose("layer_a", "layer_b").values
-        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
-        for (i, j), v in np.ndenumerate(values):
-            if np.isfinite(v):
-                # Dark text on the bright end of viridis, light text elsewhere.
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
-                        color="black" if v > 0.6 else "white")
+        # Dark text on the bright end of viridis, light text elsewhere.
+        image = _heatmap(ax, values, cmap=cmap, vmin=0.0, vmax=1.0, fontsize=fontsize,
+                         text_colour=lambda v: "black" if v > 0.6 else "white")
         ax.set_xticks(
             range(n_b), [str(v) for v in ds["layer_b"].values], rotation=45, ha="right"
         )
@@ -312,13 +606,73 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
     return fig
 
 
+def score_distributions(scores: xr.Dataset) -> Figure:
+    """Histogram of each example's mean score (over repetitions), one panel per scoring method."""
+    methods = _values(scores, "method")
+    means = _mean_scores(scores)
+    colours = _colours(methods)
+    ncols = max(1, min(3, len(methods)))
+    nrows = max(1, -(-len(methods) // ncols))
+    fig, axes = _new_figure(nrows, ncols, (3.9, 3.0))
+    for ax in axes.flat[len(methods):]:
+        ax.set_axis_off()
+    for ax, method in zip(axes.flat, methods):
+        values = means.sel({"method": method}).values
+        scored = values[~np.isnan(values)]
+        finite = scored[np.isfinite(scored)]
+        if finite.size:
+            ax.hist(finite, bins=_bins(finite), color=colours[method])
+        n_inf = scored.size - finite.size
+        if n_inf:
+            meaning = "never learned" if method == "forgetting" else "infinite score"
+            ax.text(0.97, 0.95, f"{n_inf} of {scored.size} {meaning}\n(score = ∞, not shown)",
+                    transform=ax.transAxes, ha="right", va="top", fontsize="small",
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "lightgrey"})
+        elif not finite.size:
+            _no_data(ax)
+        n = _n_repetitions(scores, method)
+        ax.set_title(f"{method} ({f'mean over {n} runs' if n > 1 else f'{n} run'})",
+                     fontsize="medium")
+        ax.set_xlabel(SCORE_LABELS.get(str(method), f"{method} score"))
+        ax.set_ylabel("examples")
+        ax.grid(alpha=0.3)
+    n_examples = int(scores.sizes.get("sample", 0))
+    fig.suptitle(f"Per-example pruning scores ({n_examples} training examples; "
+                 "keeping \"hard\" keeps the highest)")
+    return fig
+
+
+def score_agreement(scores: xr.Dataset) -> Figure:
+    """Heatmap of the Spearman rank correlation between methods' mean per-example scores."""
+    rho = score_correlations(scores)
+    methods = [str(m) for m in rho["method_a"].values]
+    n = len(methods)
+    fig, axes = _new_figure(1, 1, (max(4.2, 0.8 * n + 2.4), max(3.4, 0.8 * n + 1.6)))
+    ax = axes[0, 0]
+    cmap = colormaps["RdBu_r"].with_extremes(bad="lightgrey")
+    # Light text on the saturated ends of the colormap, dark in its pale middle.
+    image = _heatmap(ax, rho.values, cmap=cmap, vmin=-1.0, vmax=1.0, aspect="equal",
+                     fontsize=9 if n <= 8 else 7, missing="n/a",
+                     text_colour=lambda v: "white" if abs(v) > 0.6 else "black")
+    ax.set_xticks(range(n), methods, rotation=45, ha="right")
+    ax.set_yticks(range(n), methods)
+    fig.colorbar(image, ax=ax, label="Spearman ρ", shrink=0.9)
+    n_examples = int(scores.sizes.get("sample", 0))
+    ax.set_title(f"Agreement between scoring methods\nrank correlation of mean scores "
+                 f"({n_examples} examples)", fontsize="medium")
+    return fig
+
+
 # ------------------------------------------------------------------------ entry
 
 FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "training_curves": (training_curves, ("pretrain", "finetune")),
-    "data_pruning": (data_pruning, ("data_pruning",)),
+    "data_pruning": (data_pruning, ("data_pruning", "distill")),
+    "best_alpha": (best_alpha, ("distill",)),
     "network_pruning": (network_pruning, ("network_pruning",)),
     "cka": (cka_heatmaps, ("cka",)),
+    "score_distributions": (score_distributions, ("scores",)),
+    "score_agreement": (score_agreement, ("scores",)),
 }
 
 

@@ -43,7 +43,9 @@ def report(results: str | Path) -> str:
     if (ds := have("finetune")) is not None:
         parts.append(_table("finetune (target task)", _final_acc(ds)))
     if (ds := have("data_pruning")) is not None:
-        parts.append(_table("data pruning (kd: knowledge distillation)", _final_acc(ds)))
+        parts.append(_table("data pruning, no distillation", _final_acc(ds)))
+    if (ds := have("distill")) is not None:
+        parts.append(_table("data pruning with distillation", _final_acc(ds)))
     if (ds := have("network_pruning")) is not None:
         density = 100 * ds["density"].mean([d for d in ds["density"].dims if d != "level"])
         remaining = ", ".join(f"{lv}: {d:.1f}" for lv, d in zip(ds["level"].values, density.values))

@@ -98,7 +98,11 @@ def train_run(
             data = data.subset(kept)
             extra["kept"] = torch.as_tensor(kept)
         if stage == "distill":
-            teacher_model, _ = load_model(teacher, dev)
+            if spec["teacher"] == "trained":
+                teacher_model, _ = load_model(teacher, dev)
+            else:  # random-teacher distillation: a frozen, untrained network
+                teacher_model = seeded_model(spec["model"], data.in_length, data.num_classes,
+                                             spec["teacher_seed"], dev).eval()
             teacher_model.requires_grad_(False)
             T, alpha = spec["temperature"], spec["alpha"]
 

@@ -11,6 +11,7 @@ depends on it, and nothing else.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,15 +19,35 @@ import numpy as np
 from workflow.config import load_config
 
 STAGES = ("pretrain", "finetune", "prune_data", "distill", "prune_network")
+# The folders of a run id after its stage, in order.
+RUN_LAYOUTS = {
+    "pretrain": ("seed",),
+    "finetune": ("method", "seed"),
+    "prune_data": ("method", "fraction", "seed"),
+    "distill": ("teacher", "method", "fraction", "kd", "seed"),
+    "prune_network": ("method", "seed", "level"),
+}
+_FIELD_PATTERNS = {
+    "seed": re.compile(r"s(?P<seed>\d+)"),
+    "method": re.compile(r"(?P<method>[a-z0-9_]+(-[a-z0-9_]+)?)"),
+    "teacher": re.compile(r"(?P<teacher>trained|untrained)"),
+    "fraction": re.compile(r"f(?P<fraction>[0-9.]+)"),
+    "kd": re.compile(r"T(?P<temperature>[0-9.]+)-a(?P<alpha>[0-9.]+)"),
+    "level": re.compile(r"level(?P<level>\d+)"),
+}
+_FIELD_TYPES = {"seed": int, "level": int, "fraction": float, "temperature": float, "alpha": float}
 # Data-pruning methods with no keep rule: random subsets, and RS2's fresh random
 # subset every epoch.
 UNORDERED_METHODS = ("random", "rs2")
+# Untrained teachers are initialised from this seed plus the student's seed, so a
+# student never starts at its teacher.
+UNTRAINED_TEACHER_SEED = 10_000
 
 
-def fraction_label(f: float) -> str:
-    """``0.25 -> "0.25"``, ``1.0 -> "1"``, ``1e-5 -> "0.00001"``: the fraction in run ids.
+def number_label(f: float) -> str:
+    """``0.25 -> "0.25"``, ``1.0 -> "1"``, ``1e-5 -> "0.00001"``: a number in run ids.
 
-    Positional and exact (shortest round-trip digits), so distinct fractions never
+    Positional and exact (shortest round-trip digits), so distinct numbers never
     share a run id and the id parses back to the same number.
     """
     return np.format_float_positional(float(f), trim="-")
@@ -80,10 +101,14 @@ class Study:
         return None if score == "rs2" else self.path(f"prune_data/scores/{score}", "scores.zarr")
 
     def subset_runs(self, stage: str) -> list[str]:
-        """Runs of ``prune_data`` or ``distill``: one per method, kept fraction and seed."""
-        pd = self.config["prune_data"]
+        """Runs of ``prune_data`` (method x fraction x seed) or ``distill`` (also x
+        teacher x temperature x alpha)."""
+        pd, d = self.config["prune_data"], self.config["distill"]
+        kd = [(f"{stage}/{t}/", f"T{number_label(T)}-a{number_label(a)}/")
+              for t in d["teachers"] for T in d["temperature"] for a in d["alpha"]]
         return [
-            f"{stage}/{m}/f{fraction_label(f)}/s{s}"
+            f"{head}{m}/f{number_label(f)}/{tail}s{s}"
+            for head, tail in (kd if stage == "distill" else [(f"{stage}/", "")])
             for m in self.data_pruning_methods()
             for f in pd["fractions"]
             for s in pd["seeds"]
@@ -119,18 +144,22 @@ class Study:
     # --- identity ----------------------------------------------------------------
     @staticmethod
     def parse(run: str) -> dict[str, Any]:
-        """The parts of a run id: ``stage``, ``method``, ``fraction``, ``seed``, ``level``."""
-        parts = run.split("/")
-        out: dict[str, Any] = {"stage": parts[0]}
-        for p in parts[1:]:
-            if p.startswith("s") and p[1:].isdigit():
-                out["seed"] = int(p[1:])
-            elif p.startswith("level") and p[5:].isdigit():
-                out["level"] = int(p[5:])
-            elif p.startswith("f") and p[1:].replace(".", "", 1).isdigit():
-                out["fraction"] = float(p[1:])
-            else:
-                out["method"] = p
+        """The parts of a run id, by the layout of its stage (see :data:`RUN_LAYOUTS`).
+
+        E.g. ``distill/trained/el2n-hard/f0.25/T4-a0.5/s1`` -> stage, teacher,
+        method, fraction, temperature, alpha, seed.
+        """
+        stage, *parts = run.split("/")
+        layout = RUN_LAYOUTS.get(stage)
+        if layout is None or len(parts) != len(layout):
+            raise ValueError(f"run id {run!r} does not match {stage}/{'/'.join(layout or ['...'])}")
+        out: dict[str, Any] = {"stage": stage}
+        for field, part in zip(layout, parts):
+            match = _FIELD_PATTERNS[field].fullmatch(part)
+            if match is None:
+                raise ValueError(f"run id {run!r}: {part!r} is not a {field}")
+            for key, value in match.groupdict().items():
+                out[key] = _FIELD_TYPES.get(key, str)(value)
         return out
 
     def parent(self, run: str) -> str | None:
@@ -193,13 +222,12 @@ class Study:
                 class_balanced=pd["class_balanced"],
             )
             if stage == "distill":
-                d = self.config["distill"]
-                spec.update(
-                    teacher=d["teacher"],
-                    teacher_spec=self.spec(d["teacher"]),
-                    temperature=d["temperature"],
-                    alpha=d["alpha"],
-                )
+                spec.update(teacher=r["teacher"], temperature=r["temperature"], alpha=r["alpha"])
+                if r["teacher"] == "trained":
+                    spec.update(teacher_run=self.config["distill"]["teacher"],
+                                teacher_spec=self.spec(self.config["distill"]["teacher"]))
+                else:  # a frozen random network of the study's architecture, not the student's init
+                    spec["teacher_seed"] = UNTRAINED_TEACHER_SEED + r["seed"]
         elif stage == "prune_network":
             pn = self.config["prune_network"]
             spec.update(
@@ -212,7 +240,14 @@ class Study:
         return spec
 
     def summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
-        """Per summary: the stores it gathers, each with its coordinates on the sweep axes."""
+        """Per summary: the stores it gathers, each with its coordinates on the sweep axes.
+
+        A summary the study has no runs for (e.g. CKA when nothing is fine-tuned from
+        a pretrained model) is left out.
+        """
+        return {name: entries for name, entries in self._summaries().items() if entries}
+
+    def _summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
 
         def metrics(runs: list[str], dims: tuple[str, ...], **fixed: Any) -> list[tuple[dict[str, Any], str]]:
             return [
@@ -220,12 +255,16 @@ class Study:
                 for r in runs
             ]
 
-        subset_dims = ("method", "fraction", "kd", "seed")
         return {
             "pretrain": metrics(self.pretrain_runs(), ("seed",)),
             "finetune": metrics(self.finetune_runs(), ("method", "seed")),
-            "data_pruning": metrics(self.subset_runs("prune_data"), subset_dims, kd=False)
-            + metrics(self.subset_runs("distill"), subset_dims, kd=True),
+            "data_pruning": metrics(self.subset_runs("prune_data"), ("method", "fraction", "seed")),
+            "distill": metrics(
+                self.subset_runs("distill"), ("method", "fraction", "teacher", "temperature", "alpha", "seed")
+            ),
+            "scores": [
+                ({"method": store.rsplit("/", 1)[1]}, self.path(store, "scores.zarr")) for store in self.score_stores()
+            ],
             "network_pruning": metrics(self.network_pruning_runs(), ("method", "level", "seed")),
             "cka": [
                 ({"method": self.parse(child)["method"], "seed": self.parse(child)["seed"]}, self.cka_path(child))

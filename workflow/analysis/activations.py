@@ -80,15 +80,17 @@ def _layer_variable(layer: str, values: np.ndarray) -> tuple[xr.Variable, dict[s
     unit = f"{layer}_unit"
     if values.ndim == 2:
         return xr.Variable(("sample", unit), values), {unit: xr.Variable(unit, np.arange(values.shape[1]))}
-    if values.ndim == 3:
-        n, channels, positions = values.shape
+    if values.ndim >= 3:
+        # (n, channels, *spatial): positions are the flattened spatial index
+        n, channels = values.shape[:2]
+        positions = int(np.prod(values.shape[2:]))
         # reshape of a C-ordered (n, channels, positions) array is channel-major
         coords = {
             f"{layer}_channel": xr.Variable(unit, np.repeat(np.arange(channels), positions)),
             f"{layer}_position": xr.Variable(unit, np.tile(np.arange(positions), channels)),
         }
         return xr.Variable(("sample", unit), values.reshape(n, -1)), coords
-    raise ValueError(f"activations_dataset: {layer!r} has {values.ndim} dims; expected 2 or 3")
+    raise ValueError(f"activations_dataset: {layer!r} has {values.ndim} dims; expected 2 or more")
 
 
 def activations_dataset(acts: dict[str, np.ndarray], sample: np.ndarray, chunk: int = 256) -> xr.Dataset:
