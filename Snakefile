@@ -2,7 +2,7 @@
 #
 #   snakemake --cores all                 the whole study in config/config.yaml
 #   snakemake --cores all plots           every figure (from stored results when present)
-#   snakemake --cores 1 plots --forcerun plot
+#   snakemake --cores all plots --forcerun plot
 #                                         redraw every figure, no training
 #
 # The science lives in the `workflow` package; rules only wire files to its

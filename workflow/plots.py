@@ -25,7 +25,6 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy.stats import spearmanr
 
 from workflow import storage
 
@@ -200,6 +199,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a[both], b[both]
     if a.size < 3 or np.unique(a).size < 2 or np.unique(b).size < 2:
         return float("nan")
+    from scipy.stats import spearmanr  # here: scipy.stats costs every other figure 2 s to import
+
     return float(spearmanr(a, b).statistic)
 
 
