@@ -9,19 +9,12 @@ time per 1000 examples, the ratio, and the largest relative difference.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
-
 import torch
+from common import setup, timed
 from torch.nn import functional as F
 
-from workflow.data import load_data
-from workflow.datasets import make_data
 from workflow.grand import grand
 from workflow.models import seeded_model
-from workflow.train import resolve_device
 
 
 def loop_grand(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,31 +29,13 @@ def loop_grand(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torc
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--examples", type=int, default=1000)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = load_data(make_data({"name": "mnist1d", "args": {}}, Path(tmp) / "d.npz"), device)
+    args, device, data = setup(__doc__, examples=1000)
     x, y = data.x_train[: args.examples], data.y_train[: args.examples]
     model = seeded_model({"name": "cnn1d", "channels": 32}, data.in_length, data.num_classes, 0, device)
 
-    def timed(fn):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out, time.perf_counter() - start
-
     grand(model, x[:8], y[:8])  # warm-up: the first vmap call traces
-    batched, t_batched = timed(lambda: grand(model, x, y))
-    looped, t_loop = timed(lambda: loop_grand(model, x, y))
+    batched, t_batched = timed(lambda: grand(model, x, y), device)
+    looped, t_loop = timed(lambda: loop_grand(model, x, y), device)
     diff = ((batched.cpu() - looped.cpu()).abs() / looped.cpu()).max().item()
     per = 1000 / len(y)
     print(f"device {device}, torch threads {torch.get_num_threads()}, {len(y)} examples, CNN1d(32)")

@@ -11,18 +11,12 @@ the ratio is what that bookkeeping costs.
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
-
 import torch
+from common import setup, timed
 from torch.nn import functional as F
 
-from workflow.data import load_data
-from workflow.datasets import make_data
 from workflow.models import build_model
-from workflow.train import TrainConfig, resolve_device, seed_everything, train
+from workflow.train import TrainConfig, seed_everything, train
 
 
 def bare_loop(model, data, cfg: TrainConfig, seed: int) -> None:
@@ -40,36 +34,22 @@ def bare_loop(model, data, cfg: TrainConfig, seed: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = make_data({"name": "mnist1d", "args": {}}, Path(tmp) / "source.npz")
-        data = load_data(path, device)
+    args, device, data = setup(__doc__, epochs=10, repeats=3)
     cfg = TrainConfig(epochs=args.epochs, batch_size=100, lr=0.01)
 
-    def timed(fn) -> float:
+    def best_per_epoch(fn) -> float:
         best = float("inf")
         for r in range(args.repeats):
             seed_everything(r)
             model = build_model({"name": "cnn1d", "channels": 32}, data.in_length, data.num_classes).to(device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn(model, r)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
+            best = min(best, timed(lambda: fn(model, r), device)[1])
         return best / args.epochs
 
-    bare = timed(lambda m, r: bare_loop(m, data, cfg, r))
-    ours = timed(lambda m, r: train(m, data, cfg, seed=r, progress=False))
+    # warm-up (first kernels, allocator), so that neither side pays it
+    warm = build_model({"name": "cnn1d", "channels": 32}, data.in_length, data.num_classes).to(device)
+    bare_loop(warm, data, TrainConfig(epochs=1, batch_size=100, lr=0.01), 0)
+    bare = best_per_epoch(lambda m, r: bare_loop(m, data, cfg, r))
+    ours = best_per_epoch(lambda m, r: train(m, data, cfg, seed=r, progress=False))
     print(f"device {device}, torch threads {torch.get_num_threads()}, {args.epochs} epochs of "
           f"{len(data.y_train)} examples, best of {args.repeats}")
     print(f"{'loop':<28}{'s / epoch':>12}{'ratio':>8}")
