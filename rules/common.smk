@@ -43,6 +43,12 @@ def spec_json(run):
     return Study.dumps(STUDY.spec(run))
 
 
+def parented_inputs(run):
+    """The target task, and the parent's model when the run has a parent."""
+    parent = STUDY.parent(run)
+    return {"data": STUDY.data_path("target"), **({"parent": STUDY.path(parent, "model.pt")} if parent else {})}
+
+
 def train_inputs(input):
     """Command-line options for the optional inputs of a training job."""
     return " ".join(f"--{name} {input[name]}" for name in ("parent", "scores", "teacher") if name in input.keys())

@@ -1,13 +1,7 @@
-def finetune_inputs(w):
-    run = f"finetune/{w.method}/s{w.seed}"
-    parent = STUDY.parent(run)
-    return {"data": STUDY.data_path("target"), **({"parent": STUDY.path(parent, "model.pt")} if parent else {})}
-
-
 rule finetune:
     """Fine-tune each pretrained model on the target task (or train from scratch)."""
     input:
-        unpack(finetune_inputs),
+        unpack(lambda w: parented_inputs(f"finetune/{w.method}/s{w.seed}")),
     output:
         model=f"{R}/finetune/{{method}}/s{{seed}}/model.pt",
         metrics=directory(f"{R}/finetune/{{method}}/s{{seed}}/metrics.zarr"),

@@ -51,16 +51,10 @@ rule prune_data:
         TRAIN_SHELL
 
 
-def network_pruning_inputs(w):
-    run = f"prune_network/{w.method}/s{w.seed}/level{w.level}"
-    parent = STUDY.parent(run)
-    return {"data": STUDY.data_path("target"), **({"parent": STUDY.path(parent, "model.pt")} if parent else {})}
-
-
 rule prune_network:
     """One level of iterative magnitude pruning: prune the previous level, rewind, retrain."""
     input:
-        unpack(network_pruning_inputs),
+        unpack(lambda w: parented_inputs(f"prune_network/{w.method}/s{w.seed}/level{w.level}")),
     output:
         model=f"{R}/prune_network/{{method}}/s{{seed}}/level{{level}}/model.pt",
         metrics=directory(f"{R}/prune_network/{{method}}/s{{seed}}/level{{level}}/metrics.zarr"),
