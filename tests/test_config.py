@@ -117,6 +117,14 @@ ERRORS = {
         lambda c: c["distill"].update(teacher="pretrain/s0"),
         ["'distill.teacher' = 'pretrain/s0'"],
     ),
+    "unknown augmentation": (
+        lambda c: c["train"].update(augment=["rotate"]),
+        ["'train.augment[0]' = 'rotate'", "allowed values: crop, flip"],
+    ),
+    "image augmentation on MNIST-1D": (
+        lambda c: c["distill"]["train"].update(augment=["flip"]),
+        ["'distill.train.augment'", "data.target is 'mnist1d'", "image datasets: cifar10, cifar100"],
+    ),
     "finetune seed without a pretrained model": (
         lambda c: c["finetune"].update(seeds=[0, 5]),
         ["'finetune.seeds' has [5]", "'pretrain.seeds'", "allowed: [0, 1]"],
@@ -233,6 +241,13 @@ def test_schema_optimizers_and_schedules_are_those_of_the_training_loop(schema) 
     train = schema["$defs"]["train_overrides"]["properties"]
     assert _enum(train, "optimizer") == sorted(OPTIMIZERS)
     assert _enum(train, "schedule") == sorted(SCHEDULES)
+
+
+def test_schema_augmentations_are_the_registered_ones(schema) -> None:
+    from workflow.augment import AUGMENTATIONS
+
+    train = schema["$defs"]["train_overrides"]["properties"]
+    assert _enum(train, "augment", "items") == AUGMENTATIONS.names()
 
 
 def test_schema_pruning_scopes_are_those_of_network_pruning(schema) -> None:

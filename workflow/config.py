@@ -106,6 +106,16 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"allowed keys for {spec['name']}: {', '.join(sorted(allowed))}"
             )
         assert spec["name"] in DATASETS
+    for stage in ("pretrain", "finetune", "prune_data", "distill", "prune_network"):
+        task = "source" if stage == "pretrain" else "target"
+        name = config["data"][task]["name"]
+        augment = {**config["train"], **config[stage]["train"]}.get("augment", [])
+        if augment and not DATASETS[name].images:
+            images = sorted(n for n in DATASETS if DATASETS[n].images)
+            problems.append(
+                f"config key '{stage}.train.augment' (or 'train.augment') = {augment} needs an image "
+                f"dataset, but data.{task} is {name!r}; image datasets: {', '.join(images)}"
+            )
     ft = config["finetune"]
     if any(m != "scratch" for m in ft["methods"]):
         missing = sorted(set(ft["seeds"]) - set(config["pretrain"]["seeds"]))

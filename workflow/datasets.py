@@ -24,6 +24,7 @@ class DatasetSource:
 
     make: Callable[[dict[str, Any]], Arrays]
     settings: Callable[[], dict[str, Any]]
+    images: bool = False  # examples are (channels, height, width): image augmentations apply
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -150,7 +151,7 @@ def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
 
 
 for _name in TORCHVISION_CLASSES:
-    DATASETS.register(_name)(DatasetSource(partial(_torchvision, _name), _torchvision_settings))
+    DATASETS.register(_name)(DatasetSource(partial(_torchvision, _name), _torchvision_settings, images=True))
 del _name
 
 

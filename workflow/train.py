@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from workflow.augment import AUGMENTATIONS, compose
 from workflow.data import TaskData
 from workflow.prune_network import apply_masks
 
@@ -47,8 +48,12 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    augment: tuple[str, ...] = ()  # names in workflow.augment.AUGMENTATIONS, applied in order
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", tuple(self.augment))  # a config gives a list
+        for name in self.augment:
+            AUGMENTATIONS[name]  # refuses an unknown name, listing the allowed ones
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} unknown; allowed: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -190,6 +195,8 @@ def train(
       schedule of the full ``cfg.epochs`` (an early checkpoint of a normal run).
     * ``sampler`` picks each epoch's examples (default :class:`Shuffle`: all of them);
       e.g. repeated random sampling trains on a fresh subset every epoch.
+    * ``cfg.augment`` transforms each training batch (the loss, ``on_batch`` and the
+      teacher of a distillation all see the augmented batch); metrics use clean data.
     * A non-finite loss raises :class:`DivergenceError`.
     """
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
@@ -205,6 +212,9 @@ def train(
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     generator = torch.Generator().manual_seed(seed)
+    augment = compose(cfg.augment)
+    if augment is not None:  # a wrong input shape fails here, before any training
+        augment(data.x_train[:2], torch.Generator().manual_seed(0))
     epochs = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
     # Refuse before training, not after: a rewind point past the end is a config error.
     beyond = sorted(s for s in snapshot_steps if not 0 <= s <= epochs * steps_per_epoch)
@@ -246,6 +256,8 @@ def train(
         for idx in _batches(sampler(generator), cfg.batch_size):
             idx = idx.to(data.x_train.device)
             xb, yb = data.x_train[idx], data.y_train[idx]
+            if augment is not None:
+                xb = augment(xb, generator)
             logits = model(xb)
             loss = loss_fn(logits, xb, yb)
             if not torch.isfinite(loss):
