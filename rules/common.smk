@@ -30,6 +30,7 @@ RUN_OPTS = f"--device {config['device']} --threads {{threads}}"
 wildcard_constraints:
     seed=r"\d+",
     level=r"\d+",
+    rewind=r"\d+",
     fraction=r"[0-9.]+",
     temperature=r"[0-9.]+",
     alpha=r"[0-9.]+",

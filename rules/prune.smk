@@ -51,21 +51,43 @@ rule prune_data:
         TRAIN_SHELL
 
 
-rule prune_network:
-    """One level of iterative magnitude pruning: prune the previous level, rewind, retrain."""
+rule prune_network_dense:
+    """The dense model every network-pruning run of its seed starts from: level 0,
+    with snapshots of its weights at every rewind step."""
     input:
-        unpack(lambda w: parented_inputs(f"prune_network/{w.method}/s{w.seed}/level{w.level}")),
+        data=STUDY.data_path("target"),
     output:
-        model=f"{R}/prune_network/{{method}}/s{{seed}}/level{{level}}/model.pt",
-        metrics=directory(f"{R}/prune_network/{{method}}/s{{seed}}/level{{level}}/metrics.zarr"),
+        model=f"{R}/prune_network/dense/s{{seed}}/model.pt",
+        metrics=directory(f"{R}/prune_network/dense/s{{seed}}/metrics.zarr"),
     params:
-        spec=lambda w: spec_json(f"prune_network/{w.method}/s{w.seed}/level{w.level}"),
+        spec=lambda w: spec_json(f"prune_network/dense/s{w.seed}"),
+        out=lambda w, output: os.path.dirname(output.model),
+        inputs="",
+    conda:
+        ENV
+    threads: config["threads"]
+    log:
+        f"{R}/logs/prune_network/dense/s{{seed}}.log",
+    shell:
+        TRAIN_SHELL
+
+
+rule prune_network:
+    """One network-pruning run: an IMP level (prune the previous level, rewind,
+    retrain) or a baseline at the same sparsity."""
+    input:
+        unpack(lambda w: parented_inputs(f"prune_network/{w.method}/k{w.rewind}/s{w.seed}/level{w.level}")),
+    output:
+        model=f"{R}/prune_network/{{method}}/k{{rewind}}/s{{seed}}/level{{level}}/model.pt",
+        metrics=directory(f"{R}/prune_network/{{method}}/k{{rewind}}/s{{seed}}/level{{level}}/metrics.zarr"),
+    params:
+        spec=lambda w: spec_json(f"prune_network/{w.method}/k{w.rewind}/s{w.seed}/level{w.level}"),
         out=lambda w, output: os.path.dirname(output.model),
         inputs=lambda w, input: train_inputs(input),
     conda:
         ENV
     threads: config["threads"]
     log:
-        f"{R}/logs/prune_network/{{method}}/s{{seed}}/level{{level}}.log",
+        f"{R}/logs/prune_network/{{method}}/k{{rewind}}/s{{seed}}/level{{level}}.log",
     shell:
         TRAIN_SHELL

@@ -59,7 +59,7 @@ ERRORS = {
     ),
     "unknown nested key": (
         lambda c: c["prune_network"].update(scoep="layer"),
-        ["['scoep']", "under 'prune_network'", "allowed keys: fraction, levels, methods, rewind_step, scope"],
+        ["['scoep']", "under 'prune_network'", "allowed keys: fraction, levels, methods, rewind_steps, scope"],
     ),
     "unknown key in a stage's train": (
         lambda c: c["finetune"]["train"].update(lrate=0.1),
@@ -74,8 +74,8 @@ ERRORS = {
         ["'train.epochs'", "'ten' is not of type 'integer'"],
     ),
     "unknown finetune method": (
-        lambda c: c["finetune"].update(methods=["full", "lora"]),
-        ["'finetune.methods[1]' = 'lora'", "allowed values: full, linear_probe, scratch"],
+        lambda c: c["finetune"].update(methods=["full", "dora"]),
+        ["'finetune.methods[1]' = 'dora'", "allowed values: bn_only, eva, full, linear_probe, lora, scratch"],
     ),
     "unknown data-pruning score": (
         lambda c: c["prune_data"].update(scores=["memorisation"]),
@@ -97,13 +97,29 @@ ERRORS = {
         lambda c: c["distill"]["train"].update(optimizer="rmsprop"),
         ["'distill.train.optimizer' = 'rmsprop'", "allowed values: sgd, adam, adamw"],
     ),
+    "unknown network-pruning method": (
+        lambda c: c["prune_network"].update(methods=["imp", "snip"]),
+        ["'prune_network.methods[1]' = 'snip'", "allowed values: imp, oneshot, random, reinit, scratch"],
+    ),
     "unknown pruning scope": (
         lambda c: c["prune_network"].update(scope="channel"),
         ["'prune_network.scope' = 'channel'", "allowed values: global, layer"],
     ),
     "missing section": (
-        lambda c: c.pop("distill"),
-        ["'distill' is a required property"],
+        lambda c: c.pop("model"),
+        ["'model' is a required property"],
+    ),
+    "distillation without data pruning": (
+        lambda c: c.pop("prune_data"),
+        ["section 'distill' needs a 'prune_data' section"],
+    ),
+    "trained teacher without fine-tuning": (
+        lambda c: c.pop("finetune"),
+        ["'distill.teacher' = 'finetune/scratch/s0' is not a run of this study", "add a finetune stage"],
+    ),
+    "pretraining without a source task": (
+        lambda c: c["data"].pop("source"),
+        ["'data.source' is missing: the pretrain stage trains on it"],
     ),
     "out of range": (
         lambda c: c["prune_network"].update(fraction=1.0),
@@ -151,6 +167,28 @@ def test_every_violation_is_reported_at_once(default_config: Config) -> None:
         _load_with(default_config, two_errors)
 
 
+def test_a_study_leaves_out_the_stages_it_does_not_ask_about(default_config: Config) -> None:
+    from workflow.study import Study
+
+    def only_network_pruning(c: Config) -> None:
+        for stage in ("pretrain", "finetune", "prune_data", "distill", "analyze"):
+            del c[stage]
+        del c["data"]["source"]
+
+    config = _load_with(default_config, only_network_pruning)
+    runs = Study(config, checked=True).training_runs()
+    assert runs and all(r.startswith("prune_network/") for r in runs)
+    assert set(Study(config, checked=True).summaries()) == {"network_pruning"}
+
+
+def test_untrained_teachers_need_no_trained_one(default_config: Config) -> None:
+    def untrained_only(c: Config) -> None:
+        c["distill"].update(teachers=["untrained"])
+        del c["distill"]["teacher"], c["finetune"]
+
+    _load_with(default_config, untrained_only)
+
+
 def test_finetune_seeds_need_no_pretraining_when_every_method_is_scratch(default_config: Config) -> None:
     def scratch_only(c: Config) -> None:
         c["finetune"].update(methods=["scratch"], seeds=[7])
@@ -177,7 +215,7 @@ def test_defaults_are_filled_in(default_config: Config) -> None:
     def strip(c: Config) -> None:
         for key in ("results", "device", "threads"):
             del c[key]
-        del c["prune_network"]["scope"], c["prune_network"]["fraction"], c["prune_network"]["rewind_step"]
+        del c["prune_network"]["scope"], c["prune_network"]["fraction"], c["prune_network"]["rewind_steps"]
         del c["prune_data"]["keep"], c["prune_data"]["class_balanced"], c["prune_data"]["el2n"]
         del c["distill"]["temperature"], c["distill"]["alpha"], c["pretrain"]["train"]
         del c["data"]["source"]["args"], c["data"]["target"]["train_size"]
@@ -186,7 +224,7 @@ def test_defaults_are_filled_in(default_config: Config) -> None:
     assert (config["results"], config["device"], config["threads"]) == ("results", "auto", 1)
     assert config["prune_network"]["scope"] == "global"
     assert config["prune_network"]["fraction"] == 0.2
-    assert config["prune_network"]["rewind_step"] == 0
+    assert config["prune_network"]["rewind_steps"] == [0]
     assert config["prune_data"]["keep"] == ["hard"]
     assert config["prune_data"]["class_balanced"] is False
     assert config["prune_data"]["el2n"] == {"inits": 2, "epoch": 3}
@@ -251,9 +289,11 @@ def test_schema_augmentations_are_the_registered_ones(schema) -> None:
 
 
 def test_schema_pruning_scopes_are_those_of_network_pruning(schema) -> None:
-    from workflow.prune_network import PRUNING_SCOPES
+    from workflow.prune_network import PRUNING_METHODS, PRUNING_SCOPES
 
     assert _enum(schema, "properties", "prune_network", "properties", "scope") == sorted(PRUNING_SCOPES)
+    methods = _enum(schema, "properties", "prune_network", "properties", "methods", "items")
+    assert methods == sorted(PRUNING_METHODS)
 
 
 def test_schema_scores_and_keep_rules_are_those_of_data_pruning(schema) -> None:

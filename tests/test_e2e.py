@@ -106,7 +106,7 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         "data_pruning": {"method", "fraction", "seed", "epoch"},
         "distill": {"method", "fraction", "teacher", "temperature", "alpha", "seed", "epoch"},
         "scores": {"method", "init", "sample"},
-        "network_pruning": {"method", "level", "seed", "epoch", "param"},
+        "network_pruning": {"method", "rewind", "level", "seed", "epoch", "param"},
         "cka": {"method", "seed", "layer_a", "layer_b"},
     }
     for name, dims in expected.items():
@@ -144,7 +144,7 @@ def test_forcerun_reruns_the_stage_and_only_what_depends_on_it(study_dir: Path) 
     assert jobs["finetune"] == 2  # full and linear_probe start from pretrain; scratch does not
     # prototype scores cluster pretrain/s0's embedding: that store and its runs
     assert jobs["scores"] == 1 and jobs["prune_data"] == 1 and jobs["distill"] == 2
-    for untouched in ("make_data", "prune_network"):
+    for untouched in ("make_data", "prune_network_dense", "prune_network"):
         assert untouched not in jobs
 
 
@@ -168,8 +168,9 @@ def test_a_changed_setting_reruns_exactly_its_dependents(study_dir: Path) -> Non
     tiny["prune_network"]["train"]["lr"] = 0.02
     changed.write_text(yaml.safe_dump(tiny))
     jobs = planned(study_dir, configfiles=(TINY, str(changed)))
-    assert jobs.get("prune_network") == 2
-    assert set(jobs) <= {"prune_network", "collect", "plot", "all"}
+    assert jobs.get("prune_network_dense") == 1
+    assert jobs.get("prune_network") == 5  # imp and its four baselines, at one level
+    assert set(jobs) <= {"prune_network_dense", "prune_network", "collect", "plot", "all"}
 
 
 def test_plots_are_redrawn_from_stored_results_without_training(study_dir: Path, study: Study) -> None:

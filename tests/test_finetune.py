@@ -78,13 +78,16 @@ def test_scratch_leaves_the_fresh_model_as_it_is(make_cnn) -> None:
 
 
 def test_finetune_registry_lists_the_methods() -> None:
-    assert FINETUNE.names() == ["full", "linear_probe", "scratch"]
-    assert "full" in FINETUNE and "lora" not in FINETUNE
+    from workflow.study import LORA_METHODS
+
+    assert FINETUNE.names() == ["bn_only", "eva", "full", "linear_probe", "lora", "scratch"]
+    assert "full" in FINETUNE and "dora" not in FINETUNE
+    assert set(LORA_METHODS) <= set(FINETUNE)  # the methods that take finetune.lora settings
 
 
 def test_unknown_finetune_method_raises_key_error_listing_the_allowed() -> None:
-    with pytest.raises(KeyError, match="unknown finetune method 'lora'; allowed: full, linear_probe, scratch"):
-        FINETUNE["lora"]
+    with pytest.raises(KeyError, match="unknown finetune method 'dora'; allowed: bn_only, eva, full, linear_probe, lora, scratch"):
+        FINETUNE["dora"]
 
 
 def test_registry_refuses_a_name_registered_twice() -> None:

@@ -175,14 +175,18 @@ def _scores(n_seeds: int) -> xr.Dataset:
     )
 
 
+NETWORK_METHODS = ["imp", "random", "reinit"]
+
+
 def _network_pruning(n_seeds: int) -> xr.Dataset:
+    """As collected: level 0 is the dense run; density is a variable over the run dims."""
     levels = np.arange(8)
-    ds = _metrics_dataset(
-        {"method": ["imp"], "level": levels, "seed": np.arange(n_seeds)}, n_epochs=5, seed=3
-    )
-    drop = np.where(levels > 5, 0.1 * (levels - 5), 0.0)[None, :, None, None]
+    coords = {"method": NETWORK_METHODS, "rewind": [0, 20], "level": levels, "seed": np.arange(n_seeds)}
+    ds = _metrics_dataset(coords, n_epochs=5, seed=3)
+    drop = np.where(levels > 5, 0.1 * (levels - 5), 0.0)[None, None, :, None, None]
     ds["test_acc"] = ds["test_acc"] - drop
-    return ds.assign_coords(density=("level", 0.8**levels))
+    density = xr.DataArray(0.8**levels, dims="level", coords={"level": levels})
+    return ds.assign(density=density.broadcast_like(ds["test_acc"].isel(epoch=0, drop=True)).copy())
 
 
 def _cka(n_seeds: int) -> xr.Dataset:
@@ -295,23 +299,28 @@ def test_figures_table_matches_signatures() -> None:
         assert fig.axes
 
 
-def test_network_pruning_plots_final_means_and_skips_missing_level() -> None:
+def _labelled_line(ax, label: str):
+    return next(line for line in ax.get_lines() if line.get_label() == label)
+
+
+def test_network_pruning_plots_final_means_per_rewind_step_and_skips_missing_level() -> None:
     ds = _network_pruning(2)
-    ds["test_acc"][0, -1] = np.nan  # the sparsest level never finished
-    ax = plots.network_pruning(ds).axes[0]
-    line = ax.containers[0].lines[0]
+    ds["test_acc"].loc[{"method": "imp", "rewind": 20, "level": 7}] = np.nan  # never finished
+    fig = plots.network_pruning(ds)
+    assert [ax.get_title() for ax in fig.axes] == ["rewind to step 0 (original lottery ticket)", "rewind to step 20"]
+    line = _labelled_line(fig.axes[1], plots.PRUNING_LABELS["imp"])
     np.testing.assert_allclose(line.get_xdata(), 100 * 0.8 ** np.arange(7))
-    expected = 100 * plots.final_value(ds["test_acc"]).isel(method=0).mean("seed")[:7]
+    expected = 100 * plots.final_value(ds["test_acc"]).sel({"method": "imp", "rewind": 20}).mean("seed")[:7]
     np.testing.assert_allclose(line.get_ydata(), expected)
+    for method in NETWORK_METHODS:  # every method, in every panel
+        for ax in fig.axes:
+            _labelled_line(ax, plots.PRUNING_LABELS[method])
 
 
-def test_network_pruning_accepts_density_as_collected_variable() -> None:
-    """Per-run stores carry density as a scalar, so collecting gives (method, level, seed)."""
+def test_network_pruning_density_with_a_missing_run() -> None:
     ds = _network_pruning(2)
-    density = ds["density"].broadcast_like(ds["test_acc"].isel(epoch=0, drop=True)).copy()
-    density[0, -1, 1] = np.nan  # one run missing
-    ds = ds.drop_vars("density").assign(density=density)
-    line = plots.network_pruning(ds).axes[0].containers[0].lines[0]
+    ds["density"].loc[{"method": "imp", "rewind": 0, "level": 7, "seed": 1}] = np.nan  # one run missing
+    line = _labelled_line(plots.network_pruning(ds).axes[0], plots.PRUNING_LABELS["imp"])
     np.testing.assert_allclose(line.get_xdata(), 100 * 0.8 ** np.arange(8))
 
 

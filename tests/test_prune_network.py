@@ -12,8 +12,11 @@ from workflow.prune_network import (
     apply_masks,
     density,
     layer_densities,
+    level_density,
     magnitude_masks,
+    multiply_adds,
     prunable_parameters,
+    random_masks,
 )
 
 
@@ -139,3 +142,47 @@ def test_apply_masks_rejects_unknown_names() -> None:
 def test_apply_masks_rejects_wrong_shapes() -> None:
     with pytest.raises(ValueError, match="head.weight"):
         apply_masks(_cnn(), {"head.weight": torch.ones(1, dtype=torch.bool)})
+
+
+# --- baselines -------------------------------------------------------------------------
+
+
+def test_random_masks_keep_each_layers_count_at_uniformly_random_places() -> None:
+    weights = _weights(_cnn())
+    like = magnitude_masks(weights, None, 0.5, "global")  # uneven layer densities
+    draws = [random_masks(like, torch.Generator().manual_seed(s)) for s in range(200)]
+    for name, mask in like.items():
+        assert all(int(d[name].count_nonzero()) == int(mask.count_nonzero()) for d in draws), name
+    # each position is kept with probability = the layer's density (4.5 sd bounds)
+    name = "conv2.0.weight"
+    p = float(like[name].float().mean())
+    freq = torch.stack([d[name].float() for d in draws]).mean(0)
+    sd = (p * (1 - p) / len(draws)) ** 0.5
+    assert float((freq - p).abs().max()) < 4.5 * sd
+    assert torch.equal(random_masks(like, torch.Generator().manual_seed(0))[name], draws[0][name])
+
+
+def test_levels_without_training_between_them_keep_the_largest_weights() -> None:
+    """One-shot pruning to IMP's count is n levels of magnitude pruning on fixed weights."""
+    weights = _weights(_cnn())
+    masks = None
+    for _ in range(3):
+        masks = magnitude_masks(weights, masks, 0.2, "global")
+    kept = torch.cat([m.flatten() for m in masks.values()])
+    magnitudes = torch.cat([w.abs().flatten() for w in weights.values()])
+    assert magnitudes[kept].min() >= magnitudes[~kept].max()
+    assert density(masks) == pytest.approx(level_density(0.2, 3), abs=3 / kept.numel())
+
+
+def test_multiply_adds_count_each_weight_once_per_output_position() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv1d(3, 4, 3, stride=2),
+                          nn.Flatten(), nn.Linear(4 * 4, 5))
+    x = torch.randn(2, 10)
+    # conv 1: 2*3*3 weights x 10 positions; conv 2: 3*4*3 x 4 positions; linear: 16*5 x 1
+    assert multiply_adds(model, x) == 18 * 10 + 36 * 4 + 80
+    masks = {name: torch.ones_like(p, dtype=torch.bool) for name, p in prunable_parameters(model).items()}
+    masks["4.weight"][:, :8] = False  # half the linear weights
+    masks["0.weight"][0] = False  # one output channel of conv 1: 6 weights
+    assert multiply_adds(model, x, masks) == 12 * 10 + 36 * 4 + 40
+    assert model.training  # its mode is restored

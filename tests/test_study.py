@@ -40,6 +40,8 @@ def _id_segments(parts: dict[str, Any]) -> set[str]:
         out.add("f" + number_label(parts["fraction"]))
     if "temperature" in parts:
         out.add(f"T{number_label(parts['temperature'])}-a{number_label(parts['alpha'])}")
+    if "rewind" in parts:
+        out.add(f"k{parts['rewind']}")
     if "seed" in parts:
         out.add(f"s{parts['seed']}")
     if "level" in parts:
@@ -52,7 +54,7 @@ def _id_segments(parts: dict[str, Any]) -> set[str]:
 
 def test_default_study_has_the_expected_runs_per_stage(study: Study) -> None:
     counts = {stage: len(_stage_runs(study, stage)) for stage in STAGES}
-    assert counts == {"pretrain": 2, "finetune": 6, "prune_data": 12, "distill": 12, "prune_network": 8}
+    assert counts == {"pretrain": 2, "finetune": 6, "prune_data": 12, "distill": 12, "prune_network": 14}
 
 
 def test_run_ids_are_unique_and_readable(study: Study) -> None:
@@ -62,7 +64,9 @@ def test_run_ids_are_unique_and_readable(study: Study) -> None:
     assert "finetune/linear_probe/s1" in runs
     assert "prune_data/el2n-hard/f0.25/s1" in runs
     assert "distill/trained/random/f0.75/T4-a0.5/s0" in runs
-    assert "prune_network/imp/s1/level3" in runs
+    assert "prune_network/dense/s1" in runs
+    assert "prune_network/imp/k20/s1/level3" in runs
+    assert "prune_network/random/k20/s0/level1" in runs
 
 
 def test_parse_round_trips_every_run_id(study: Study) -> None:
@@ -75,9 +79,12 @@ def test_parse_reads_each_part(study: Study) -> None:
     assert Study.parse("prune_data/el2n-hard/f0.25/s1") == {
         "stage": "prune_data", "method": "el2n-hard", "fraction": 0.25, "seed": 1,
     }
-    assert Study.parse("prune_network/imp/s0/level2") == {
-        "stage": "prune_network", "method": "imp", "seed": 0, "level": 2,
+    assert Study.parse("prune_network/imp/k20/s0/level2") == {
+        "stage": "prune_network", "method": "imp", "rewind": 20, "seed": 0, "level": 2,
     }
+    assert Study.parse("prune_network/dense/s1") == {"stage": "prune_network", "method": "dense", "seed": 1}
+    with pytest.raises(ValueError, match=r"prune_network/method/seed or prune_network/method/rewind/seed/level"):
+        Study.parse("prune_network/imp/s0/level2")
     assert Study.parse("finetune/scratch/s3") == {"stage": "finetune", "method": "scratch", "seed": 3}
 
 
@@ -110,12 +117,16 @@ def test_parents(study: Study) -> None:
         parent = study.parent(run)
         if parts["stage"] == "finetune" and parts["method"] != "scratch":
             assert parent == f"pretrain/s{parts['seed']}"
-        elif parts["stage"] == "prune_network" and parts["level"] > 0:
-            assert parent == f"prune_network/imp/s{parts['seed']}/level{parts['level'] - 1}"
+        elif parts["stage"] == "prune_network" and parts["method"] != "dense":
+            assert parent is not None and parent.startswith("prune_network/"), run
         else:
             assert parent is None, run
     assert study.parent("finetune/full/s1") == "pretrain/s1"
-    assert study.parent("prune_network/imp/s0/level1") == "prune_network/imp/s0/level0"
+    assert study.parent("prune_network/imp/k20/s0/level1") == "prune_network/dense/s0"
+    assert study.parent("prune_network/imp/k20/s0/level2") == "prune_network/imp/k20/s0/level1"
+    for control in ("reinit", "random", "scratch"):  # the IMP mask of the same level
+        assert study.parent(f"prune_network/{control}/k20/s1/level2") == "prune_network/imp/k20/s1/level2"
+    assert study.parent("prune_network/oneshot/k20/s1/level2") == "prune_network/dense/s1"
 
 
 def test_every_parent_is_a_run_of_the_study_trained_before_its_child(study: Study) -> None:
@@ -152,7 +163,7 @@ def _specs(study: Study) -> dict[str, str]:
 def _changed_runs(default_config: Config, change: Callable[[Config], None]) -> set[str]:
     before = _specs(Study(default_config))
     after = _specs(_changed(default_config, change))
-    return {run for run in before if before[run] != after[run]}
+    return {run for run in before if after.get(run) != before[run]}  # changed, or gone
 
 
 def test_finetune_lr_changes_finetune_specs_only(default_config: Config) -> None:
@@ -182,7 +193,7 @@ def test_global_train_settings_change_every_stage_without_its_own_value(default_
         (lambda c: c["analyze"].update(probe_size=100), set()),
         (lambda c: c.update(threads=2, device="cpu"), set()),
         (lambda c: c["distill"].update(teacher="finetune/full/s0"), {"distill"}),
-        (lambda c: c["prune_network"].update(rewind_step=5), {"prune_network"}),
+        (lambda c: c["prune_network"].update(rewind_steps=[5]), {"prune_network"}),
         (lambda c: c["pretrain"]["train"].update(epochs=3), {"pretrain"}),
         (lambda c: c["data"]["source"]["args"].update(seed=3), {"pretrain"}),
     ],
@@ -235,8 +246,10 @@ def test_spec_says_how_a_run_is_made(study: Study) -> None:
     random = study.spec("prune_data/random/f0.25/s0")
     assert random["score"] == {"stage": "scores", "score": "random", "data": study.config["data"]["target"],
                                "seeds": [0, 1]}
-    level = study.spec("prune_network/imp/s0/level2")
-    assert (level["level"], level["fraction"], level["scope"], level["rewind_step"]) == (2, 0.2, "global", 20)
+    level = study.spec("prune_network/imp/k20/s0/level2")
+    assert (level["level"], level["fraction"], level["scope"], level["rewind"]) == (2, 0.2, "global", 20)
+    assert "init_seed" not in level  # rewound, not re-initialised
+    assert study.spec("prune_network/dense/s0")["rewind_steps"] == [20]
 
 
 # --- paths and summaries ----------------------------------------------------------------------
@@ -265,8 +278,8 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
         )),
         "scores": {(s,) for s in config["prune_data"]["scores"] if s != "rs2"},
         "network_pruning": set(itertools.product(
-            config["prune_network"]["methods"], range(config["prune_network"]["levels"] + 1),
-            config["prune_network"]["seeds"],
+            config["prune_network"]["methods"], config["prune_network"]["rewind_steps"],
+            range(config["prune_network"]["levels"] + 1), config["prune_network"]["seeds"],
         )),
         "cka": set(itertools.product(["full", "linear_probe"], config["finetune"]["seeds"])),
     }
@@ -278,7 +291,8 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
         assert set(coords) == expected[name], name
         assert len({tuple(c) for c, _ in entries}) == 1, f"{name}: every entry has the same dims"
         paths = [p for _, p in entries]
-        assert len(paths) == len(set(paths)), name
+        if name != "network_pruning":  # there, the dense run is level 0 of every method
+            assert len(paths) == len(set(paths)), name
     assert len(summaries["data_pruning"]) == 2 * 3 * 2
     assert len(summaries["distill"]) == 2 * 3 * 1 * 1 * 1 * 2
 

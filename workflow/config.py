@@ -15,6 +15,8 @@ import jsonschema
 import yaml
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+# The stages a study may have; each is optional (see config/schema.yaml).
+STAGES = ("pretrain", "finetune", "prune_data", "distill", "prune_network")
 
 
 class ConfigError(ValueError):
@@ -96,8 +98,13 @@ def check_semantics(config: Mapping[str, Any]) -> None:
     from workflow.datasets import DATASETS, dataset_settings
 
     problems = []
+    stages = [stage for stage in STAGES if stage in config]
+    if "pretrain" in stages and "source" not in config["data"]:
+        problems.append("config key 'data.source' is missing: the pretrain stage trains on it")
     for task in ("source", "target"):
-        spec = config["data"][task]
+        spec = config["data"].get(task)
+        if spec is None:
+            continue
         allowed = dataset_settings(spec["name"])
         unknown = sorted(set(spec.get("args") or {}) - set(allowed))
         if unknown:
@@ -106,39 +113,42 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"allowed keys for {spec['name']}: {', '.join(sorted(allowed))}"
             )
         assert spec["name"] in DATASETS
-    for stage in ("pretrain", "finetune", "prune_data", "distill", "prune_network"):
+    for stage in stages:
         task = "source" if stage == "pretrain" else "target"
-        name = config["data"][task]["name"]
-        augment = {**config["train"], **config[stage]["train"]}.get("augment", [])
-        if augment and not DATASETS[name].images:
+        name = config["data"].get(task, {}).get("name")
+        augment = {**config["train"], **config[stage].get("train", {})}.get("augment", [])
+        if augment and name in DATASETS and not DATASETS[name].images:
             images = sorted(n for n in DATASETS if DATASETS[n].images)
             problems.append(
                 f"config key '{stage}.train.augment' (or 'train.augment') = {augment} needs an image "
                 f"dataset, but data.{task} is {name!r}; image datasets: {', '.join(images)}"
             )
-    ft = config["finetune"]
+    pretrained = [f"pretrain/s{s}" for s in config["pretrain"]["seeds"]] if "pretrain" in stages else []
+    ft = config.get("finetune", {"methods": [], "seeds": []})
     if any(m != "scratch" for m in ft["methods"]):
-        missing = sorted(set(ft["seeds"]) - set(config["pretrain"]["seeds"]))
+        have = config["pretrain"]["seeds"] if "pretrain" in stages else []
+        missing = sorted(set(ft["seeds"]) - set(have))
         if missing:
             problems.append(
                 f"config key 'finetune.seeds' has {missing}, which 'pretrain.seeds' lacks: each "
-                f"fine-tuning run starts from the pretrained model of its seed; allowed: {config['pretrain']['seeds']}"
+                f"fine-tuning run starts from the pretrained model of its seed; allowed: {have}"
             )
-    pd = config["prune_data"]
-    if "prototypes" in pd["scores"]:
-        models = [f"pretrain/s{s}" for s in config["pretrain"]["seeds"]]
-        models += [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
-        if pd["prototypes"]["embedding"] not in models:
+    finetuned = [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
+    pd = config.get("prune_data")
+    if pd is not None and "prototypes" in pd["scores"]:
+        if pd["prototypes"]["embedding"] not in pretrained + finetuned:
             problems.append(
                 f"config key 'prune_data.prototypes.embedding' = {pd['prototypes']['embedding']!r} is not a "
-                f"run of this study; allowed values: {', '.join(models)}"
+                f"run of this study; allowed values: {', '.join(pretrained + finetuned) or '(none: add a pretrain stage)'}"
             )
-    teachers = [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
-    if config["distill"]["teacher"] not in teachers:
-        problems.append(
-            f"config key 'distill.teacher' = {config['distill']['teacher']!r} is not a run of this study; "
-            f"allowed values: {', '.join(teachers)}"
-        )
+    if "distill" in stages:
+        if pd is None:
+            problems.append("config section 'distill' needs a 'prune_data' section: students train on its subsets")
+        if "trained" in config["distill"]["teachers"] and config["distill"].get("teacher") not in finetuned:
+            problems.append(
+                f"config key 'distill.teacher' = {config['distill'].get('teacher')!r} is not a run of this study; "
+                f"allowed values: {', '.join(finetuned) or '(none: add a finetune stage)'}"
+            )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

@@ -8,14 +8,27 @@ task, whatever the source task was.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from workflow.lora import add_lora, init_eva
 from workflow.registry import Registry
 
-Prepare = Callable[[nn.Module, Mapping[str, torch.Tensor] | None], None]
+
+@dataclass
+class FinetuneSetup:
+    """What a method may need besides the parent: its settings and the target data."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. lora: rank, alpha, eva_batches
+    x_train: torch.Tensor | None = None
+    batch_size: int = 100
+    seed: int = 0
+
+
+Prepare = Callable[[nn.Module, Mapping[str, torch.Tensor] | None, FinetuneSetup], None]
 FINETUNE: Registry[Prepare] = Registry("finetune method")
 
 
@@ -30,21 +43,65 @@ def _load_body(model: nn.Module, parent: Mapping[str, torch.Tensor] | None) -> N
 
 
 @FINETUNE.register("full")
-def full(model: nn.Module, parent: Mapping[str, torch.Tensor] | None) -> None:
+def full(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
     """Start from the parent's weights, train everything."""
     _load_body(model, parent)
 
 
 @FINETUNE.register("linear_probe")
-def linear_probe(model: nn.Module, parent: Mapping[str, torch.Tensor] | None) -> None:
+def linear_probe(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
     """Start from the parent's weights, train only the head (BatchNorm statistics frozen too)."""
     _load_body(model, parent)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("head."))
 
 
+@FINETUNE.register("bn_only")
+def bn_only(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
+    """Start from the parent's weights, train only the BatchNorm affine parameters.
+
+    As in "Training BatchNorm and Only BatchNorm", every other weight stays as it
+    is, the new head included: it keeps its random initialisation.
+    """
+    _load_body(model, parent)
+    model.requires_grad_(False)
+    affine = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    if not affine:
+        raise ValueError("bn_only needs a model with affine BatchNorm layers")
+    for m in affine:
+        m.requires_grad_(True)
+
+
+def _lora(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None, init: str) -> None:
+    if setup is None or "lora" not in setup.settings:
+        raise ValueError(f"{init} fine-tuning needs its settings (finetune.lora: rank, alpha)")
+    lora = setup.settings["lora"]
+    _load_body(model, parent)
+    adapters = add_lora(model, lora["rank"], lora["alpha"], skip=("head",))
+    if init == "eva":
+        if setup.x_train is None:
+            raise ValueError("EVA needs the target training inputs")
+        generator = torch.Generator().manual_seed(setup.seed)
+        order = torch.randperm(len(setup.x_train), generator=generator)[: lora["eva_batches"] * setup.batch_size]
+        init_eva(model, adapters, setup.x_train[order.to(setup.x_train.device)].split(setup.batch_size))
+
+
+@FINETUNE.register("lora")
+def lora(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
+    """Start from the parent's weights; train low-rank updates of every linear and
+    convolutional layer (randomly initialised, see :mod:`workflow.lora`) and the head."""
+    _lora(model, parent, setup, "random")
+
+
+@FINETUNE.register("eva")
+def eva(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
+    """LoRA whose down-projections start at the top right-singular vectors of each
+    layer's input activations on the target data (EVA)."""
+    _lora(model, parent, setup, "eva")
+
+
 @FINETUNE.register("scratch")
-def scratch(model: nn.Module, parent: Mapping[str, torch.Tensor] | None) -> None:
+def scratch(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
     """The baseline: the same architecture trained from its random initialisation."""
     if parent is not None:
         raise ValueError("scratch takes no parent model")

@@ -551,27 +551,46 @@ def best_alpha(distill: xr.Dataset) -> Figure:
     return fig
 
 
+PRUNING_LABELS = {
+    "imp": "IMP",
+    "reinit": "IMP mask, re-initialised",
+    "random": "random mask, same layer densities",
+    "oneshot": "one-shot magnitude",
+    "scratch": "IMP mask from scratch, FLOPs-matched",
+}
+
+
 def network_pruning(ds: xr.Dataset) -> Figure:
-    """Final test accuracy against percentage of weights remaining, one line per pruning method."""
-    fig, axes = _new_figure(1, 1, (6.0, 4.4))
-    ax = axes[0, 0]
+    """Final test accuracy against weights remaining, one line per pruning method, one
+    panel per rewind step; seeds as min–max bands, the dense model as a dotted line."""
+    rewinds = _values(ds, "rewind") if "rewind" in ds.dims else [None]
+    fig, axes = _new_figure(1, len(rewinds), (5.6, 4.4))
     acc = 100.0 * final_value(ds["test_acc"])
     methods = _values(ds, "method")
     colours = _colours(methods)
-    for method in methods:
-        # density is a coordinate along level, or (as collected from per-run stores)
-        # a variable over (method, level, seed) that is equal across seeds.
-        x = 100.0 * _over_seeds(_select(ds["density"], method=method)).mean.values
-        stats = _over_seeds(acc.sel({"method": method}))
-        _plot_errorbar(ax, x, stats, color=colours[method], label=str(method))
-    _log_axis(ax, "x")
-    ax.invert_xaxis()
-    ax.set_xlabel("weights remaining (%, log scale; sparser →)")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.grid(which="both", alpha=0.3)
-    _legend(ax, title="method", fontsize="small")
-    how = _seeds_text("mean ± std", ds)
-    ax.set_title(f"Network pruning: test accuracy vs weights remaining ({how})")
+    for ax, k in zip(axes[0], rewinds):
+        panel = _select(acc, rewind=k)
+        density = _select(ds["density"], rewind=k)
+        for method in methods:
+            # density is a variable over (method, level, seed), equal across seeds
+            x = 100.0 * _over_seeds(_select(density, method=method)).mean.values
+            stats = _over_seeds(panel.sel({"method": method}))
+            _plot_band(ax, x, stats, color=colours[method], marker="o", markersize=3,
+                       label=PRUNING_LABELS.get(str(method), str(method)))
+        if "level" in panel.dims and 0 in panel["level"]:
+            dense = _over_seeds(panel.sel(level=0)).mean.mean().item()
+            ax.axhline(dense, color="0.4", ls=":", lw=1, label=f"dense ({dense:.1f} %)")
+        _log_axis(ax, "x")
+        ax.invert_xaxis()
+        ax.set_xlabel("weights remaining (%, log scale; sparser →)")
+        ax.grid(which="both", alpha=0.3)
+        if k is not None:
+            ax.set_title(f"rewind to step {k}" + (" (original lottery ticket)" if k == 0 else ""),
+                         fontsize="medium")
+    axes[0, 0].set_ylabel("final test accuracy (%)")
+    _legend(axes[0, -1], fontsize="small")
+    how = _seeds_text("mean, band min–max", ds)
+    fig.suptitle(f"Network pruning: test accuracy vs weights remaining ({how})")
     return fig
 
 

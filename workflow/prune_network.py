@@ -1,8 +1,22 @@
-"""Network pruning: masks for iterative magnitude pruning (IMP) with rewinding.
+"""Network pruning: masks for iterative magnitude pruning (IMP) with rewinding, and
+the baselines it is compared with.
 
 A mask is a bool tensor with its weight's shape (True = kept), keyed by the
 parameter's name in ``model.named_parameters()``. The training loop calls
 :func:`apply_masks` after every optimiser step so pruned weights stay exactly zero.
+
+The methods (:data:`PRUNING_METHODS`), each at IMP level n of one rewind step k:
+
+* ``imp``: prune the smallest ``fraction`` of the remaining weights of level n-1's
+  trained model, rewind the survivors to their values at step k of the dense run
+  (k = 0: the original lottery ticket), retrain;
+* ``reinit``: the IMP mask of level n on freshly initialised weights (the lottery
+  ticket paper's control; "Rethinking the value of network pruning"'s Scratch-E);
+* ``random``: a random mask with IMP level n's per-layer densities, on the rewound weights;
+* ``oneshot``: magnitude pruning of the trained dense model straight to IMP level
+  n's density, rewound to step k and retrained;
+* ``scratch``: the IMP mask on fresh weights, trained for as many more epochs as
+  keep its training FLOPs equal to the dense run's (Scratch-B).
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import torch
 from torch import nn
 
 PRUNING_SCOPES: tuple[str, ...] = ("global", "layer")
+PRUNING_METHODS: tuple[str, ...] = ("imp", "reinit", "random", "oneshot", "scratch")
 _PRUNABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -90,6 +105,54 @@ def magnitude_masks(
     )
     pieces = kept.split([w.numel() for w in weights.values()])
     return {name: piece.view(w.shape) for (name, w), piece in zip(weights.items(), pieces)}
+
+
+def level_density(fraction: float, level: int) -> float:
+    """The nominal density after ``level`` IMP levels of ``fraction`` each: (1 - fraction)**level."""
+    return (1.0 - fraction) ** level
+
+
+def random_masks(like: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Masks keeping, in each tensor, as many entries as ``like`` does, at uniformly random places."""
+    out = {}
+    for name, mask in like.items():
+        kept = int(mask.count_nonzero())
+        new = torch.zeros(mask.numel(), dtype=torch.bool)
+        new[torch.randperm(mask.numel(), generator=generator)[:kept]] = True
+        out[name] = new.view(mask.shape)
+    return out
+
+
+def multiply_adds(model: nn.Module, example: torch.Tensor, masks: Mapping[str, torch.Tensor] | None = None) -> int:
+    """Multiply-adds of the prunable layers of ``model`` on one example, counting only kept weights.
+
+    Each weight of a convolution is used once per output position, of a linear layer
+    once per input row; biases, BatchNorm and activations are left out (they are
+    not pruned, and cost little next to the weights).
+    """
+    weights = prunable_parameters(model)
+    masks = _check_masks({k: v.detach() for k, v in weights.items()}, dict(masks) if masks else None)
+    modules = {f"{prefix}.weight" if prefix else "weight": m for prefix, m in model.named_modules()
+               if isinstance(m, _PRUNABLE_MODULES)}
+    positions: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            spatial = output.shape[2:] if isinstance(module, (nn.Conv1d, nn.Conv2d)) else output.shape[1:-1]
+            positions[name] = int(torch.tensor(spatial).prod()) if len(spatial) else 1
+        return record
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in weights]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example[None])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return sum(int(masks[name].count_nonzero()) * positions[name] for name in weights)
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:

@@ -9,6 +9,7 @@ a researcher at a shell call them the same way, through :mod:`workflow.cli`.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,11 +23,20 @@ from workflow.analysis.activations import activations_dataset, layer_matrix, rec
 from workflow.analysis.cka import cka_matrix
 from workflow.data import TaskData, load_data
 from workflow.distill import kd_loss
-from workflow.finetune import FINETUNE
+from workflow.finetune import FINETUNE, FinetuneSetup
+from workflow.lora import merge_lora
 from workflow.models import load_model, seeded_model
 from workflow.prune_data import RepeatedRandomSubsets, select
 from workflow.scoring import SCORERS, ScoreContext
-from workflow.prune_network import density, layer_densities, magnitude_masks, prunable_parameters
+from workflow.prune_network import (
+    PRUNING_METHODS,
+    density,
+    layer_densities,
+    magnitude_masks,
+    multiply_adds,
+    prunable_parameters,
+    random_masks,
+)
 from workflow.train import TrainConfig, resolve_device, seed_everything, train
 
 PathLike = str | Path
@@ -41,6 +51,45 @@ def _setup(device: str, threads: int | None) -> torch.device:
 def _new_model(spec: Mapping[str, Any], data: TaskData, device: torch.device, seed: int) -> nn.Module:
     seed_everything(seed)
     return seeded_model(spec["model"], data.in_length, data.num_classes, seed, device)
+
+
+def _pruned_start(
+    spec: Mapping[str, Any], model: nn.Module, parent: Mapping[str, Any], data: TaskData, cfg: TrainConfig
+) -> tuple[dict[str, torch.Tensor], TrainConfig]:
+    """Masks and starting weights (loaded into ``model``) of a network-pruning run, and its
+    training settings; the methods are described in :mod:`workflow.prune_network`.
+
+    ``parent``: the previous IMP level (``imp``), the IMP run of the same level
+    (``reinit``, ``random``, ``scratch``), or the dense run (``oneshot``).
+    """
+    method, fraction, scope = spec["method"], spec["fraction"], spec["scope"]
+    trained = {name: parent["state_dict"][name] for name in prunable_parameters(model)}
+    if method == "imp":
+        masks = magnitude_masks(trained, parent["masks"], fraction, scope)
+    elif method == "oneshot":
+        # Levels of pruning with no training between them rank the same magnitudes:
+        # IMP's weight counts, reached at once.
+        masks = None
+        for _ in range(spec["level"]):
+            masks = magnitude_masks(trained, masks, fraction, scope)
+    elif method == "random":
+        masks = random_masks(parent["masks"], torch.Generator().manual_seed(spec["seed"]))
+    elif method in ("reinit", "scratch"):
+        masks = dict(parent["masks"])
+    else:
+        raise ValueError(f"unknown network-pruning method {method!r}; allowed: dense, {', '.join(PRUNING_METHODS)}")
+    assert masks is not None
+    if method in ("reinit", "scratch"):
+        # Fresh weights, not the dense run's initialisation.
+        model.load_state_dict(_new_model(spec, data, next(model.parameters()).device, spec["init_seed"]).state_dict())
+    else:  # rewind: surviving weights restart from their values at the rewind step
+        model.load_state_dict(parent["rewind"][spec["rewind"]])
+    if method == "scratch":
+        # Scratch-B: as many more epochs as the sparse model saves in multiply-adds.
+        example = data.x_train[0]
+        ratio = multiply_adds(model, example) / multiply_adds(model, example, masks)
+        cfg = replace(cfg, epochs=round(cfg.epochs * ratio))
+    return masks, cfg
 
 
 def _kept_examples(spec: Mapping[str, Any], scores_path: PathLike, labels: np.ndarray) -> np.ndarray:
@@ -87,7 +136,8 @@ def train_run(
 
     if stage == "finetune":
         parent_state = storage.load_torch(parent)["state_dict"] if parent else None
-        FINETUNE[spec["method"]](model, parent_state)
+        setup = FinetuneSetup({k: spec[k] for k in ("lora",) if k in spec}, data.x_train, cfg.batch_size, seed)
+        FINETUNE[spec["method"]](model, parent_state, setup)
     elif stage in ("prune_data", "distill"):
         if spec["score"]["score"] == "rs2":
             # No fixed subset: a fresh random slice of the data every epoch.
@@ -112,31 +162,27 @@ def train_run(
                 return kd_loss(logits, teacher_logits, yb, T, alpha)
 
     elif stage == "prune_network":
-        if spec["level"] == 0:
-            snapshot_steps = (spec["rewind_step"],)
+        if spec["method"] == "dense":
+            snapshot_steps = tuple(spec["rewind_steps"])
         else:
             previous = storage.load_torch(parent)
-            masks = magnitude_masks(
-                {k: previous["state_dict"][k] for k in prunable_parameters(model)},
-                previous["masks"],
-                spec["fraction"],
-                spec["scope"],
-            )
-            # Rewind: surviving weights restart from their values at the rewind step.
-            model.load_state_dict(previous["rewind"])
-            extra["rewind"] = previous["rewind"]
+            masks, cfg = _pruned_start(spec, model, previous, data, cfg)
+            extra["rewind"] = {spec["rewind"]: previous["rewind"][spec["rewind"]]}
         extra["masks"] = masks
     elif stage != "pretrain":
         raise ValueError(f"unknown training stage {stage!r}")
 
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = train(
         model, data, cfg, seed=seed, loss_fn=loss_fn, masks=masks,
         snapshot_steps=snapshot_steps, sampler=sampler, progress=progress, desc=spec["run"],
     )
-    if stage == "prune_network" and spec["level"] == 0:
-        extra["rewind"] = result.snapshots[spec["rewind_step"]]
+    if stage == "prune_network" and spec["method"] == "dense":
+        extra["rewind"] = {step: result.snapshots[step] for step in spec["rewind_steps"]}
 
+    merge_lora(model)  # adapters folded in: what is saved is a plain model of the study's architecture
     metrics = result.history
+    metrics["trainable_params"] = xr.DataArray(trainable, attrs={"description": "parameters the run trained"})
     if stage == "prune_network":
         dense = {name: torch.ones_like(p, dtype=torch.bool) for name, p in prunable_parameters(model).items()}
         per_layer = layer_densities(masks or dense)

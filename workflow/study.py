@@ -16,16 +16,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from workflow.config import load_config
+from workflow.config import STAGES, load_config
 
-STAGES = ("pretrain", "finetune", "prune_data", "distill", "prune_network")
-# The folders of a run id after its stage, in order.
-RUN_LAYOUTS = {
-    "pretrain": ("seed",),
-    "finetune": ("method", "seed"),
-    "prune_data": ("method", "fraction", "seed"),
-    "distill": ("teacher", "method", "fraction", "kd", "seed"),
-    "prune_network": ("method", "seed", "level"),
+# The folders of a run id after its stage, in order; a stage may have several
+# layouts of different lengths (network pruning: the dense run, and the pruned ones).
+RUN_LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "pretrain": (("seed",),),
+    "finetune": (("method", "seed"),),
+    "prune_data": (("method", "fraction", "seed"),),
+    "distill": (("teacher", "method", "fraction", "kd", "seed"),),
+    "prune_network": (("method", "seed"), ("method", "rewind", "seed", "level")),
 }
 _FIELD_PATTERNS = {
     "seed": re.compile(r"s(?P<seed>\d+)"),
@@ -33,15 +33,24 @@ _FIELD_PATTERNS = {
     "teacher": re.compile(r"(?P<teacher>trained|untrained)"),
     "fraction": re.compile(r"f(?P<fraction>[0-9.]+)"),
     "kd": re.compile(r"T(?P<temperature>[0-9.]+)-a(?P<alpha>[0-9.]+)"),
+    "rewind": re.compile(r"k(?P<rewind>\d+)"),
     "level": re.compile(r"level(?P<level>\d+)"),
 }
-_FIELD_TYPES = {"seed": int, "level": int, "fraction": float, "temperature": float, "alpha": float}
+_FIELD_TYPES = {"seed": int, "level": int, "rewind": int, "fraction": float, "temperature": float, "alpha": float}
 # Data-pruning methods with no keep rule: random subsets, and RS2's fresh random
 # subset every epoch.
 UNORDERED_METHODS = ("random", "rs2")
 # Untrained teachers are initialised from this seed plus the student's seed, so a
 # student never starts at its teacher.
 UNTRAINED_TEACHER_SEED = 10_000
+# Network-pruning controls on fresh weights (reinit, scratch) are initialised from
+# this seed plus the run's seed: not the dense run's initialisation.
+REINIT_SEED = 20_000
+# Network-pruning methods that keep the IMP run's mask (and so depend on it).
+IMP_MASK_METHODS = ("reinit", "random", "scratch")
+# Fine-tuning methods that take the study's finetune.lora settings (kept here, not
+# imported from workflow.finetune, so that planning a study needs no torch).
+LORA_METHODS = ("lora", "eva")
 
 
 def number_label(f: float) -> str:
@@ -80,19 +89,31 @@ class Study:
         return f"{self.root}/plots/{figure}.{ext}"
 
     # --- runs ------------------------------------------------------------------
+    def has(self, stage: str) -> bool:
+        """Whether the study has the stage: a study leaves out the stages it does not ask about."""
+        return stage in self.config
+
     def pretrain_runs(self) -> list[str]:
+        if not self.has("pretrain"):
+            return []
         return [f"pretrain/s{s}" for s in self.config["pretrain"]["seeds"]]
 
     def finetune_runs(self) -> list[str]:
+        if not self.has("finetune"):
+            return []
         ft = self.config["finetune"]
         return [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
 
     def data_pruning_methods(self) -> list[str]:
+        if not self.has("prune_data"):
+            return []
         pd = self.config["prune_data"]
         return list(dict.fromkeys(data_pruning_method(s, k) for s in pd["scores"] for k in pd["keep"]))
 
     def score_stores(self) -> list[str]:
         """Score stores of the study (rs2 needs none: it draws a new subset every epoch)."""
+        if not self.has("prune_data"):
+            return []
         return [f"prune_data/scores/{s}" for s in self.config["prune_data"]["scores"] if s != "rs2"]
 
     def score_path(self, method: str) -> str | None:
@@ -103,9 +124,11 @@ class Study:
     def subset_runs(self, stage: str) -> list[str]:
         """Runs of ``prune_data`` (method x fraction x seed) or ``distill`` (also x
         teacher x temperature x alpha)."""
-        pd, d = self.config["prune_data"], self.config["distill"]
+        if not self.has("prune_data") or not self.has(stage):
+            return []
+        pd, d = self.config["prune_data"], self.config.get("distill", {})
         kd = [(f"{stage}/{t}/", f"T{number_label(T)}-a{number_label(a)}/")
-              for t in d["teachers"] for T in d["temperature"] for a in d["alpha"]]
+              for t in d.get("teachers", []) for T in d.get("temperature", []) for a in d.get("alpha", [])]
         return [
             f"{head}{m}/f{number_label(f)}/{tail}s{s}"
             for head, tail in (kd if stage == "distill" else [(f"{stage}/", "")])
@@ -114,13 +137,23 @@ class Study:
             for s in pd["seeds"]
         ]
 
+    def dense_runs(self) -> list[str]:
+        """The dense model of each network-pruning seed: level 0 of every method and rewind step."""
+        if not self.has("prune_network"):
+            return []
+        return [f"prune_network/dense/s{s}" for s in self.config["prune_network"]["seeds"]]
+
     def network_pruning_runs(self) -> list[str]:
+        """Pruned runs: method x rewind step x seed x level (1 to ``levels``)."""
+        if not self.has("prune_network"):
+            return []
         pn = self.config["prune_network"]
         return [
-            f"prune_network/{m}/s{s}/level{level}"
+            f"prune_network/{m}/k{k}/s{s}/level{n}"
             for m in pn["methods"]
+            for k in pn["rewind_steps"]
             for s in pn["seeds"]
-            for level in range(pn["levels"] + 1)
+            for n in range(1, pn["levels"] + 1)
         ]
 
     def training_runs(self) -> list[str]:
@@ -130,6 +163,7 @@ class Study:
             + self.finetune_runs()
             + self.subset_runs("prune_data")
             + self.subset_runs("distill")
+            + self.dense_runs()
             + self.network_pruning_runs()
         )
 
@@ -150,9 +184,11 @@ class Study:
         method, fraction, temperature, alpha, seed.
         """
         stage, *parts = run.split("/")
-        layout = RUN_LAYOUTS.get(stage)
-        if layout is None or len(parts) != len(layout):
-            raise ValueError(f"run id {run!r} does not match {stage}/{'/'.join(layout or ['...'])}")
+        layouts = RUN_LAYOUTS.get(stage, ())
+        layout = next((lay for lay in layouts if len(lay) == len(parts)), None)
+        if layout is None:
+            shapes = " or ".join(f"{stage}/{'/'.join(lay)}" for lay in layouts) or "<stage>/..."
+            raise ValueError(f"run id {run!r} does not match {shapes}")
         out: dict[str, Any] = {"stage": stage}
         for field, part in zip(layout, parts):
             match = _FIELD_PATTERNS[field].fullmatch(part)
@@ -167,8 +203,14 @@ class Study:
         r = self.parse(run)
         if r["stage"] == "finetune" and r["method"] != "scratch":
             return f"pretrain/s{r['seed']}"
-        if r["stage"] == "prune_network" and r["level"] > 0:
-            return f"prune_network/{r['method']}/s{r['seed']}/level{r['level'] - 1}"
+        if r["stage"] == "prune_network" and r["method"] != "dense":
+            # IMP prunes the previous level; controls take the IMP mask of their level;
+            # one-shot pruning starts from the trained dense model.
+            dense = f"prune_network/dense/s{r['seed']}"
+            imp = f"prune_network/imp/k{r['rewind']}/s{r['seed']}/level{{}}"
+            if r["method"] == "imp":
+                return dense if r["level"] == 1 else imp.format(r["level"] - 1)
+            return imp.format(r["level"]) if r["method"] in IMP_MASK_METHODS else dense
         return None
 
     def task(self, run: str) -> str:
@@ -211,6 +253,8 @@ class Study:
         }
         if stage == "finetune":
             spec["method"] = r["method"]
+            if r["method"] in LORA_METHODS:
+                spec["lora"] = self.config["finetune"]["lora"]
         elif stage in ("prune_data", "distill"):
             pd = self.config["prune_data"]
             score, _, keep = r["method"].partition("-")
@@ -230,13 +274,13 @@ class Study:
                     spec["teacher_seed"] = UNTRAINED_TEACHER_SEED + r["seed"]
         elif stage == "prune_network":
             pn = self.config["prune_network"]
-            spec.update(
-                method=r["method"],
-                level=r["level"],
-                fraction=pn["fraction"],
-                scope=pn["scope"],
-                rewind_step=pn["rewind_step"],
-            )
+            spec["method"] = r["method"]
+            if r["method"] == "dense":
+                spec["rewind_steps"] = pn["rewind_steps"]  # the snapshots every pruned run rewinds to
+            else:
+                spec.update(level=r["level"], fraction=pn["fraction"], scope=pn["scope"], rewind=r["rewind"])
+                if r["method"] in ("reinit", "scratch"):
+                    spec["init_seed"] = REINIT_SEED + r["seed"]
         return spec
 
     def summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
@@ -265,12 +309,23 @@ class Study:
             "scores": [
                 ({"method": store.rsplit("/", 1)[1]}, self.path(store, "scores.zarr")) for store in self.score_stores()
             ],
-            "network_pruning": metrics(self.network_pruning_runs(), ("method", "level", "seed")),
+            "network_pruning": self._network_pruning_entries(),
             "cka": [
                 ({"method": self.parse(child)["method"], "seed": self.parse(child)["seed"]}, self.cka_path(child))
                 for _, child in self.cka_edges()
             ],
         }
+
+    def _network_pruning_entries(self) -> list[tuple[dict[str, Any], str]]:
+        """Every pruned run, and the dense run as level 0 of each method and rewind step."""
+        entries = []
+        for run in self.network_pruning_runs():
+            r = self.parse(run)
+            coords = {"method": r["method"], "rewind": r["rewind"], "level": r["level"], "seed": r["seed"]}
+            if r["level"] == 1:
+                entries.append(({**coords, "level": 0}, self.path(f"prune_network/dense/s{r['seed']}", "metrics.zarr")))
+            entries.append((coords, self.path(run, "metrics.zarr")))
+        return entries
 
     def cka_path(self, child: str) -> str:
         """The CKA store of the edge from ``child``'s parent to ``child``."""
