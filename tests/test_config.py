@@ -117,6 +117,14 @@ ERRORS = {
         lambda c: c.pop("finetune"),
         ["'distill.teacher' = 'finetune/scratch/s0' is not a run of this study", "add a finetune stage"],
     ),
+    "WiSE-FT without a linear probe": (
+        lambda c: c["finetune"].update(methods=["full"], wiseft={"alphas": [0, 1]}),
+        ["'finetune.wiseft' needs 'linear_probe' in 'finetune.methods'"],
+    ),
+    "ensembles without full fine-tuning": (
+        lambda c: c["finetune"].update(methods=["scratch"], ensemble={"members": 2}),
+        ["'finetune.ensemble' needs 'full' in 'finetune.methods'"],
+    ),
     "pretraining without a source task": (
         lambda c: c["data"].pop("source"),
         ["'data.source' is missing: the pretrain stage trains on it"],

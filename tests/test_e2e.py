@@ -108,6 +108,8 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         "scores": {"method", "init", "sample"},
         "network_pruning": {"method", "rewind", "level", "seed", "epoch", "param"},
         "cka": {"method", "seed", "layer_a", "layer_b"},
+        "wiseft": {"method", "seed", "alpha"},
+        "ensemble": {"kind", "seed", "member"},
     }
     for name, dims in expected.items():
         ds = open_quietly(Path(study.summary_path(name)))
@@ -119,6 +121,16 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
     assert sorted(dp["method"].values) == [
         "el2n-hard", "forgetting-hard", "grand-hard", "prototypes-hard", "random", "rs2"
     ]
+
+
+def test_the_report_has_a_table_for_every_summary(study: Study) -> None:
+    from workflow.report import report
+
+    text = report(study.root)
+    for title in ("pretrain (source task)", "finetune (target task)", "data pruning, no distillation",
+                  "data pruning with distillation", "network pruning", "WiSE-FT", "ensembles and soups"):
+        assert f"{title}" in text, title
+    assert "nan" not in text.lower()
 
 
 def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:

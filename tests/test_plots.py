@@ -209,14 +209,45 @@ def _cka(n_seeds: int) -> xr.Dataset:
     )
 
 
+def _with_trainable_params(ds: xr.Dataset) -> xr.Dataset:
+    counts = {"full": 20_000, "linear_probe": 1_300, "scratch": 20_000}
+    values = xr.DataArray([counts[m] for m in ds["method"].values], dims="method", coords={"method": ds["method"]})
+    return ds.assign(trainable_params=values.broadcast_like(ds["test_acc"].isel(epoch=0, drop=True)).astype(float))
+
+
+def _wiseft(n_seeds: int) -> xr.Dataset:
+    alphas = np.linspace(0, 1, 6)
+    rng = np.random.default_rng(5)
+    bump = 0.8 + 0.1 * np.sin(np.pi * alphas)  # the usual shape: best in between
+    acc = bump[None, None, :] + 0.01 * rng.standard_normal((2, n_seeds, len(alphas)))
+    acc[1, 0, 2] = np.nan  # a hole
+    return xr.Dataset({"test_acc": (("method", "seed", "alpha"), acc)},
+                      coords={"method": ["full", "lora"], "seed": np.arange(n_seeds), "alpha": alphas})
+
+
+def _ensemble(n_seeds: int) -> xr.Dataset:
+    rng = np.random.default_rng(6)
+    members = 0.9 + 0.01 * rng.standard_normal((2, n_seeds, 3))
+    return xr.Dataset(
+        {
+            "member_acc": (("kind", "seed", "member"), members),
+            "ensemble_acc": (("kind", "seed"), members.max(-1) + 0.01),
+            "soup_acc": (("kind", "seed"), members.mean(-1) - 0.02),
+        },
+        coords={"kind": ["seeds", "starsse"], "seed": np.arange(n_seeds), "member": np.arange(3)},
+    )
+
+
 BUILDERS = {
     "pretrain": _pretrain,
-    "finetune": _finetune,
+    "finetune": lambda n: _with_trainable_params(_finetune(n)),
     "data_pruning": _data_pruning,
     "distill": _distill,
     "network_pruning": _network_pruning,
     "cka": _cka,
     "scores": _scores,
+    "wiseft": _wiseft,
+    "ensemble": _ensemble,
 }
 
 
@@ -291,7 +322,7 @@ def test_render_writes_png_and_pdf(
 def test_figures_table_matches_signatures() -> None:
     assert set(plots.FIGURES) == {
         "training_curves", "data_pruning", "best_alpha", "network_pruning", "cka",
-        "score_distributions", "score_agreement",
+        "score_distributions", "score_agreement", "finetune_methods", "wiseft", "ensembles",
     }
     assert plots.FIGURES["data_pruning"][1] == ("data_pruning", "distill")
     for func, needs in plots.FIGURES.values():

@@ -72,6 +72,8 @@ def pipeline(read_config, task_path: Path, tmp_path_factory: pytest.TempPathFact
     config["prune_network"].update(levels=2, rewind_steps=list(REWIND_STEPS))
     config["finetune"]["methods"] += ["bn_only", "lora", "eva"]
     config["finetune"]["lora"] = {"rank": 2, "alpha": 4, "eva_batches": 2}
+    config["finetune"]["wiseft"] = {"alphas": [0.0, 0.5, 1.0]}
+    config["finetune"]["ensemble"] = {"members": 3, "starsse": {"epochs": 1}}
     return Pipeline(config, task_path)
 
 
@@ -160,6 +162,53 @@ def test_trainable_parameters_are_counted_per_method(pipeline: Pipeline) -> None
     assert count["linear_probe"] == sum(p.numel() for p in model.head.parameters())
     assert count["bn_only"] < count["lora"] == count["eva"] < count["full"]
     assert count["linear_probe"] < count["lora"]
+
+
+def test_wiseft_reproduces_the_linear_probe_and_the_fine_tuned_model_at_its_ends(pipeline: Pipeline, tmp_path: Path) -> None:
+    pairs = pipeline.study.wiseft_pairs()
+    assert {ft for _, ft in pairs.values()} == {f"finetune/{m}/s0" for m in ("full", "bn_only", "lora", "eva")}
+    start, end = pairs[pipeline.study.wiseft_path("lora", 0)]
+    stages.wiseft(pipeline.run(start) / "model.pt", pipeline.run(end) / "model.pt", [0.0, 0.5, 1.0],
+                  tmp_path / "wiseft.zarr", data_path=pipeline.task_path, device="cpu")
+    ds = storage.open_dataset(tmp_path / "wiseft.zarr")
+    for alpha, run in ((0.0, start), (1.0, end)):
+        final = _metrics(pipeline.folder(run)).isel(epoch=-1)
+        assert float(ds.test_acc.sel(alpha=alpha)) == float(final.test_acc)
+        assert float(ds.test_loss.sel(alpha=alpha)) == pytest.approx(float(final.test_loss), rel=1e-6)
+
+
+def test_ensemble_members_start_from_the_pretrained_or_the_fine_tuned_model(pipeline: Pipeline, task) -> None:
+    full = _saved(pipeline.run("finetune/full/s0"))
+    pretrained = _saved(pipeline.run("pretrain/s0"))["state_dict"]
+    seeds = pipeline.run("ensemble/seeds/s0/m1")
+    star = pipeline.run("ensemble/starsse/s0/m1")
+    assert _metrics(seeds).attrs["parent"] == "pretrain/s0"
+    assert _metrics(star).attrs["parent"] == "finetune/full/s0"
+    # a StarSSE cycle starts at the fine-tuned model, head included: its epoch 0 is full's last epoch
+    assert float(_metrics(star).test_acc[0]) == float(_metrics(pipeline.folder("finetune/full/s0")).test_acc[-1])
+    assert _metrics(star).sizes["epoch"] == 2  # one epoch: the cycle's own setting
+    # another fine-tuning run: the pretrained body, a head and data order of its own
+    spec = pipeline.study.spec("ensemble/seeds/s0/m1")
+    start = seeded_model(spec["model"], 40, 10, spec["train_seed"])
+    FINETUNE["full"](start, pretrained)
+    loss, _ = evaluate(start, task.x_test, task.y_test)
+    assert float(_metrics(seeds).test_loss[0]) == pytest.approx(loss, rel=1e-6)
+    assert not torch.equal(_saved(seeds)["state_dict"]["head.weight"], full["state_dict"]["head.weight"])
+
+
+def test_an_ensemble_store_has_every_member_the_ensemble_and_the_soup(pipeline: Pipeline, tmp_path: Path) -> None:
+    members = pipeline.study.ensembles()[pipeline.study.ensemble_path("seeds", 0)]
+    assert members == ["finetune/full/s0", "ensemble/seeds/s0/m1", "ensemble/seeds/s0/m2"]
+    paths = [pipeline.run(m) / "model.pt" for m in members]
+    stages.ensemble(paths, tmp_path / "ensemble.zarr", data_path=pipeline.task_path, device="cpu")
+    ds = storage.open_dataset(tmp_path / "ensemble.zarr")
+    finals = [float(_metrics(pipeline.folder(m)).test_acc[-1]) for m in members]
+    assert ds["member_acc"].values.tolist() == finals
+    assert 0 <= float(ds["ensemble_acc"]) <= 1 and 0 <= float(ds["soup_acc"]) <= 1
+    # an ensemble of one model is that model
+    stages.ensemble(paths[:1], tmp_path / "one.zarr", data_path=pipeline.task_path, device="cpu")
+    one = storage.open_dataset(tmp_path / "one.zarr")
+    assert float(one["ensemble_acc"]) == float(one["soup_acc"]) == finals[0]
 
 
 # --- data pruning -----------------------------------------------------------------------------

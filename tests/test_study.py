@@ -252,6 +252,27 @@ def test_spec_says_how_a_run_is_made(study: Study) -> None:
     assert study.spec("prune_network/dense/s0")["rewind_steps"] == [20]
 
 
+def test_ensembles_and_wiseft_are_planned_from_the_finetune_section(default_config: Config) -> None:
+    def add(c: Config) -> None:
+        c["finetune"].update(wiseft={"alphas": [0, 0.5, 1]}, ensemble={"members": 3, "starsse": {"lr": 0.01}})
+
+    study = _changed(default_config, add)
+    assert study.ensemble_runs() == [f"ensemble/{k}/s{s}/m{m}" for k in ("seeds", "starsse") for s in (0, 1) for m in (1, 2)]
+    assert all(r in study.training_runs() for r in study.ensemble_runs())
+    assert study.parent("ensemble/seeds/s1/m2") == "pretrain/s1"
+    assert study.parent("ensemble/starsse/s1/m2") == "finetune/full/s1"
+    seeds, star = study.spec("ensemble/seeds/s1/m2"), study.spec("ensemble/starsse/s1/m2")
+    assert seeds["train"] == study.train_config("finetune")
+    assert star["train"] == {**study.train_config("finetune"), "lr": 0.01}
+    train_seeds = {study.spec(r)["train_seed"] for r in study.ensemble_runs()}
+    assert len(train_seeds) == 4 and not train_seeds & {0, 1}  # distinct, and not the members 0
+    assert set(study.wiseft_pairs().values()) == {(f"finetune/linear_probe/s{s}", f"finetune/full/s{s}") for s in (0, 1)}
+    summaries = study.summaries()
+    assert [c for c, _ in summaries["wiseft"]] == [{"method": "full", "seed": 0}, {"method": "full", "seed": 1}]
+    assert len(summaries["ensemble"]) == 4
+    assert "ensemble" not in Study(default_config).summaries()  # only when asked for
+
+
 # --- paths and summaries ----------------------------------------------------------------------
 
 

@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name-b", required=True)
     p.add_argument("--out", required=True, help="analysis.zarr")
 
+    p = sub.add_parser("wiseft", help="WiSE-FT: evaluate weights interpolated between two models")
+    p.add_argument("--start", required=True, help="model.pt at alpha = 0 (the linear probe)")
+    p.add_argument("--end", required=True, help="model.pt at alpha = 1 (the fine-tuned model)")
+    p.add_argument("--alphas", required=True, help="JSON list of alphas in [0, 1]")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="wiseft.zarr")
+    _common(p)
+
+    p = sub.add_parser("ensemble", help="evaluate models, their ensemble and their uniform soup")
+    p.add_argument("--member", action="append", required=True, help="model.pt of a member; repeatable")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="ensemble.zarr")
+    _common(p)
+
     p = sub.add_parser("collect", help="gather per-run stores into one summary")
     p.add_argument("--entries", required=True, help='JSON: [[{"seed": 0}, "path/metrics.zarr"], ...]')
     p.add_argument("--out", required=True)
@@ -100,6 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workflow.stages import compare_cka
 
         compare_cka(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b)
+    elif args.command == "wiseft":
+        from workflow.stages import wiseft
+
+        wiseft(args.start, args.end, json.loads(args.alphas), args.out, data_path=args.data,
+               device=args.device, threads=args.threads)
+    elif args.command == "ensemble":
+        from workflow.stages import ensemble
+
+        ensemble(args.member, args.out, data_path=args.data, device=args.device, threads=args.threads)
     elif args.command == "collect":
         from workflow.stages import collect, parse_entries
 

@@ -134,6 +134,9 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"fine-tuning run starts from the pretrained model of its seed; allowed: {have}"
             )
     finetuned = [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
+    for key, needs in (("wiseft", "linear_probe"), ("ensemble", "full")):
+        if key in ft and needs not in ft["methods"]:
+            problems.append(f"config key 'finetune.{key}' needs '{needs}' in 'finetune.methods'; have: {ft['methods']}")
     pd = config.get("prune_data")
     if pd is not None and "prototypes" in pd["scores"]:
         if pd["prototypes"]["embedding"] not in pretrained + finetuned:

@@ -34,13 +34,16 @@ __all__ = [
     "best_over",
     "cka_heatmaps",
     "data_pruning",
+    "ensembles",
     "final_value",
+    "finetune_methods",
     "network_pruning",
     "render",
     "score_agreement",
     "score_correlations",
     "score_distributions",
     "training_curves",
+    "wiseft",
 ]
 
 LOSS_LABEL = "cross-entropy loss (nats)"
@@ -683,6 +686,80 @@ def score_agreement(scores: xr.Dataset) -> Figure:
     return fig
 
 
+def finetune_methods(finetune: xr.Dataset) -> Figure:
+    """Final test accuracy of each fine-tuning method against the parameters it trains."""
+    fig, axes = _new_figure(1, 1, (6.4, 4.4))
+    ax = axes[0, 0]
+    acc = 100.0 * final_value(finetune["test_acc"])
+    methods = _values(finetune, "method")
+    colours = _colours(methods)
+    for method in methods:
+        stats = _over_seeds(acc.sel({"method": method}))
+        count = _over_seeds(finetune["trainable_params"].sel({"method": method})).mean
+        x, y, err = float(count), float(stats.mean), float(stats.std)
+        if np.isfinite(x) and np.isfinite(y):
+            ax.errorbar([x], [y], yerr=[err], marker="o", capsize=3, color=colours[method],
+                        label=FINETUNE_LABELS.get(str(method), str(method)))
+            ax.annotate(str(method), (x, y), textcoords="offset points", xytext=(5, 4), fontsize="small")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(which="both", alpha=0.3)
+    _legend(ax, fontsize="small")
+    ax.set_title(f"Fine-tuning methods: accuracy per trainable parameter ({_seeds_text('mean ± std', finetune)})",
+                 fontsize="medium")
+    return fig
+
+
+def wiseft(ds: xr.Dataset) -> Figure:
+    """WiSE-FT: test accuracy of the interpolated weights against alpha, one line per method."""
+    fig, axes = _new_figure(1, 1, (6.0, 4.4))
+    ax = axes[0, 0]
+    methods = _values(ds, "method")
+    colours = _colours(methods)
+    for method in methods:
+        stats = _over_seeds(100.0 * ds["test_acc"].sel({"method": method}))
+        _plot_band(ax, ds["alpha"].values, stats, color=colours[method], marker="o", markersize=3,
+                   label=f"linear probe → {method}")
+    ax.set_xlabel("α  (0: linear probe, 1: fine-tuned; weights (1 − α) θ₀ + α θ₁)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    _legend(ax, fontsize="small")
+    ax.set_title(f"WiSE-FT: interpolating the weights ({_seeds_text('mean, band min–max', ds)})", fontsize="medium")
+    return fig
+
+
+ENSEMBLE_BARS = {"best member": None, "mean member": None, "ensemble": "ensemble_acc", "uniform soup": "soup_acc"}
+
+
+def ensembles(ds: xr.Dataset) -> Figure:
+    """Single models against their ensemble and their uniform soup, per kind of ensemble."""
+    kinds = _values(ds, "kind")
+    fig, axes = _new_figure(1, 1, (6.4, 4.4))
+    ax = axes[0, 0]
+    colours = _colours(ENSEMBLE_BARS)
+    width = 0.8 / len(ENSEMBLE_BARS)
+    members = 100.0 * ds["member_acc"]
+    for i, (bar, var) in enumerate(ENSEMBLE_BARS.items()):
+        if var is not None:
+            values = 100.0 * ds[var]
+        else:
+            values = members.max("member") if bar == "best member" else members.mean("member")
+        stats = _over_seeds(values)
+        x = np.arange(len(kinds)) + (i - (len(ENSEMBLE_BARS) - 1) / 2) * width
+        ax.bar(x, stats.mean.values, width, yerr=stats.std.values, capsize=3, color=colours[bar], label=bar)
+    n = int(ds.sizes.get("member", 0))
+    ax.set_xticks(np.arange(len(kinds)), [f"{k}\n({n} members)" for k in kinds])
+    low = float(np.nanmin(members.values))
+    ax.set_ylim(max(0.0, low - 5.0), None)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    _legend(ax, fontsize="small")
+    ax.set_title(f"Ensembles and soups from one pretrained checkpoint ({_seeds_text('mean ± std', ds)})",
+                 fontsize="medium")
+    return fig
+
+
 # ------------------------------------------------------------------------ entry
 
 FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
@@ -693,6 +770,9 @@ FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "cka": (cka_heatmaps, ("cka",)),
     "score_distributions": (score_distributions, ("scores",)),
     "score_agreement": (score_agreement, ("scores",)),
+    "finetune_methods": (finetune_methods, ("finetune",)),
+    "wiseft": (wiseft, ("wiseft",)),
+    "ensembles": (ensembles, ("ensemble",)),
 }
 
 

@@ -14,7 +14,7 @@ def _final_acc(ds: xr.Dataset) -> xr.DataArray:
     return 100 * final_value(ds["test_acc"])
 
 
-def _table(title: str, da: xr.DataArray) -> str:
+def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)") -> str:
     """Mean ± std over ``seed`` (and every seed's value) for each other coordinate."""
     if len(da.dims) > 1:
         frame = da.to_series().unstack("seed")
@@ -26,7 +26,7 @@ def _table(title: str, da: xr.DataArray) -> str:
     frame["mean"] = values.mean(axis=1)
     frame["std"] = values.std(axis=1, ddof=1) if len(seeds) > 1 else 0.0
     frame = frame.dropna(subset=["mean"])
-    return f"{title}: final test accuracy (%)\n{frame.round(1).to_string()}\n"
+    return f"{title}: {what}\n{frame.round(1).to_string()}\n"
 
 
 def report(results: str | Path) -> str:
@@ -50,6 +50,15 @@ def report(results: str | Path) -> str:
         density = 100 * ds["density"].mean([d for d in ds["density"].dims if d != "level"])
         remaining = ", ".join(f"{lv}: {d:.1f}" for lv, d in zip(ds["level"].values, density.values))
         parts.append(_table("network pruning", _final_acc(ds)) + f"weights remaining per level (%): {remaining}\n")
+    if (ds := have("wiseft")) is not None:
+        parts.append(_table("WiSE-FT (alpha 0: linear probe, 1: fine-tuned)", 100 * ds["test_acc"], "test accuracy (%)"))
+    if (ds := have("ensemble")) is not None:
+        members = 100 * ds["member_acc"]
+        combined = xr.concat(
+            [members.mean("member"), members.max("member"), 100 * ds["ensemble_acc"], 100 * ds["soup_acc"]],
+            dim=xr.DataArray(["mean member", "best member", "ensemble", "uniform soup"], dims="model"),
+        )
+        parts.append(_table("ensembles and soups", combined, "test accuracy (%)"))
     if not parts:
         raise FileNotFoundError(f"no summaries under {summary}; run the study first")
     return "\n".join(parts)

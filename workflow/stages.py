@@ -8,6 +8,7 @@ a researcher at a shell call them the same way, through :mod:`workflow.cli`.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import xarray as xr
 from torch import nn
 
 from workflow import storage
+from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
 from workflow.analysis.activations import activations_dataset, layer_matrix, record_activations
 from workflow.analysis.cka import cka_matrix
 from workflow.data import TaskData, load_data
@@ -37,7 +39,7 @@ from workflow.prune_network import (
     prunable_parameters,
     random_masks,
 )
-from workflow.train import TrainConfig, resolve_device, seed_everything, train
+from workflow.train import TrainConfig, evaluate, resolve_device, seed_everything, train
 
 PathLike = str | Path
 
@@ -124,7 +126,8 @@ def train_run(
     (weights, spec, masks), each atomically.
     """
     dev = _setup(device, threads)
-    stage, seed = spec["stage"], spec["seed"]
+    stage = spec["stage"]
+    seed = spec.get("train_seed", spec["seed"])  # ensemble members: their own initialisation and data order
     data = load_data(data_path, dev)
     model = _new_model(spec, data, dev, seed)
     cfg = TrainConfig.from_dict(spec["train"])
@@ -138,6 +141,12 @@ def train_run(
         parent_state = storage.load_torch(parent)["state_dict"] if parent else None
         setup = FinetuneSetup({k: spec[k] for k in ("lora",) if k in spec}, data.x_train, cfg.batch_size, seed)
         FINETUNE[spec["method"]](model, parent_state, setup)
+    elif stage == "ensemble":
+        parent_state = storage.load_torch(parent)["state_dict"]
+        if spec["kind"] == "seeds":  # another full fine-tuning run from the pretrained model
+            FINETUNE["full"](model, parent_state)
+        else:  # a StarSSE cycle: from the fine-tuned model, head included
+            model.load_state_dict(parent_state)
     elif stage in ("prune_data", "distill"):
         if spec["score"]["score"] == "rs2":
             # No fixed subset: a fresh random slice of the data every epoch.
@@ -210,6 +219,58 @@ def train_run(
         },
         Path(out) / "model.pt",
     )
+
+
+def _test_metrics(state: Mapping[str, torch.Tensor], template: nn.Module, data: TaskData) -> tuple[float, float]:
+    """Test loss and accuracy of a state dict loaded into a copy of ``template``."""
+    model = copy.deepcopy(template)
+    model.load_state_dict(state)
+    return evaluate(model, data.x_test, data.y_test)
+
+
+def wiseft(
+    start: PathLike, end: PathLike, alphas: Sequence[float], out: PathLike, *, data_path: PathLike,
+    device: str = "auto", threads: int | None = None,
+) -> None:
+    """WiSE-FT: test loss and accuracy of the weights interpolated from ``start`` (alpha = 0)
+    to ``end`` (alpha = 1), over ``alpha``."""
+    dev = _setup(device, threads)
+    data = load_data(data_path, dev)
+    (model, a), (_, b) = load_model(start, dev), load_model(end, dev)
+    rows = [_test_metrics(interpolate(a["state_dict"], b["state_dict"], alpha), model, data) for alpha in alphas]
+    ds = xr.Dataset(
+        {"test_loss": ("alpha", [r[0] for r in rows]), "test_acc": ("alpha", [r[1] for r in rows])},
+        coords={"alpha": np.asarray(alphas, dtype=np.float64)},
+    )
+    attrs = storage.provenance(None, device=str(dev))
+    attrs.update(start=str(start), end=str(end), method="WiSE-FT: (1 - alpha) start + alpha end, every floating tensor")
+    storage.write_dataset(ds, out, attrs)
+
+
+def ensemble(
+    members: Sequence[PathLike], out: PathLike, *, data_path: PathLike, device: str = "auto", threads: int | None = None,
+) -> None:
+    """Test accuracy and loss of each member, of their ensemble (mean probabilities) and of
+    their uniform soup (mean weights)."""
+    dev = _setup(device, threads)
+    data = load_data(data_path, dev)
+    loaded = [load_model(path, dev) for path in members]
+    models = [m for m, _ in loaded]
+    single = [evaluate(m, data.x_test, data.y_test) for m in models]
+    ens_acc, ens_loss = accuracy_and_loss(ensemble_probabilities(models, data.x_test), data.y_test)
+    soup_loss, soup_acc = _test_metrics(uniform_soup([s["state_dict"] for _, s in loaded]), models[0], data)
+    ds = xr.Dataset(
+        {
+            "member_acc": ("member", [acc for _, acc in single]),
+            "member_loss": ("member", [loss for loss, _ in single]),
+            "ensemble_acc": ens_acc, "ensemble_loss": ens_loss,
+            "soup_acc": soup_acc, "soup_loss": soup_loss,
+        },
+        coords={"member": np.arange(len(members))},
+    )
+    attrs = storage.provenance(None, device=str(dev))
+    attrs["members"] = [str(p) for p in members]
+    storage.write_dataset(ds, out, attrs)
 
 
 def compute_scores(

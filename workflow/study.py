@@ -26,6 +26,7 @@ RUN_LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "prune_data": (("method", "fraction", "seed"),),
     "distill": (("teacher", "method", "fraction", "kd", "seed"),),
     "prune_network": (("method", "seed"), ("method", "rewind", "seed", "level")),
+    "ensemble": (("kind", "seed", "member"),),
 }
 _FIELD_PATTERNS = {
     "seed": re.compile(r"s(?P<seed>\d+)"),
@@ -35,8 +36,10 @@ _FIELD_PATTERNS = {
     "kd": re.compile(r"T(?P<temperature>[0-9.]+)-a(?P<alpha>[0-9.]+)"),
     "rewind": re.compile(r"k(?P<rewind>\d+)"),
     "level": re.compile(r"level(?P<level>\d+)"),
+    "kind": re.compile(r"(?P<kind>seeds|starsse)"),
+    "member": re.compile(r"m(?P<member>\d+)"),
 }
-_FIELD_TYPES = {"seed": int, "level": int, "rewind": int, "fraction": float, "temperature": float, "alpha": float}
+_FIELD_TYPES = {"seed": int, "level": int, "rewind": int, "member": int, "fraction": float, "temperature": float, "alpha": float}
 # Data-pruning methods with no keep rule: random subsets, and RS2's fresh random
 # subset every epoch.
 UNORDERED_METHODS = ("random", "rs2")
@@ -51,6 +54,11 @@ IMP_MASK_METHODS = ("reinit", "random", "scratch")
 # Fine-tuning methods that take the study's finetune.lora settings (kept here, not
 # imported from workflow.finetune, so that planning a study needs no torch).
 LORA_METHODS = ("lora", "eva")
+# Fine-tuning methods that change the pretrained body: WiSE-FT interpolates from the
+# linear probe (the pretrained body with a trained head) to each of them.
+WISEFT_METHODS = ("full", "bn_only", "lora", "eva")
+# Ensemble members beyond the first train from this seed (+ 1000 x member + seed).
+MEMBER_SEED = 30_000
 
 
 def number_label(f: float) -> str:
@@ -165,7 +173,42 @@ class Study:
             + self.subset_runs("distill")
             + self.dense_runs()
             + self.network_pruning_runs()
+            + self.ensemble_runs()
         )
+
+    def ensemble_runs(self) -> list[str]:
+        """Extra members of each ensemble (member 0 is the study's ``finetune/full`` run)."""
+        ens = self.config.get("finetune", {}).get("ensemble")
+        if not ens:
+            return []
+        return [f"ensemble/{kind}/s{s}/m{k}" for kind in ens["kinds"] for s in self.config["finetune"]["seeds"]
+                for k in range(1, ens["members"])]
+
+    def ensembles(self) -> dict[str, list[str]]:
+        """Each ensemble's store path -> its members' runs, member 0 first."""
+        ens = self.config.get("finetune", {}).get("ensemble")
+        if not ens:
+            return {}
+        return {
+            self.ensemble_path(kind, s): [f"finetune/full/s{s}"] + [f"ensemble/{kind}/s{s}/m{k}" for k in range(1, ens["members"])]
+            for kind in ens["kinds"] for s in self.config["finetune"]["seeds"]
+        }
+
+    def ensemble_path(self, kind: str, seed: int) -> str:
+        return f"{self.root}/analyze/ensemble/{kind}/s{seed}/ensemble.zarr"
+
+    def wiseft_pairs(self) -> dict[str, tuple[str, str]]:
+        """Each WiSE-FT store path -> (the linear probe, the fine-tuned run) it interpolates."""
+        ft = self.config.get("finetune", {})
+        if "wiseft" not in ft:
+            return {}
+        return {
+            self.wiseft_path(m, s): (f"finetune/linear_probe/s{s}", f"finetune/{m}/s{s}")
+            for m in ft["methods"] if m in WISEFT_METHODS for s in ft["seeds"]
+        }
+
+    def wiseft_path(self, method: str, seed: int) -> str:
+        return f"{self.root}/analyze/wiseft/{method}/s{seed}/wiseft.zarr"
 
     def cka_edges(self) -> list[tuple[str, str]]:
         """(parent, child) pairs compared by CKA: each pretrained model and its fine-tuned children."""
@@ -203,6 +246,8 @@ class Study:
         r = self.parse(run)
         if r["stage"] == "finetune" and r["method"] != "scratch":
             return f"pretrain/s{r['seed']}"
+        if r["stage"] == "ensemble":  # independent fine-tuning runs, or StarSSE cycles from the fine-tuned model
+            return f"pretrain/s{r['seed']}" if r["kind"] == "seeds" else f"finetune/full/s{r['seed']}"
         if r["stage"] == "prune_network" and r["method"] != "dense":
             # IMP prunes the previous level; controls take the IMP mask of their level;
             # one-shot pruning starts from the trained dense model.
@@ -219,7 +264,7 @@ class Study:
 
     def train_config(self, stage: str) -> dict[str, Any]:
         """The global ``train`` settings with the stage's overrides on top."""
-        return {**self.config["train"], **self.config[stage].get("train", {})}
+        return {**self.config["train"], **self.config.get(stage, {}).get("train", {})}
 
     def score_spec(self, score: str) -> dict[str, Any]:
         """What determines a score store: the method, its settings, data and model."""
@@ -251,6 +296,12 @@ class Study:
             "train": self.train_config(stage),
             "parent": self.parent(run),
         }
+        if stage == "ensemble":
+            ens = self.config["finetune"]["ensemble"]
+            spec.update(kind=r["kind"], member=r["member"], train_seed=MEMBER_SEED + 1000 * r["member"] + r["seed"],
+                        train=self.train_config("finetune"))
+            if r["kind"] == "starsse":  # one cycle: from the fine-tuned weights, a fresh optimiser and schedule
+                spec["train"] = {**spec["train"], **ens["starsse"]}
         if stage == "finetune":
             spec["method"] = r["method"]
             if r["method"] in LORA_METHODS:
@@ -310,6 +361,14 @@ class Study:
                 ({"method": store.rsplit("/", 1)[1]}, self.path(store, "scores.zarr")) for store in self.score_stores()
             ],
             "network_pruning": self._network_pruning_entries(),
+            "wiseft": [
+                ({"method": self.parse(ft)["method"], "seed": self.parse(ft)["seed"]}, path)
+                for path, (_, ft) in self.wiseft_pairs().items()
+            ],
+            "ensemble": [
+                ({"kind": self.parse(members[1])["kind"], "seed": self.parse(members[0])["seed"]}, path)
+                for path, members in self.ensembles().items()
+            ],
             "cka": [
                 ({"method": self.parse(child)["method"], "seed": self.parse(child)["seed"]}, self.cka_path(child))
                 for _, child in self.cka_edges()
