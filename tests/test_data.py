@@ -102,3 +102,42 @@ def test_subset_keeps_the_chosen_training_examples_and_the_whole_test_set(task: 
     assert torch.equal(sub.y_train, task.y_train[[5, 0, 17]])
     assert sub.x_test is task.x_test and sub.y_test is task.y_test
     assert sub.num_classes == task.num_classes  # the test set still has every class
+
+
+# --- the synthetic pretraining task ------------------------------------------------------
+
+
+def test_synthetic_data_has_the_asked_shape_and_repeats_by_seed(tmp_path: Path) -> None:
+    spec = {"name": "synthetic", "args": {"num_train": 50, "num_test": 20, "shape": [3, 8, 8], "num_classes": 4}}
+    a = np.load(make_data(spec, tmp_path / "a.npz"))
+    b = np.load(make_data(spec, tmp_path / "b.npz"))
+    assert a["x_train"].shape == (50, 3, 8, 8) and a["x_test"].shape == (20, 3, 8, 8)
+    assert a["x_train"].dtype == np.float32 and a["y_train"].dtype == np.int64
+    assert set(np.unique(a["y_train"])) <= set(range(4))
+    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    other = np.load(make_data({**spec, "args": {**spec["args"], "seed": 1}}, tmp_path / "c.npz"))
+    assert not np.array_equal(a["x_train"], other["x_train"])
+
+
+def test_synthetic_classes_are_their_templates_shifted_and_scaled() -> None:
+    """Without noise, each example is its class template, rolled and scaled: the best
+    match over shifts and classes (by correlation) recovers every label."""
+    from workflow.datasets import DATASETS
+
+    arrays = DATASETS["synthetic"].make({"num_train": 200, "num_test": 10, "noise": 0.0, "shift": 3})
+    x, y = arrays["x_train"].astype(np.float64), arrays["y_train"]
+    # the templates, recovered from one unshifted-or-not example each, cover every roll
+    found = []
+    for xi in x:
+        scores = []
+        for c in range(10):
+            template = x[y == c][0]
+            rolls = [np.roll(template, d) for d in range(-6, 7)]
+            scores.append(max(abs(np.corrcoef(xi, r)[0, 1]) for r in rolls))
+        found.append(int(np.argmax(scores)))
+    assert np.array_equal(found, y)
+
+
+def test_synthetic_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown synthetic setting.*allowed: .*num_classes"):
+        make_data({"name": "synthetic", "args": {"classes": 3}}, tmp_path / "x.npz")

@@ -80,13 +80,13 @@ def test_scratch_leaves_the_fresh_model_as_it_is(make_cnn) -> None:
 def test_finetune_registry_lists_the_methods() -> None:
     from workflow.study import LORA_METHODS
 
-    assert FINETUNE.names() == ["bn_only", "eva", "full", "linear_probe", "lora", "scratch"]
+    assert FINETUNE.names() == ["bn_only", "eva", "full", "linear_probe", "lora", "scratch", "stats"]
     assert "full" in FINETUNE and "dora" not in FINETUNE
     assert set(LORA_METHODS) <= set(FINETUNE)  # the methods that take finetune.lora settings
 
 
 def test_unknown_finetune_method_raises_key_error_listing_the_allowed() -> None:
-    with pytest.raises(KeyError, match="unknown finetune method 'dora'; allowed: bn_only, eva, full, linear_probe, lora, scratch"):
+    with pytest.raises(KeyError, match="unknown finetune method 'dora'; allowed: bn_only, eva, full, linear_probe, lora, scratch, stats"):
         FINETUNE["dora"]
 
 
@@ -99,3 +99,24 @@ def test_registry_refuses_a_name_registered_twice() -> None:
     assert registry["a"] == 2
     assert registry.names() == ["a", "b"]
     assert list(registry) == ["b", "a"]  # iteration keeps registration order
+
+
+def test_stats_transfers_each_tensors_mean_and_std_and_nothing_else(make_cnn, parent) -> None:
+    from workflow.finetune import FinetuneSetup
+
+    model = make_cnn(seed=0)
+    fresh = _state(model)
+    FINETUNE["stats"](model, parent, FinetuneSetup(seed=3))
+    for name, p in model.named_parameters():
+        if name.startswith("head."):
+            assert torch.equal(p, fresh[name]), name
+            continue
+        source, new = parent[name].double(), p.detach().double()
+        if source.numel() > 1:
+            assert float(new.mean()) == pytest.approx(float(source.mean()), abs=1e-6), name
+            assert float(new.std()) == pytest.approx(float(source.std()), rel=1e-5, abs=1e-7), name
+            if float(source.std()) > 0:
+                assert not torch.equal(p.detach(), parent[name]), name  # the statistics, not the weights
+    for name, buffer in model.named_buffers():  # BatchNorm statistics start afresh
+        assert torch.equal(buffer, fresh[name]), name
+    assert all(p.requires_grad for p in model.parameters())

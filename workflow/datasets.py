@@ -62,6 +62,50 @@ def _mnist1d(args: dict[str, Any]) -> Arrays:
 DATASETS.register("mnist1d")(DatasetSource(_mnist1d, _mnist1d_settings))
 
 
+def _synthetic_settings() -> dict[str, Any]:
+    return {"num_classes": 10, "num_train": 4000, "num_test": 1000, "shape": [40], "smoothness": 3,
+            "shift": 4, "noise": 0.5, "seed": 0}
+
+
+def _synthetic(args: dict[str, Any]) -> Arrays:
+    """A generic task with no natural data, for synthetic pretraining.
+
+    Each class is a random smooth template of ``shape`` (white noise averaged over
+    ``2 * smoothness + 1`` neighbours along the last axis, unit variance); an example
+    is its class's template, shifted circularly along the last axis by up to
+    ``shift`` places and scaled by a factor in [0.5, 1.5], plus Gaussian ``noise``.
+    ``shape`` is that of the target task's examples ([40] for MNIST-1D, [3, 32, 32]
+    for CIFAR), so a model pretrained on it fits the target.
+    """
+    settings = _synthetic_settings()
+    unknown = set(args) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown synthetic setting(s) {sorted(unknown)}; allowed: {sorted(settings)}")
+    settings.update(args)
+    rng = np.random.default_rng(settings["seed"])
+    shape, k, width = tuple(settings["shape"]), settings["num_classes"], 2 * settings["smoothness"] + 1
+    noise = rng.standard_normal((k, *shape))
+    templates = sum(np.roll(noise, d, axis=-1) for d in range(-settings["smoothness"], settings["smoothness"] + 1)) / width
+    templates /= templates.reshape(k, -1).std(axis=1).reshape(k, *[1] * len(shape))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, k, n)
+        shifts = rng.integers(-settings["shift"], settings["shift"] + 1, n)
+        positions = (np.arange(shape[-1])[None, :] - shifts[:, None]) % shape[-1]
+        positions = positions.reshape(n, *[1] * (len(shape) - 1), shape[-1])
+        x = np.take_along_axis(templates[labels], np.broadcast_to(positions, (n, *shape)), axis=-1)
+        x = x * rng.uniform(0.5, 1.5, n).reshape(n, *[1] * len(shape))
+        x = x + settings["noise"] * rng.standard_normal((n, *shape))
+        return x.astype(np.float32), labels.astype(np.int64)
+
+    x_train, y_train = draw(settings["num_train"])
+    x_test, y_test = draw(settings["num_test"])
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+DATASETS.register("synthetic")(DatasetSource(_synthetic, _synthetic_settings))
+
+
 # --- image datasets read by torchvision's own loaders from a local folder -----------------
 
 TORCHVISION_CLASSES: dict[str, str] = {

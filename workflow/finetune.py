@@ -100,6 +100,31 @@ def eva(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: Fine
     _lora(model, parent, setup, "eva")
 
 
+@FINETUNE.register("stats")
+def stats(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
+    """Transfer only the parent's per-tensor statistics, then train everything.
+
+    As in "Insights into Pre-training via Simpler Synthetic Tasks": each parameter
+    tensor of the body is drawn afresh with the mean and standard deviation of the
+    parent's (standardised noise, so both match exactly); the head is new and
+    BatchNorm statistics start afresh.
+    """
+    if parent is None:
+        raise ValueError("stats fine-tuning needs a parent model")
+    generator = torch.Generator().manual_seed(setup.seed if setup else 0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("head."):
+                continue
+            source = parent[name].to(torch.float64)
+            if source.numel() < 2:
+                p.copy_(source)
+                continue
+            noise = torch.randn(source.shape, generator=generator, dtype=torch.float64)
+            noise = (noise - noise.mean()) / noise.std()
+            p.copy_(source.mean() + source.std() * noise)
+
+
 @FINETUNE.register("scratch")
 def scratch(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
     """The baseline: the same architecture trained from its random initialisation."""
