@@ -198,7 +198,7 @@ def test_plots_are_redrawn_from_stored_results_without_training(study_dir: Path,
     "override, expected",
     [
         ({"pretrain": {"seeds": [0], "epochz": 3}}, ["epochz", "allowed keys: seeds, train"]),
-        ({"finetune": {"methods": ["full", "lora"], "seeds": [0]}}, ["finetune.methods[1]", "full, linear_probe, scratch"]),
+        ({"finetune": {"methods": ["full", "dora"], "seeds": [0]}}, ["finetune.methods[1]", "bn_only, eva, full, linear_probe, lora"]),
         ({"train": {"epochs": "ten", "batch_size": 50, "lr": 0.01}}, ["train.epochs", "integer"]),
         ({"distill": {"teacher": "finetune/full/s7"}}, ["distill.teacher", "finetune/scratch/s0"]),
     ],
