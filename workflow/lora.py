@@ -21,6 +21,7 @@ Initialisations of ``down``:
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterable
 
@@ -67,8 +68,6 @@ class LoRA(nn.Module):
 
     def merged(self) -> nn.Module:
         """A plain copy of the base layer with the update added to its weight."""
-        import copy
-
         layer = copy.deepcopy(self.base)
         with torch.no_grad():
             layer.weight.add_(self.delta_weight())
