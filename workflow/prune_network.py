@@ -21,6 +21,7 @@ The methods (:data:`PRUNING_METHODS`), each at IMP level n of one rewind step k:
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -31,16 +32,21 @@ PRUNING_METHODS: tuple[str, ...] = ("imp", "reinit", "random", "oneshot", "scrat
 _PRUNABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
+def _prunable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv1d / Conv2d / Linear module, by the parameter name of its weight."""
+    return {
+        f"{prefix}.weight" if prefix else "weight": module
+        for prefix, module in model.named_modules()
+        if isinstance(module, _PRUNABLE_MODULES)
+    }
+
+
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The weights of every Conv1d / Conv2d / Linear module, by parameter name.
 
     Biases and BatchNorm parameters are not pruned (as in the Lottery Ticket papers).
     """
-    names = {
-        f"{prefix}.weight" if prefix else "weight"
-        for prefix, module in model.named_modules()
-        if isinstance(module, _PRUNABLE_MODULES)
-    }
+    names = _prunable_modules(model)
     return {name: p for name, p in model.named_parameters() if name in names}
 
 
@@ -132,14 +138,13 @@ def multiply_adds(model: nn.Module, example: torch.Tensor, masks: Mapping[str, t
     """
     weights = prunable_parameters(model)
     masks = _check_masks({k: v.detach() for k, v in weights.items()}, dict(masks) if masks else None)
-    modules = {f"{prefix}.weight" if prefix else "weight": m for prefix, m in model.named_modules()
-               if isinstance(m, _PRUNABLE_MODULES)}
+    modules = _prunable_modules(model)
     positions: dict[str, int] = {}
 
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             spatial = output.shape[2:] if isinstance(module, (nn.Conv1d, nn.Conv2d)) else output.shape[1:-1]
-            positions[name] = int(torch.tensor(spatial).prod()) if len(spatial) else 1
+            positions[name] = math.prod(spatial)
         return record
 
     handles = [modules[name].register_forward_hook(hook(name)) for name in weights]

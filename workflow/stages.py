@@ -139,7 +139,8 @@ def train_run(
 
     if stage == "finetune":
         parent_state = storage.load_torch(parent)["state_dict"] if parent else None
-        setup = FinetuneSetup({k: spec[k] for k in ("lora",) if k in spec}, data.x_train, cfg.batch_size, seed)
+        settings = {"lora": spec["lora"]} if "lora" in spec else {}
+        setup = FinetuneSetup(settings, data.x_train, cfg.batch_size, seed)
         FINETUNE[spec["method"]](model, parent_state, setup)
     elif stage == "ensemble":
         parent_state = storage.load_torch(parent)["state_dict"]
