@@ -4,7 +4,7 @@ import os
 import sys
 
 from workflow.config import ConfigError, load_config
-from workflow.study import Study
+from workflow.study import ENSEMBLE_KINDS, Study
 
 # Refuse a bad configuration before any job starts, naming the key and the
 # allowed values (also fills in the schema's defaults).
@@ -29,6 +29,7 @@ RUN_OPTS = f"--device {config['device']} --threads {{threads}}"
 
 wildcard_constraints:
     seed=r"\d+",
+    source=r"[a-z][a-z0-9_]*",
     level=r"\d+",
     rewind=r"\d+",
     fraction=r"[0-9.]+",

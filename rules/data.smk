@@ -8,9 +8,9 @@ rule make_data:
     output:
         f"{R}/data/{{task}}.npz",
     params:
-        spec=lambda w: Study.dumps(config["data"][w.task]),
+        spec=lambda w: Study.dumps(STUDY.task_dataset(w.task)),
     wildcard_constraints:
-        task="source|target",
+        task=r"target|sources/[a-z][a-z0-9_]*",
     conda:
         ENV
     log:

@@ -297,16 +297,16 @@ def test_the_schema_names_the_new_datasets_and_model() -> None:
 
 def test_a_cifar_study_with_resnet20_loads(default_config: dict[str, Any], tmp_path: Path) -> None:
     config = copy.deepcopy(default_config)
-    config["data"]["source"] = {"name": "cifar10", "args": {"root": str(tmp_path)}}
+    config["data"]["sources"] = {"cifar10": {"name": "cifar10", "args": {"root": str(tmp_path)}}}
     config["model"] = {"name": "resnet20", "width": 16}
     loaded = load_config(config)
     assert loaded["model"] == {"name": "resnet20", "width": 16}
-    assert loaded["data"]["source"]["args"] == {"root": str(tmp_path)}
+    assert loaded["data"]["sources"]["cifar10"]["args"] == {"root": str(tmp_path)}
 
     config["model"] = {"name": "resnet20", "channels": 8}
     with pytest.raises(ConfigError, match="'model.channels' is not a setting of model.name = 'resnet20'"):
         load_config(config)
     config["model"] = {"name": "resnet20"}
-    config["data"]["source"]["args"] = {"root": str(tmp_path), "downlaod": True}
-    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['downlaod'\] under 'data.source.args'"):
+    config["data"]["sources"]["cifar10"]["args"] = {"root": str(tmp_path), "downlaod": True}
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['downlaod'\] under 'data.sources.cifar10.args'"):
         load_config(config)

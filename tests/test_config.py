@@ -36,7 +36,7 @@ def test_the_tiny_study_loads_on_its_own(tiny_config: Config) -> None:
     assert config["finetune"]["seeds"] == [0]
     assert config["finetune"]["train"] == {"epochs": 2}  # nothing of the default's leaks in
     assert config["data"]["target"]["train_size"] == 100
-    assert config["data"]["source"]["train_size"] is None  # the schema's default
+    assert config["data"]["sources"]["synthetic"]["train_size"] is None  # the schema's default, for every source
 
 
 def test_load_config_does_not_change_its_input(default_config: Config) -> None:
@@ -82,8 +82,13 @@ ERRORS = {
         ["'prune_data.scores[0]' = 'memorisation'", "allowed values: el2n, grand, forgetting, prototypes, random, rs2"],
     ),
     "prototype embedding that is not a run": (
-        lambda c: c["prune_data"].update(scores=["prototypes"], prototypes={"embedding": "pretrain/s9"}),
-        ["'prune_data.prototypes.embedding' = 'pretrain/s9'", "allowed values: pretrain/s0, pretrain/s1"],
+        lambda c: c["prune_data"].update(scores=["prototypes"], prototypes={"embedding": "pretrain/s0"}),
+        ["'prune_data.prototypes.embedding' = 'pretrain/s0'",
+         "allowed values: pretrain/mnist1d/s0, pretrain/mnist1d/s1, pretrain/synthetic/s0"],
+    ),
+    "prototype scores without an embedding": (
+        lambda c: c["prune_data"].update(scores=["prototypes"]),
+        ["'prune_data.prototypes.embedding' = None is not a run of this study", "pretrain/mnist1d/s0"],
     ),
     "unknown model": (
         lambda c: c["model"].update(name="resnet18"),
@@ -126,20 +131,37 @@ ERRORS = {
         ["'finetune.ensemble' needs 'full' in 'finetune.methods'"],
     ),
     "pretraining without a source task": (
-        lambda c: c["data"].pop("source"),
-        ["'data.source' is missing: the pretrain stage trains on it"],
+        lambda c: c["data"].pop("sources"),
+        ["'data.sources' is missing: the pretrain stage trains on each of its tasks"],
+    ),
+    "the old single source": (
+        lambda c: c["data"].update(source=c["data"].pop("sources")["mnist1d"]),
+        ["unknown config key(s) ['source'] under 'data'; allowed keys: sources, target"],
+    ),
+    "a source named none": (
+        lambda c: c["data"]["sources"].update(none={"name": "synthetic"}),
+        ["'data.sources.none' is not allowed: 'none' stands for no pretraining (scratch)"],
+    ),
+    "a source name that cannot be a folder": (
+        lambda c: c["data"]["sources"].update({"My Task": {"name": "synthetic"}}),
+        ["'data.sources'", "'My Task' does not match"],
+    ),
+    "unknown setting of a source dataset": (
+        lambda c: c["data"]["sources"]["synthetic"]["args"].update(smoothnes=2),
+        ["unknown config key(s) ['smoothnes'] under 'data.sources.synthetic.args'", "allowed keys for synthetic:"],
     ),
     "out of range": (
         lambda c: c["prune_network"].update(fraction=1.0),
         ["'prune_network.fraction'"],
     ),
     "teacher not a run of the study": (
-        lambda c: c["distill"].update(teacher="finetune/full/s7"),
-        ["'distill.teacher' = 'finetune/full/s7' is not a run of this study", "allowed values: finetune/full/s0"],
+        lambda c: c["distill"].update(teacher="finetune/mnist1d/full/s7"),
+        ["'distill.teacher' = 'finetune/mnist1d/full/s7' is not a run of this study",
+         "allowed values: finetune/mnist1d/full/s0"],
     ),
     "teacher of another stage": (
-        lambda c: c["distill"].update(teacher="pretrain/s0"),
-        ["'distill.teacher' = 'pretrain/s0'"],
+        lambda c: c["distill"].update(teacher="pretrain/mnist1d/s0"),
+        ["'distill.teacher' = 'pretrain/mnist1d/s0'"],
     ),
     "unknown augmentation": (
         lambda c: c["train"].update(augment=["rotate"]),
@@ -181,7 +203,7 @@ def test_a_study_leaves_out_the_stages_it_does_not_ask_about(default_config: Con
     def only_network_pruning(c: Config) -> None:
         for stage in ("pretrain", "finetune", "prune_data", "distill", "analyze"):
             del c[stage]
-        del c["data"]["source"]
+        del c["data"]["sources"]
 
     config = _load_with(default_config, only_network_pruning)
     runs = Study(config, checked=True).training_runs()
@@ -226,7 +248,7 @@ def test_defaults_are_filled_in(default_config: Config) -> None:
         del c["prune_network"]["scope"], c["prune_network"]["fraction"], c["prune_network"]["rewind_steps"]
         del c["prune_data"]["keep"], c["prune_data"]["class_balanced"], c["prune_data"]["el2n"]
         del c["distill"]["temperature"], c["distill"]["alpha"], c["pretrain"]["train"]
-        del c["data"]["source"]["args"], c["data"]["target"]["train_size"]
+        del c["data"]["sources"]["mnist1d"]["args"], c["data"]["target"]["train_size"]
 
     config = _load_with(default_config, strip)
     assert (config["results"], config["device"], config["threads"]) == ("results", "auto", 1)
@@ -239,7 +261,8 @@ def test_defaults_are_filled_in(default_config: Config) -> None:
     assert (config["distill"]["temperature"], config["distill"]["alpha"]) == ([4.0], [0.5])
     assert config["distill"]["teachers"] == ["trained"]
     assert config["pretrain"]["train"] == {}
-    assert config["data"]["source"]["args"] == {}
+    assert config["data"]["sources"]["mnist1d"]["args"] == {}
+    assert config["data"]["sources"]["mnist1d"]["train_size"] is None
     assert config["data"]["target"]["train_size"] is None
 
 

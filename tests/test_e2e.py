@@ -101,15 +101,15 @@ def test_every_run_store_exists_and_opens(study: Study) -> None:
 
 def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
     expected = {
-        "pretrain": {"seed", "epoch"},
-        "finetune": {"method", "seed", "epoch"},
+        "pretrain": {"source", "seed", "epoch"},
+        "finetune": {"source", "method", "seed", "epoch"},
         "data_pruning": {"method", "fraction", "seed", "epoch"},
         "distill": {"method", "fraction", "teacher", "temperature", "alpha", "seed", "epoch"},
         "scores": {"method", "init", "sample"},
         "network_pruning": {"method", "rewind", "level", "seed", "epoch", "param"},
-        "cka": {"method", "seed", "layer_a", "layer_b"},
-        "wiseft": {"method", "seed", "alpha"},
-        "ensemble": {"kind", "seed", "member"},
+        "cka": {"source", "method", "seed", "layer_a", "layer_b"},
+        "wiseft": {"source", "method", "seed", "alpha"},
+        "ensemble": {"source", "kind", "seed", "member"},
     }
     for name, dims in expected.items():
         ds = open_quietly(Path(study.summary_path(name)))
@@ -143,7 +143,8 @@ def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
 def test_the_teacher_is_trained_once_however_many_students_use_it(tmp_path: Path) -> None:
     jobs = planned(copy_workflow(tmp_path))
     assert jobs["distill"] == 12  # 6 methods x 2 teachers (one trained, one untrained)
-    assert jobs["finetune"] == 3  # full, linear_probe, scratch: the teacher among them, once
+    assert jobs["scratch"] == 1  # the teacher, finetune/scratch/s0, once
+    assert jobs["finetune"] == 4  # full and linear_probe from each of the two sources
 
 
 def test_a_finished_study_has_nothing_to_do(study_dir: Path) -> None:
@@ -152,17 +153,20 @@ def test_a_finished_study_has_nothing_to_do(study_dir: Path) -> None:
 
 def test_forcerun_reruns_the_stage_and_only_what_depends_on_it(study_dir: Path) -> None:
     jobs = planned(study_dir, "--forcerun", "pretrain")
-    assert jobs["pretrain"] == 2
-    assert jobs["finetune"] == 2  # full and linear_probe start from pretrain; scratch does not
-    # prototype scores cluster pretrain/s0's embedding: that store and its runs
+    assert jobs["pretrain"] == 4  # 2 sources x 2 seeds
+    assert jobs["finetune"] == 4  # full and linear_probe from each source start from pretrain
+    # every ensemble member descends from a pretrained model: 2 sources x 3 kinds x 1 extra member
+    assert jobs["ensemble_member"] == 6 and jobs["ensemble"] == 6
+    # prototype scores cluster pretrain/mnist1d/s0's embedding: that store and its runs
     assert jobs["scores"] == 1 and jobs["prune_data"] == 1 and jobs["distill"] == 2
-    for untouched in ("make_data", "prune_network_dense", "prune_network"):
+    for untouched in ("make_data", "scratch", "prune_network_dense", "prune_network"):
         assert untouched not in jobs
 
 
 def test_asking_for_one_output_reruns_that_run_alone(study_dir: Path, study: Study) -> None:
-    target = Path(study.path("finetune/full/s0", "model.pt"))  # absolute; snakemake wants it relative
-    others = [Path(study.path(r, "model.pt")) for r in study.training_runs() if r != "finetune/full/s0"]
+    run = "finetune/synthetic/full/s0"
+    target = Path(study.path(run, "model.pt"))  # absolute; snakemake wants it relative
+    others = [Path(study.path(r, "model.pt")) for r in study.training_runs() if r != run]
     before = {p: p.stat().st_mtime_ns for p in others}
     old = target.stat().st_mtime_ns
     snakemake(study_dir, str(target.relative_to(study_dir)), "--forcerun", "finetune")
@@ -219,9 +223,9 @@ def test_a_diverging_run_fails_loudly_and_leaves_no_result(tmp_path: Path) -> No
     cwd = copy_workflow(tmp_path)
     bad = cwd / "diverge.yaml"
     bad.write_text(yaml.safe_dump({"pretrain": {"seeds": [0], "train": {"lr": 1e30, "optimizer": "sgd"}}}))
-    proc = snakemake(cwd, "results/tiny/pretrain/s0/model.pt", configfiles=(TINY, str(bad)), check=False)
+    proc = snakemake(cwd, "results/tiny/pretrain/mnist1d/s0/model.pt", configfiles=(TINY, str(bad)), check=False)
     assert proc.returncode != 0
-    log = (cwd / "results/tiny/logs/pretrain/s0.log").read_text()
+    log = (cwd / "results/tiny/logs/pretrain/mnist1d/s0.log").read_text()
     assert "DivergenceError" in log and "lower the learning rate" in log
-    assert not (cwd / "results/tiny/pretrain/s0/model.pt").exists()
-    assert not (cwd / "results/tiny/pretrain/s0/metrics.zarr").exists()
+    assert not (cwd / "results/tiny/pretrain/mnist1d/s0/model.pt").exists()
+    assert not (cwd / "results/tiny/pretrain/mnist1d/s0/metrics.zarr").exists()

@@ -54,13 +54,22 @@ def _metrics_dataset(coords: dict[str, object], n_epochs: int, seed: int = 0) ->
     )
 
 
+SOURCES = ["mnist1d", "synthetic"]
+
+
 def _pretrain(n_seeds: int) -> xr.Dataset:
-    return _metrics_dataset({"seed": np.arange(n_seeds)}, n_epochs=8)
+    return _metrics_dataset({"source": SOURCES, "seed": np.arange(n_seeds)}, n_epochs=8)
+
+
+def _only_real_combinations(ds: xr.Dataset) -> xr.Dataset:
+    """NaN where no run exists, as in a collected summary: scratch only under "none", the rest only under sources."""
+    return ds.where((ds["source"] == "none") == (ds["method"] == "scratch"))
 
 
 def _finetune(n_seeds: int) -> xr.Dataset:
     ds = _metrics_dataset(
-        {"method": ["full", "linear_probe", "scratch"], "seed": np.arange(n_seeds)},
+        {"source": ["mnist1d", "none", "synthetic"], "method": ["full", "linear_probe", "scratch"],
+         "seed": np.arange(n_seeds)},
         n_epochs=6,
         seed=1,
     )
@@ -70,9 +79,10 @@ def _finetune(n_seeds: int) -> xr.Dataset:
     ds["test_acc"] = (ds["test_acc"] + offset).clip(0.0, 1.0)
     ds["train_loss"] = ds["train_loss"] * (1 - offset)
     ds["test_loss"] = ds["test_loss"] * (1 - offset)
+    ds["test_acc"] = ds["test_acc"] - 0.05 * (ds["source"] == "synthetic")  # a weaker source
     # A hole in the middle of one run (a missing evaluation).
-    ds["test_acc"][0, 0, 2] = np.nan
-    return ds
+    ds["test_acc"][0, 0, 0, 2] = np.nan
+    return _only_real_combinations(ds)
 
 
 PRUNING_METHODS = [
@@ -195,12 +205,13 @@ def _cka(n_seeds: int) -> xr.Dataset:
     n = len(layers)
     base = np.exp(-np.abs(np.subtract.outer(np.arange(n), np.arange(n))))
     methods = ["full", "linear_probe"]
-    values = np.clip(base + 0.05 * rng.standard_normal((len(methods), n_seeds, n, n)), 0, 1)
-    values[0, :, -1, -1] = 0.4  # full fine-tuning changes the head the most
-    values[1, 0, 0, 1] = np.nan  # a hole
+    values = np.clip(base + 0.05 * rng.standard_normal((len(SOURCES), len(methods), n_seeds, n, n)), 0, 1)
+    values[:, 0, :, -1, -1] = 0.4  # full fine-tuning changes the head the most
+    values[0, 1, 0, 0, 1] = np.nan  # a hole
     return xr.Dataset(
-        {"cka": (("method", "seed", "layer_a", "layer_b"), values)},
+        {"cka": (("source", "method", "seed", "layer_a", "layer_b"), values)},
         coords={
+            "source": SOURCES,
             "method": methods,
             "seed": np.arange(n_seeds),
             "layer_a": layers,
@@ -212,29 +223,30 @@ def _cka(n_seeds: int) -> xr.Dataset:
 def _with_trainable_params(ds: xr.Dataset) -> xr.Dataset:
     counts = {"full": 20_000, "linear_probe": 1_300, "scratch": 20_000}
     values = xr.DataArray([counts[m] for m in ds["method"].values], dims="method", coords={"method": ds["method"]})
-    return ds.assign(trainable_params=values.broadcast_like(ds["test_acc"].isel(epoch=0, drop=True)).astype(float))
+    counts = values.broadcast_like(ds["test_acc"].isel(epoch=0, drop=True)).astype(float)
+    return ds.assign(trainable_params=counts.where((ds["source"] == "none") == (ds["method"] == "scratch")))
 
 
 def _wiseft(n_seeds: int) -> xr.Dataset:
     alphas = np.linspace(0, 1, 6)
     rng = np.random.default_rng(5)
     bump = 0.8 + 0.1 * np.sin(np.pi * alphas)  # the usual shape: best in between
-    acc = bump[None, None, :] + 0.01 * rng.standard_normal((2, n_seeds, len(alphas)))
-    acc[1, 0, 2] = np.nan  # a hole
-    return xr.Dataset({"test_acc": (("method", "seed", "alpha"), acc)},
-                      coords={"method": ["full", "lora"], "seed": np.arange(n_seeds), "alpha": alphas})
+    acc = bump + 0.01 * rng.standard_normal((len(SOURCES), 2, n_seeds, len(alphas)))
+    acc[0, 1, 0, 2] = np.nan  # a hole
+    return xr.Dataset({"test_acc": (("source", "method", "seed", "alpha"), acc)},
+                      coords={"source": SOURCES, "method": ["full", "lora"], "seed": np.arange(n_seeds), "alpha": alphas})
 
 
 def _ensemble(n_seeds: int) -> xr.Dataset:
     rng = np.random.default_rng(6)
-    members = 0.9 + 0.01 * rng.standard_normal((2, n_seeds, 3))
+    members = 0.9 + 0.01 * rng.standard_normal((len(SOURCES), 2, n_seeds, 3))
     return xr.Dataset(
         {
-            "member_acc": (("kind", "seed", "member"), members),
-            "ensemble_acc": (("kind", "seed"), members.max(-1) + 0.01),
-            "soup_acc": (("kind", "seed"), members.mean(-1) - 0.02),
+            "member_acc": (("source", "kind", "seed", "member"), members),
+            "ensemble_acc": (("source", "kind", "seed"), members.max(-1) + 0.01),
+            "soup_acc": (("source", "kind", "seed"), members.mean(-1) - 0.02),
         },
-        coords={"kind": ["seeds", "starsse"], "seed": np.arange(n_seeds), "member": np.arange(3)},
+        coords={"source": SOURCES, "kind": ["seeds", "starsse"], "seed": np.arange(n_seeds), "member": np.arange(3)},
     )
 
 

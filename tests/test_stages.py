@@ -73,7 +73,7 @@ def pipeline(read_config, task_path: Path, tmp_path_factory: pytest.TempPathFact
     config["finetune"]["methods"] += ["bn_only", "lora", "eva"]
     config["finetune"]["lora"] = {"rank": 2, "alpha": 4, "eva_batches": 2}
     config["finetune"]["wiseft"] = {"alphas": [0.0, 0.5, 1.0]}
-    config["finetune"]["ensemble"] = {"members": 3, "starsse": {"epochs": 1}}
+    config["finetune"]["ensemble"] = {"members": 3, "cycle": {"epochs": 1}}
     return Pipeline(config, task_path)
 
 
@@ -89,20 +89,20 @@ def _saved(folder: Path) -> dict[str, Any]:
 
 
 def test_pretrain_writes_metrics_with_provenance(pipeline: Pipeline) -> None:
-    metrics = _metrics(pipeline.run("pretrain/s0"))
+    metrics = _metrics(pipeline.run("pretrain/mnist1d/s0"))
     assert metrics["epoch"].values.tolist() == [0, 1, 2]
     assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(metrics.data_vars)
-    assert json.loads(metrics.attrs["config"]) == pipeline.study.spec("pretrain/s0")
+    assert json.loads(metrics.attrs["config"]) == pipeline.study.spec("pretrain/mnist1d/s0")
     assert metrics.attrs["seed"] == 0 and metrics.attrs["device"] == "cpu"
     assert metrics.attrs["steps"] == 2 * 5  # 2 epochs of 240 examples in batches of 50
     assert "parent" not in metrics.attrs
 
 
 def test_load_model_rebuilds_the_trained_model(pipeline: Pipeline, task) -> None:
-    folder = pipeline.run("pretrain/s0")
+    folder = pipeline.run("pretrain/mnist1d/s0")
     model, saved = stages.load_model(folder / "model.pt")
     assert not model.training
-    assert saved["spec"] == pipeline.study.spec("pretrain/s0")
+    assert saved["spec"] == pipeline.study.spec("pretrain/mnist1d/s0")
     loss, acc = evaluate(model, task.x_test, task.y_test)
     metrics = _metrics(folder)
     assert loss == pytest.approx(float(metrics.test_loss[-1]), rel=1e-6)
@@ -110,8 +110,8 @@ def test_load_model_rebuilds_the_trained_model(pipeline: Pipeline, task) -> None
 
 
 def test_a_rerun_of_a_run_gives_the_same_model_and_metrics(pipeline: Pipeline, tmp_path: Path) -> None:
-    first = pipeline.run("pretrain/s0")
-    stages.train_run(pipeline.study.spec("pretrain/s0"), tmp_path, data_path=pipeline.task_path,
+    first = pipeline.run("pretrain/mnist1d/s0")
+    stages.train_run(pipeline.study.spec("pretrain/mnist1d/s0"), tmp_path, data_path=pipeline.task_path,
                      device="cpu", progress=False)
     a, b = _saved(first)["state_dict"], _saved(tmp_path)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -119,19 +119,19 @@ def test_a_rerun_of_a_run_gives_the_same_model_and_metrics(pipeline: Pipeline, t
 
 
 def test_finetune_full_starts_from_the_pretrained_body_with_a_fresh_head(pipeline: Pipeline, task) -> None:
-    folder = pipeline.run("finetune/full/s0")
-    spec = pipeline.study.spec("finetune/full/s0")
-    assert _metrics(folder).attrs["parent"] == "pretrain/s0"
+    folder = pipeline.run("finetune/mnist1d/full/s0")
+    spec = pipeline.study.spec("finetune/mnist1d/full/s0")
+    assert _metrics(folder).attrs["parent"] == "pretrain/mnist1d/s0"
     seed_everything(0)
     start = build_model(dict(spec["model"]), 40, 10)
-    FINETUNE["full"](start, _saved(pipeline.run("pretrain/s0"))["state_dict"])
+    FINETUNE["full"](start, _saved(pipeline.run("pretrain/mnist1d/s0"))["state_dict"])
     loss, _ = evaluate(start, task.x_test, task.y_test)
     assert float(_metrics(folder).test_loss[0]) == pytest.approx(loss, rel=1e-6)
 
 
 def test_linear_probe_keeps_the_pretrained_body_exactly(pipeline: Pipeline) -> None:
-    parent = _saved(pipeline.run("pretrain/s0"))["state_dict"]
-    probe = _saved(pipeline.run("finetune/linear_probe/s0"))["state_dict"]
+    parent = _saved(pipeline.run("pretrain/mnist1d/s0"))["state_dict"]
+    probe = _saved(pipeline.run("finetune/mnist1d/linear_probe/s0"))["state_dict"]
     for name, value in probe.items():
         if name.startswith("head."):
             assert not torch.equal(value, parent[name])
@@ -141,9 +141,9 @@ def test_linear_probe_keeps_the_pretrained_body_exactly(pipeline: Pipeline) -> N
 
 @pytest.mark.parametrize("method", ["lora", "eva"])
 def test_lora_runs_save_a_plain_model_with_the_update_merged(pipeline: Pipeline, task, method: str) -> None:
-    folder = pipeline.run(f"finetune/{method}/s0")
+    folder = pipeline.run(f"finetune/mnist1d/{method}/s0")
     saved = _saved(folder)
-    parent = _saved(pipeline.run("pretrain/s0"))["state_dict"]
+    parent = _saved(pipeline.run("pretrain/mnist1d/s0"))["state_dict"]
     assert set(saved["state_dict"]) == set(parent)
     changed = [k for k in parent if not k.startswith("head.") and not torch.equal(saved["state_dict"][k], parent[k])]
     # the merged updates changed the conv weights; BatchNorm stayed frozen, statistics included
@@ -155,7 +155,7 @@ def test_lora_runs_save_a_plain_model_with_the_update_merged(pipeline: Pipeline,
 
 
 def test_trainable_parameters_are_counted_per_method(pipeline: Pipeline) -> None:
-    count = {m: int(_metrics(pipeline.run(f"finetune/{m}/s0"))["trainable_params"])
+    count = {m: int(_metrics(pipeline.run(f"finetune/mnist1d/{m}/s0"))["trainable_params"])
              for m in ("full", "linear_probe", "bn_only", "lora", "eva")}
     model = build_model(dict(pipeline.study.config["model"]), 40, 10)
     assert count["full"] == sum(p.numel() for p in model.parameters())
@@ -166,8 +166,8 @@ def test_trainable_parameters_are_counted_per_method(pipeline: Pipeline) -> None
 
 def test_wiseft_reproduces_the_linear_probe_and_the_fine_tuned_model_at_its_ends(pipeline: Pipeline, tmp_path: Path) -> None:
     pairs = pipeline.study.wiseft_pairs()
-    assert {ft for _, ft in pairs.values()} == {f"finetune/{m}/s0" for m in ("full", "bn_only", "lora", "eva")}
-    start, end = pairs[pipeline.study.wiseft_path("lora", 0)]
+    assert {ft for _, ft in pairs.values()} == {f"finetune/{src}/{m}/s0" for src in ("mnist1d", "synthetic") for m in ("full", "bn_only", "lora", "eva")}
+    start, end = pairs[pipeline.study.wiseft_path("mnist1d", "lora", 0)]
     stages.wiseft(pipeline.run(start) / "model.pt", pipeline.run(end) / "model.pt", [0.0, 0.5, 1.0],
                   tmp_path / "wiseft.zarr", data_path=pipeline.task_path, device="cpu")
     ds = storage.open_dataset(tmp_path / "wiseft.zarr")
@@ -178,17 +178,22 @@ def test_wiseft_reproduces_the_linear_probe_and_the_fine_tuned_model_at_its_ends
 
 
 def test_ensemble_members_start_from_the_pretrained_or_the_fine_tuned_model(pipeline: Pipeline, task) -> None:
-    full = _saved(pipeline.run("finetune/full/s0"))
-    pretrained = _saved(pipeline.run("pretrain/s0"))["state_dict"]
-    seeds = pipeline.run("ensemble/seeds/s0/m1")
-    star = pipeline.run("ensemble/starsse/s0/m1")
-    assert _metrics(seeds).attrs["parent"] == "pretrain/s0"
-    assert _metrics(star).attrs["parent"] == "finetune/full/s0"
+    full = _saved(pipeline.run("finetune/mnist1d/full/s0"))
+    pretrained = _saved(pipeline.run("pretrain/mnist1d/s0"))["state_dict"]
+    seeds = pipeline.run("ensemble/mnist1d/seeds/s0/m1")
+    star = pipeline.run("ensemble/mnist1d/starsse/s0/m1")
+    assert _metrics(seeds).attrs["parent"] == "pretrain/mnist1d/s0"
+    assert _metrics(star).attrs["parent"] == "finetune/mnist1d/full/s0"
     # a StarSSE cycle starts at the fine-tuned model, head included: its epoch 0 is full's last epoch
-    assert float(_metrics(star).test_acc[0]) == float(_metrics(pipeline.folder("finetune/full/s0")).test_acc[-1])
+    assert float(_metrics(star).test_acc[0]) == float(_metrics(pipeline.folder("finetune/mnist1d/full/s0")).test_acc[-1])
     assert _metrics(star).sizes["epoch"] == 2  # one epoch: the cycle's own setting
+    # snapshot cycles in sequence: each starts where the one before ended
+    first, second = pipeline.run("ensemble/mnist1d/sse/s0/m1"), pipeline.run("ensemble/mnist1d/sse/s0/m2")
+    assert _metrics(first).attrs["parent"] == "finetune/mnist1d/full/s0"
+    assert _metrics(second).attrs["parent"] == "ensemble/mnist1d/sse/s0/m1"
+    assert float(_metrics(second).test_acc[0]) == float(_metrics(first).test_acc[-1])
     # another fine-tuning run: the pretrained body, a head and data order of its own
-    spec = pipeline.study.spec("ensemble/seeds/s0/m1")
+    spec = pipeline.study.spec("ensemble/mnist1d/seeds/s0/m1")
     start = seeded_model(spec["model"], 40, 10, spec["train_seed"])
     FINETUNE["full"](start, pretrained)
     loss, _ = evaluate(start, task.x_test, task.y_test)
@@ -197,8 +202,8 @@ def test_ensemble_members_start_from_the_pretrained_or_the_fine_tuned_model(pipe
 
 
 def test_an_ensemble_store_has_every_member_the_ensemble_and_the_soup(pipeline: Pipeline, tmp_path: Path) -> None:
-    members = pipeline.study.ensembles()[pipeline.study.ensemble_path("seeds", 0)]
-    assert members == ["finetune/full/s0", "ensemble/seeds/s0/m1", "ensemble/seeds/s0/m2"]
+    members = pipeline.study.ensembles()[pipeline.study.ensemble_path("mnist1d", "seeds", 0)]
+    assert members == ["finetune/mnist1d/full/s0", "ensemble/mnist1d/seeds/s0/m1", "ensemble/mnist1d/seeds/s0/m2"]
     paths = [pipeline.run(m) / "model.pt" for m in members]
     stages.ensemble(paths, tmp_path / "ensemble.zarr", data_path=pipeline.task_path, device="cpu")
     ds = storage.open_dataset(tmp_path / "ensemble.zarr")
@@ -263,7 +268,7 @@ def test_prototype_scores_are_distances_in_the_embedding_of_the_named_run(pipeli
     values = scores["score"].values
     # distances between unit vectors lie in [0, 2]
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 2).all()
-    assert "pretrain/s0" in scores["score"].attrs["description"]
+    assert "pretrain/mnist1d/s0" in scores["score"].attrs["description"]
 
 
 def test_rs2_trains_on_a_fresh_subset_of_round_f_n_examples_each_epoch(pipeline: Pipeline) -> None:
@@ -427,14 +432,14 @@ def test_an_untrained_teacher_needs_no_teacher_file_and_teaches_differently(pipe
 def test_record_then_compare_cka_of_a_model_with_itself_has_a_diagonal_of_one(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    model = pipeline.run("pretrain/s0") / "model.pt"
+    model = pipeline.run("pretrain/mnist1d/s0") / "model.pt"
     stages.record(model, pipeline.task_path, tmp_path / "acts.zarr", probe_size=50, device="cpu")
     acts = storage.open_dataset(tmp_path / "acts.zarr")
     assert acts["sample"].values.tolist() == list(range(50))
     assert list(acts.attrs["layers"]) == ["conv1", "conv2", "conv3", "head"]
     assert acts.attrs["seed"] == 0
     stages.compare_cka(tmp_path / "acts.zarr", tmp_path / "acts.zarr", tmp_path / "cka.zarr",
-                       model_a="pretrain/s0", model_b="pretrain/s0")
+                       model_a="pretrain/mnist1d/s0", model_b="pretrain/mnist1d/s0")
     cka = storage.open_dataset(tmp_path / "cka.zarr")["cka"]
     assert cka.dims == ("layer_a", "layer_b") and cka.shape == (4, 4)
     np.testing.assert_allclose(np.diag(cka.values), 1.0, rtol=1e-10)
@@ -442,7 +447,7 @@ def test_record_then_compare_cka_of_a_model_with_itself_has_a_diagonal_of_one(
 
 
 def test_compare_cka_refuses_activations_of_different_probe_sets(pipeline: Pipeline, tmp_path: Path) -> None:
-    model = pipeline.run("pretrain/s0") / "model.pt"
+    model = pipeline.run("pretrain/mnist1d/s0") / "model.pt"
     stages.record(model, pipeline.task_path, tmp_path / "a.zarr", probe_size=50, device="cpu")
     stages.record(model, pipeline.task_path, tmp_path / "b.zarr", probe_size=40, device="cpu")
     with pytest.raises(ValueError, match="different probe sets"):
@@ -452,12 +457,12 @@ def test_compare_cka_refuses_activations_of_different_probe_sets(pipeline: Pipel
 
 def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="probe_size=61 exceeds the 60 test examples"):
-        stages.record(pipeline.run("pretrain/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",
+        stages.record(pipeline.run("pretrain/mnist1d/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",
                       probe_size=61, device="cpu")
 
 
 def test_collect_merges_metrics_stores_over_the_sweep_axes(pipeline: Pipeline, tmp_path: Path) -> None:
-    entries = [({"seed": s}, pipeline.run(f"pretrain/s{s}") / "metrics.zarr") for s in (1, 0)]
+    entries = [({"seed": s}, pipeline.run(f"pretrain/mnist1d/s{s}") / "metrics.zarr") for s in (1, 0)]
     stages.collect(entries, tmp_path / "pretrain.zarr")
     summary = storage.open_dataset(tmp_path / "pretrain.zarr")
     assert summary["test_acc"].dims == ("seed", "epoch")
@@ -467,15 +472,18 @@ def test_collect_merges_metrics_stores_over_the_sweep_axes(pipeline: Pipeline, t
     assert summary.attrs["runs"] == [str(p) for _, p in entries]
 
 
-def test_collect_of_the_study_finetune_summary_has_method_and_seed_axes(pipeline: Pipeline, tmp_path: Path) -> None:
-    entries = pipeline.study.summaries()["finetune"]
-    for coords, _ in entries:
-        pipeline.run(f"finetune/{coords['method']}/s{coords['seed']}")
-    stages.collect(entries, tmp_path / "finetune.zarr")
+def test_collect_of_the_study_finetune_summary_has_source_method_and_seed_axes(pipeline: Pipeline, tmp_path: Path) -> None:
+    for run in pipeline.study.finetune_runs():
+        pipeline.run(run)
+    stages.collect(pipeline.study.summaries()["finetune"], tmp_path / "finetune.zarr")
     summary = storage.open_dataset(tmp_path / "finetune.zarr")
-    assert summary["test_acc"].dims == ("method", "seed", "epoch")
+    assert summary["test_acc"].dims == ("source", "method", "seed", "epoch")
     assert summary["method"].values.tolist() == sorted(pipeline.study.config["finetune"]["methods"])
-    assert not summary["test_acc"].isnull().any()
+    assert summary["source"].values.tolist() == ["mnist1d", "none", "synthetic"]
+    # scratch has no source: it is under "none", and every other method only under a real source
+    ran = summary["test_acc"].notnull().all(["seed", "epoch"])
+    expected = (summary["source"] == "none") == (summary["method"] == "scratch")
+    assert (ran == expected).all()
 
 
 def test_collect_of_nothing_is_refused(tmp_path: Path) -> None:

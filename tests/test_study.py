@@ -32,6 +32,8 @@ def _stage_runs(study: Study, stage: str) -> list[str]:
 def _id_segments(parts: dict[str, Any]) -> set[str]:
     """The folder names a run id is made of, rebuilt from its parsed parts."""
     out = {parts["stage"]}
+    if "source" in parts:
+        out.add(parts["source"])
     if "method" in parts:
         out.add(parts["method"])
     if "teacher" in parts:
@@ -54,14 +56,16 @@ def _id_segments(parts: dict[str, Any]) -> set[str]:
 
 def test_default_study_has_the_expected_runs_per_stage(study: Study) -> None:
     counts = {stage: len(_stage_runs(study, stage)) for stage in STAGES}
-    assert counts == {"pretrain": 2, "finetune": 6, "prune_data": 12, "distill": 12, "prune_network": 14}
+    # 2 sources x 2 seeds pretrained; (2 sources x 2 methods + scratch) x 2 seeds fine-tuned
+    assert counts == {"pretrain": 4, "finetune": 10, "prune_data": 12, "distill": 12, "prune_network": 14}
 
 
 def test_run_ids_are_unique_and_readable(study: Study) -> None:
     runs = study.training_runs()
     assert len(set(runs)) == len(runs)
-    assert "pretrain/s0" in runs
-    assert "finetune/linear_probe/s1" in runs
+    assert "pretrain/mnist1d/s0" in runs and "pretrain/synthetic/s1" in runs
+    assert "finetune/synthetic/linear_probe/s1" in runs
+    assert "finetune/scratch/s1" in runs and "finetune/mnist1d/scratch/s1" not in runs
     assert "prune_data/el2n-hard/f0.25/s1" in runs
     assert "distill/trained/random/f0.75/T4-a0.5/s0" in runs
     assert "prune_network/dense/s1" in runs
@@ -86,6 +90,14 @@ def test_parse_reads_each_part(study: Study) -> None:
     with pytest.raises(ValueError, match=r"prune_network/method/seed or prune_network/method/rewind/seed/level"):
         Study.parse("prune_network/imp/s0/level2")
     assert Study.parse("finetune/scratch/s3") == {"stage": "finetune", "method": "scratch", "seed": 3}
+    assert Study.parse("finetune/synthetic/lora/s3") == {
+        "stage": "finetune", "source": "synthetic", "method": "lora", "seed": 3,
+    }
+    assert Study.parse("ensemble/mnist1d/starsse/s0/m2") == {
+        "stage": "ensemble", "source": "mnist1d", "kind": "starsse", "seed": 0, "member": 2,
+    }
+    with pytest.raises(ValueError, match=r"pretrain/source/seed"):
+        Study.parse("pretrain/s0")
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25, 0.1, 0.05, 0.001, 0.3333, 1e-05, 0.1234567, 1 / 3])
@@ -116,12 +128,13 @@ def test_parents(study: Study) -> None:
         parts = Study.parse(run)
         parent = study.parent(run)
         if parts["stage"] == "finetune" and parts["method"] != "scratch":
-            assert parent == f"pretrain/s{parts['seed']}"
+            assert parent == f"pretrain/{parts['source']}/s{parts['seed']}"
         elif parts["stage"] == "prune_network" and parts["method"] != "dense":
             assert parent is not None and parent.startswith("prune_network/"), run
         else:
             assert parent is None, run
-    assert study.parent("finetune/full/s1") == "pretrain/s1"
+    assert study.parent("finetune/synthetic/full/s1") == "pretrain/synthetic/s1"
+    assert study.parent("finetune/scratch/s1") is None
     assert study.parent("prune_network/imp/k20/s0/level1") == "prune_network/dense/s0"
     assert study.parent("prune_network/imp/k20/s0/level2") == "prune_network/imp/k20/s0/level1"
     for control in ("reinit", "random", "scratch"):  # the IMP mask of the same level
@@ -138,18 +151,20 @@ def test_every_parent_is_a_run_of_the_study_trained_before_its_child(study: Stud
 
 
 def test_cka_compares_each_pretrained_model_with_its_finetuned_children(study: Study) -> None:
-    assert study.cka_edges() == [
-        ("pretrain/s0", "finetune/full/s0"), ("pretrain/s1", "finetune/full/s1"),
-        ("pretrain/s0", "finetune/linear_probe/s0"), ("pretrain/s1", "finetune/linear_probe/s1"),
-    ]
+    children = [f"finetune/{src}/{m}/s{s}" for m in ("full", "linear_probe") for src in ("mnist1d", "synthetic")
+                for s in (0, 1)]
+    assert study.cka_edges() == [(f"pretrain/{c.split('/')[1]}/s{c[-1]}", c) for c in children]
     assert sorted(study.activation_runs()) == sorted(
-        ["pretrain/s0", "pretrain/s1", "finetune/full/s0", "finetune/full/s1",
-         "finetune/linear_probe/s0", "finetune/linear_probe/s1"]
+        children + [f"pretrain/{src}/s{s}" for src in ("mnist1d", "synthetic") for s in (0, 1)]
     )
 
 
 def test_tasks(study: Study) -> None:
-    assert study.task("pretrain/s0") == "source"
+    assert study.task("pretrain/synthetic/s0") == "sources/synthetic"
+    assert study.task_dataset("sources/synthetic") == study.config["data"]["sources"]["synthetic"]
+    assert study.task_dataset("target") == study.config["data"]["target"]
+    with pytest.raises(ValueError, match="allowed: target, sources/mnist1d, sources/synthetic"):
+        study.task_dataset("sources/imagenet")
     assert {study.task(r) for r in study.training_runs() if not r.startswith("pretrain/")} == {"target"}
 
 
@@ -175,11 +190,11 @@ def test_finetune_lr_changes_finetune_specs_only(default_config: Config) -> None
 
 
 def test_a_finetune_spec_has_the_stage_training_settings_over_the_global_ones(study: Study) -> None:
-    spec = study.spec("finetune/full/s1")
+    spec = study.spec("finetune/mnist1d/full/s1")
     assert spec["train"] == {**study.config["train"], "epochs": 30, "batch_size": 50, "lr": 0.003}
-    assert spec["seed"] == 1 and spec["method"] == "full" and spec["parent"] == "pretrain/s1"
+    assert spec["seed"] == 1 and spec["method"] == "full" and spec["parent"] == "pretrain/mnist1d/s1"
     assert spec["data"] == study.config["data"]["target"]
-    assert study.spec("pretrain/s1")["data"] == study.config["data"]["source"]
+    assert study.spec("pretrain/synthetic/s1")["data"] == study.config["data"]["sources"]["synthetic"]
 
 
 def test_global_train_settings_change_every_stage_without_its_own_value(default_config: Config) -> None:
@@ -188,24 +203,23 @@ def test_global_train_settings_change_every_stage_without_its_own_value(default_
 
 
 @pytest.mark.parametrize(
-    ("change", "stages"),
+    ("change", "folders"),
     [
         (lambda c: c["analyze"].update(probe_size=100), set()),
         (lambda c: c.update(threads=2, device="cpu"), set()),
-        (lambda c: c["distill"].update(teacher="finetune/full/s0"), {"distill"}),
+        (lambda c: c["distill"].update(teacher="finetune/mnist1d/full/s0"), {"distill"}),
         (lambda c: c["prune_network"].update(rewind_steps=[5]), {"prune_network"}),
         (lambda c: c["pretrain"]["train"].update(epochs=3), {"pretrain"}),
-        (lambda c: c["data"]["source"]["args"].update(seed=3), {"pretrain"}),
+        (lambda c: c["data"]["sources"]["mnist1d"]["args"].update(seed=3), {"pretrain/mnist1d"}),
     ],
     ids=["probe_size", "threads-device", "teacher", "rewind_step", "pretrain-epochs", "source-data"],
 )
 def test_a_setting_changes_the_specs_of_the_runs_it_affects_and_no_others(
-    default_config: Config, change: Callable[[Config], None], stages: set[str]
+    default_config: Config, change: Callable[[Config], None], folders: set[str]
 ) -> None:
-    changed = _changed_runs(default_config, change)
-    assert {Study.parse(r)["stage"] for r in changed} == stages
-    for stage in stages:
-        assert set(_stage_runs(Study(default_config), stage)) <= changed
+    # the runs under each folder named (a stage, or a stage and source), and no others
+    runs = Study(default_config).training_runs()
+    assert _changed_runs(default_config, change) == {r for r in runs if r.startswith(tuple(f"{f}/" for f in folders))}
 
 
 def test_kd_settings_are_sweep_axes_in_the_run_ids(default_config: Config) -> None:
@@ -254,22 +268,34 @@ def test_spec_says_how_a_run_is_made(study: Study) -> None:
 
 def test_ensembles_and_wiseft_are_planned_from_the_finetune_section(default_config: Config) -> None:
     def add(c: Config) -> None:
-        c["finetune"].update(wiseft={"alphas": [0, 0.5, 1]}, ensemble={"members": 3, "starsse": {"lr": 0.01}})
+        c["finetune"].update(wiseft={"alphas": [0, 0.5, 1]}, ensemble={"members": 3, "cycle": {"lr": 0.01}})
 
     study = _changed(default_config, add)
-    assert study.ensemble_runs() == [f"ensemble/{k}/s{s}/m{m}" for k in ("seeds", "starsse") for s in (0, 1) for m in (1, 2)]
+    sources = ("mnist1d", "synthetic")
+    kinds = ("seeds", "sse", "starsse")
+    assert study.ensemble_runs() == [f"ensemble/{src}/{k}/s{s}/m{m}" for src in sources for k in kinds
+                                     for s in (0, 1) for m in (1, 2)]
     assert all(r in study.training_runs() for r in study.ensemble_runs())
-    assert study.parent("ensemble/seeds/s1/m2") == "pretrain/s1"
-    assert study.parent("ensemble/starsse/s1/m2") == "finetune/full/s1"
-    seeds, star = study.spec("ensemble/seeds/s1/m2"), study.spec("ensemble/starsse/s1/m2")
+    assert study.parent("ensemble/synthetic/seeds/s1/m2") == "pretrain/synthetic/s1"
+    assert study.parent("ensemble/synthetic/starsse/s1/m2") == "finetune/synthetic/full/s1"
+    assert study.parent("ensemble/synthetic/sse/s1/m1") == "finetune/synthetic/full/s1"
+    assert study.parent("ensemble/synthetic/sse/s1/m2") == "ensemble/synthetic/sse/s1/m1"
+    assert study.spec("ensemble/mnist1d/sse/s1/m2")["train"] == study.spec("ensemble/mnist1d/starsse/s1/m2")["train"]
+    seeds, star = study.spec("ensemble/mnist1d/seeds/s1/m2"), study.spec("ensemble/mnist1d/starsse/s1/m2")
     assert seeds["train"] == study.train_config("finetune")
     assert star["train"] == {**study.train_config("finetune"), "lr": 0.01}
     train_seeds = {study.spec(r)["train_seed"] for r in study.ensemble_runs()}
-    assert len(train_seeds) == 4 and not train_seeds & {0, 1}  # distinct, and not the members 0
-    assert set(study.wiseft_pairs().values()) == {(f"finetune/linear_probe/s{s}", f"finetune/full/s{s}") for s in (0, 1)}
+    # distinct per member and seed (the same across sources: sources are compared member by member),
+    # and never a member 0's seed
+    assert len(train_seeds) == 4 and not train_seeds & {0, 1}
+    assert set(study.wiseft_pairs().values()) == {
+        (f"finetune/{src}/linear_probe/s{s}", f"finetune/{src}/full/s{s}") for src in sources for s in (0, 1)
+    }
     summaries = study.summaries()
-    assert [c for c, _ in summaries["wiseft"]] == [{"method": "full", "seed": 0}, {"method": "full", "seed": 1}]
-    assert len(summaries["ensemble"]) == 4
+    assert [c for c, _ in summaries["wiseft"]] == [
+        {"source": src, "method": "full", "seed": s} for src in sources for s in (0, 1)
+    ]
+    assert len(summaries["ensemble"]) == 12
     assert "ensemble" not in Study(default_config).summaries()  # only when asked for
 
 
@@ -278,18 +304,21 @@ def test_ensembles_and_wiseft_are_planned_from_the_finetune_section(default_conf
 
 def test_paths_live_under_the_results_root(default_config: Config) -> None:
     study = _changed(default_config, lambda c: c.update(results="out/study/"))
-    assert study.path("pretrain/s0", "model.pt") == "out/study/pretrain/s0/model.pt"
-    assert study.path("pretrain/s0") == "out/study/pretrain/s0"
+    assert study.path("pretrain/mnist1d/s0", "model.pt") == "out/study/pretrain/mnist1d/s0/model.pt"
+    assert study.path("pretrain/mnist1d/s0") == "out/study/pretrain/mnist1d/s0"
     assert study.data_path("target") == "out/study/data/target.npz"
+    assert study.data_path("sources/synthetic") == "out/study/data/sources/synthetic.npz"
     assert study.summary_path("finetune") == "out/study/summary/finetune.zarr"
     assert study.plot_path("cka", "pdf") == "out/study/plots/cka.pdf"
 
 
 def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
     config = study.config
+    sources, tuned = list(config["data"]["sources"]), ["full", "linear_probe"]
     expected = {
-        "pretrain": set(itertools.product(config["pretrain"]["seeds"])),
-        "finetune": set(itertools.product(config["finetune"]["methods"], config["finetune"]["seeds"])),
+        "pretrain": set(itertools.product(sources, config["pretrain"]["seeds"])),
+        "finetune": set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
+        | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),
         "data_pruning": set(itertools.product(
             study.data_pruning_methods(), config["prune_data"]["fractions"], config["prune_data"]["seeds"],
         )),
@@ -302,7 +331,7 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
             config["prune_network"]["methods"], config["prune_network"]["rewind_steps"],
             range(config["prune_network"]["levels"] + 1), config["prune_network"]["seeds"],
         )),
-        "cka": set(itertools.product(["full", "linear_probe"], config["finetune"]["seeds"])),
+        "cka": set(itertools.product(sources, tuned, config["finetune"]["seeds"])),
     }
     summaries = study.summaries()
     assert set(summaries) == set(expected)

@@ -82,12 +82,16 @@ def fill_defaults(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -
         schema = _resolve(schema, root)
         if not isinstance(node, dict):
             return node
-        for name, sub in schema.get("properties", {}).items():
+        properties = schema.get("properties", {})
+        for name, sub in properties.items():
             sub = _resolve(sub, root)
             if name not in node and "default" in sub:
                 node[name] = copy.deepcopy(sub["default"])
             if name in node:
                 node[name] = fill(node[name], sub)
+        if isinstance(schema.get("additionalProperties"), dict):  # a mapping by name, e.g. data.sources
+            for name in set(node) - set(properties):
+                node[name] = fill(node[name], schema["additionalProperties"])
         return node
 
     return fill(copy.deepcopy(dict(config)), root)
@@ -96,15 +100,17 @@ def fill_defaults(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -
 def check_semantics(config: Mapping[str, Any]) -> None:
     """What the schema cannot express: cross-references between sections."""
     from workflow.datasets import DATASETS, dataset_settings
+    from workflow.study import Study
 
     problems = []
     stages = [stage for stage in STAGES if stage in config]
-    if "pretrain" in stages and "source" not in config["data"]:
-        problems.append("config key 'data.source' is missing: the pretrain stage trains on it")
-    for task in ("source", "target"):
-        spec = config["data"].get(task)
-        if spec is None:
-            continue
+    sources: dict[str, Any] = config["data"].get("sources", {})
+    if "pretrain" in stages and not sources:
+        problems.append("config key 'data.sources' is missing: the pretrain stage trains on each of its tasks")
+    if "none" in sources:
+        problems.append("config key 'data.sources.none' is not allowed: 'none' stands for no pretraining (scratch)")
+    tasks = {f"sources.{name}": spec for name, spec in sources.items()} | {"target": config["data"]["target"]}
+    for task, spec in tasks.items():
         allowed = dataset_settings(spec["name"])
         unknown = sorted(set(spec.get("args") or {}) - set(allowed))
         if unknown:
@@ -113,17 +119,18 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"allowed keys for {spec['name']}: {', '.join(sorted(allowed))}"
             )
         assert spec["name"] in DATASETS
+    images = sorted(n for n in DATASETS if DATASETS[n].images)
     for stage in stages:
-        task = "source" if stage == "pretrain" else "target"
-        name = config["data"].get(task, {}).get("name")
         augment = {**config["train"], **config[stage].get("train", {})}.get("augment", [])
-        if augment and name in DATASETS and not DATASETS[name].images:
-            images = sorted(n for n in DATASETS if DATASETS[n].images)
-            problems.append(
-                f"config key '{stage}.train.augment' (or 'train.augment') = {augment} needs an image "
-                f"dataset, but data.{task} is {name!r}; image datasets: {', '.join(images)}"
-            )
-    pretrained = [f"pretrain/s{s}" for s in config["pretrain"]["seeds"]] if "pretrain" in stages else []
+        for task in [f"sources.{n}" for n in sources] if stage == "pretrain" else ["target"]:
+            name = tasks[task]["name"]
+            if augment and not DATASETS[name].images:
+                problems.append(
+                    f"config key '{stage}.train.augment' (or 'train.augment') = {augment} needs an image "
+                    f"dataset, but data.{task} is {name!r}; image datasets: {', '.join(images)}"
+                )
+    study = Study(config, checked=True)  # the schema holds: the plan's run ids can be listed
+    pretrained, finetuned = study.pretrain_runs(), study.finetune_runs()
     ft = config.get("finetune", {"methods": [], "seeds": []})
     if any(m != "scratch" for m in ft["methods"]):
         have = config["pretrain"]["seeds"] if "pretrain" in stages else []
@@ -133,15 +140,14 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"config key 'finetune.seeds' has {missing}, which 'pretrain.seeds' lacks: each "
                 f"fine-tuning run starts from the pretrained model of its seed; allowed: {have}"
             )
-    finetuned = [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
     for key, needs in (("wiseft", "linear_probe"), ("ensemble", "full")):
         if key in ft and needs not in ft["methods"]:
             problems.append(f"config key 'finetune.{key}' needs '{needs}' in 'finetune.methods'; have: {ft['methods']}")
     pd = config.get("prune_data")
     if pd is not None and "prototypes" in pd["scores"]:
-        if pd["prototypes"]["embedding"] not in pretrained + finetuned:
+        if pd["prototypes"].get("embedding") not in pretrained + finetuned:
             problems.append(
-                f"config key 'prune_data.prototypes.embedding' = {pd['prototypes']['embedding']!r} is not a "
+                f"config key 'prune_data.prototypes.embedding' = {pd['prototypes'].get('embedding')!r} is not a "
                 f"run of this study; allowed values: {', '.join(pretrained + finetuned) or '(none: add a pretrain stage)'}"
             )
     if "distill" in stages:

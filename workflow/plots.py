@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from itertools import combinations_with_replacement
+from itertools import combinations_with_replacement, product
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
@@ -50,6 +50,10 @@ LOSS_LABEL = "cross-entropy loss (nats)"
 PRETRAIN_COLOUR = "black"
 # "scratch" is not fine-tuned at all: it is the no-pretraining baseline.
 FINETUNE_LABELS = {"scratch": "from scratch (baseline)"}
+# Line styles and markers of the pretraining sources, in config order; the last is
+# "none" (scratch) when present.
+SOURCE_STYLES = ("-", "--", ":", "-.")
+SOURCE_MARKERS = ("o", "s", "^", "D", "v", "P")
 # Line style and legend text of the students of each teacher, in drawing order;
 # "none" is the data_pruning summary (no distillation).
 KD_STYLES = {
@@ -243,6 +247,30 @@ def _select(obj: Any, **indexers: Hashable) -> Any:
     return obj.sel({k: v for k, v in indexers.items() if k in obj.dims})
 
 
+def _source_method_pairs(ds: xr.Dataset, var: str) -> list[tuple[Hashable, Hashable]]:
+    """The (source, method) pairs of a fine-tuning summary that have values of ``var``.
+
+    A summary holds every source x method combination; scratch exists only under
+    source "none", and the other methods only under real sources.
+    """
+    present = ds[var].notnull().any([d for d in ds[var].dims if d not in ("source", "method")])
+    return [(src, m) for src in _values(ds, "source") for m in _values(ds, "method")
+            if bool(present.sel({"source": src, "method": m}))]
+
+
+def _finetune_label(source: Hashable, method: Hashable, n_sources: int) -> str:
+    """"from scratch (baseline)", "fine-tune: full", or "synthetic → full" with several sources."""
+    if method in FINETUNE_LABELS:
+        return FINETUNE_LABELS[str(method)]
+    return f"{source} → {method}" if n_sources > 1 else f"fine-tune: {method}"
+
+
+def _source_styles(sources: Sequence[Hashable]) -> dict[Hashable, tuple[str, str]]:
+    """Line style and marker of each source (scratch's "none" included)."""
+    return {src: (SOURCE_STYLES[i % len(SOURCE_STYLES)], SOURCE_MARKERS[i % len(SOURCE_MARKERS)])
+            for i, src in enumerate(sources)}
+
+
 def _seeds_text(how: str, *datasets: xr.Dataset) -> str:
     """How the seeds were summarised, for titles: ``how`` over n seeds, or "single seed"."""
     n = max(int(ds.sizes.get("seed", 1)) for ds in datasets)
@@ -421,12 +449,17 @@ def _log_axis(ax: Axes, which: str, ticks: Sequence[float] | None = None) -> Non
 
 def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     """Train/test loss and accuracy against epoch for pretraining and each fine-tuning method."""
-    runs: list[tuple[str, xr.Dataset, Any]] = [("pretrain", pretrain, PRETRAIN_COLOUR)]
-    methods = _values(finetune, "method")
-    colours = _colours(methods)
+    sources = _values(pretrain, "source")
+    styles = _source_styles(list(dict.fromkeys(sources + _values(finetune, "source"))))
+    runs: list[tuple[str, xr.Dataset, Any, str]] = [
+        (f"pretrain: {src}" if len(sources) > 1 else "pretrain", pretrain.sel({"source": src}),
+         PRETRAIN_COLOUR, styles[src][0])
+        for src in sources
+    ]
+    colours = _colours(_values(finetune, "method"))
     runs += [
-        (FINETUNE_LABELS.get(m, f"fine-tune: {m}"), finetune.sel({"method": m}), colours[m])
-        for m in methods
+        (_finetune_label(src, m, len(sources)), finetune.sel({"source": src, "method": m}), colours[m], styles[src][0])
+        for src, m in _source_method_pairs(finetune, "test_acc")
     ]
 
     fig, axes = _new_figure(2, 2, (4.6, 3.2))
@@ -434,9 +467,9 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     for row, (metric, ylabel, scale) in enumerate(panels):
         for col, split in enumerate(("train", "test")):
             ax = axes[row, col]
-            for label, ds, colour in runs:
+            for label, ds, colour, style in runs:
                 stats = _over_seeds(ds[f"{split}_{metric}"] * scale)
-                _plot_band(ax, ds["epoch"].values, stats, color=colour, label=label)
+                _plot_band(ax, ds["epoch"].values, stats, color=colour, linestyle=style, label=label)
             ax.set_title(f"{split} {'loss' if metric == 'loss' else 'accuracy'}")
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
@@ -598,19 +631,24 @@ def network_pruning(ds: xr.Dataset) -> Figure:
 
 
 def cka_heatmaps(ds: xr.Dataset) -> Figure:
-    """Linear CKA between pretrained (y) and fine-tuned (x) layers, one heatmap per method."""
-    methods = _values(ds, "method")
+    """Linear CKA between pretrained (y) and fine-tuned (x) layers: a row of heatmaps per source, one per method."""
+    sources, methods = _values(ds, "source"), _values(ds, "method")
+    pairs = set(_source_method_pairs(ds, "cka"))
     n_a, n_b = ds.sizes["layer_a"], ds.sizes["layer_b"]
     # Cells big enough for their annotation; shrink text only for many layers.
     cell = 0.55 if max(n_a, n_b) <= 8 else 0.45
     fig, axes = _new_figure(
-        1, len(methods), (max(3.2, cell * n_b + 1.4), max(3.0, cell * n_a + 1.2))
+        len(sources), len(methods), (max(3.2, cell * n_b + 1.4), max(3.0, cell * n_a + 1.2))
     )
     cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     fontsize = 8 if max(n_a, n_b) <= 8 else 6
     image = None
-    for ax, method in zip(axes[0], methods):
-        mean = _over_seeds(ds["cka"].sel({"method": method})).mean
+    for (row, source), (col, method) in product(enumerate(sources), enumerate(methods)):
+        ax = axes[row, col]
+        if (source, method) not in pairs:
+            ax.set_axis_off()
+            continue
+        mean = _over_seeds(ds["cka"].sel({"source": source, "method": method})).mean
         values = mean.transpose("layer_a", "layer_b").values
         # Dark text on the bright end of viridis, light text elsewhere.
         image = _heatmap(ax, values, cmap=cmap, vmin=0.0, vmax=1.0, fontsize=fontsize,
@@ -620,10 +658,10 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
         )
         ax.set_yticks(range(n_a), [str(v) for v in ds["layer_a"].values])
         ax.set_xlabel("fine-tuned layer")
-        ax.set_title(f"fine-tune: {method}")
-    axes[0, 0].set_ylabel("pretrained layer")
+        ax.set_ylabel(f"pretrained layer ({source})" if col == 0 else "")
+        ax.set_title(_finetune_label(source, method, len(sources)))
     if image is not None:
-        fig.colorbar(image, ax=axes[0].tolist(), label="linear CKA", shrink=0.9)
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="linear CKA", shrink=0.9)
     how = _seeds_text("mean", ds)
     fig.suptitle(f"Linear CKA: pretrained vs fine-tuned representations ({how})")
     return fig
@@ -687,45 +725,56 @@ def score_agreement(scores: xr.Dataset) -> Figure:
 
 
 def finetune_methods(finetune: xr.Dataset) -> Figure:
-    """Final test accuracy of each fine-tuning method against the parameters it trains."""
+    """Final test accuracy of each fine-tuning method from each source against the parameters it trains.
+
+    Colour: method; marker: pretraining source ("none": scratch).
+    """
     fig, axes = _new_figure(1, 1, (6.4, 4.4))
     ax = axes[0, 0]
     acc = 100.0 * final_value(finetune["test_acc"])
-    methods = _values(finetune, "method")
-    colours = _colours(methods)
-    for method in methods:
-        stats = _over_seeds(acc.sel({"method": method}))
-        count = _over_seeds(finetune["trainable_params"].sel({"method": method})).mean
+    methods, sources = _values(finetune, "method"), _values(finetune, "source")
+    colours, styles = _colours(methods), _source_styles(sources)
+    pairs = _source_method_pairs(finetune, "test_acc")
+    for source, method in pairs:
+        where = {"source": source, "method": method}
+        stats = _over_seeds(acc.sel(where))
+        count = _over_seeds(finetune["trainable_params"].sel(where)).mean
         x, y, err = float(count), float(stats.mean), float(stats.std)
         if np.isfinite(x) and np.isfinite(y):
-            ax.errorbar([x], [y], yerr=[err], marker="o", capsize=3, color=colours[method],
-                        label=FINETUNE_LABELS.get(str(method), str(method)))
+            ax.errorbar([x], [y], yerr=[err], marker=styles[source][1], capsize=3, color=colours[method])
             ax.annotate(str(method), (x, y), textcoords="offset points", xytext=(5, 4), fontsize="small")
-    ax.set_xscale("log")
+    _log_axis(ax, "x")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("final test accuracy (%)")
     ax.grid(which="both", alpha=0.3)
-    _legend(ax, fontsize="small")
-    ax.set_title(f"Fine-tuning methods: accuracy per trainable parameter ({_seeds_text('mean ± std', finetune)})",
+    if not pairs:
+        _no_data(ax)
+    drawn = dict.fromkeys(m for _, m in pairs)
+    _key(fig, "method", [Line2D([], [], color=colours[m], marker="o", linestyle="", label=str(m)) for m in drawn],
+         "outside right upper")
+    _key(fig, "source", [Line2D([], [], color="grey", marker=styles[src][1], linestyle="", label=str(src))
+                         for src in dict.fromkeys(src for src, _ in pairs)], "outside right lower")
+    fig.suptitle(f"Fine-tuning: accuracy per trainable parameter\n({_seeds_text('mean ± std', finetune)})",
                  fontsize="medium")
     return fig
 
 
 def wiseft(ds: xr.Dataset) -> Figure:
-    """WiSE-FT: test accuracy of the interpolated weights against alpha, one line per method."""
-    fig, axes = _new_figure(1, 1, (6.0, 4.4))
-    ax = axes[0, 0]
-    methods = _values(ds, "method")
+    """WiSE-FT: test accuracy of the interpolated weights against alpha, one panel per source, a line per method."""
+    sources, methods = _values(ds, "source"), _values(ds, "method")
     colours = _colours(methods)
-    for method in methods:
-        stats = _over_seeds(100.0 * ds["test_acc"].sel({"method": method}))
-        _plot_band(ax, ds["alpha"].values, stats, color=colours[method], marker="o", markersize=3,
-                   label=f"linear probe → {method}")
-    ax.set_xlabel("α  (0: linear probe, 1: fine-tuned; weights (1 − α) θ₀ + α θ₁)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    _legend(ax, fontsize="small")
-    ax.set_title(f"WiSE-FT: interpolating the weights ({_seeds_text('mean, band min–max', ds)})", fontsize="medium")
+    fig, axes = _new_figure(1, len(sources), (5.2, 4.2))
+    for ax, source in zip(axes[0], sources):
+        for method in methods:
+            stats = _over_seeds(100.0 * ds["test_acc"].sel({"source": source, "method": method}))
+            _plot_band(ax, ds["alpha"].values, stats, color=colours[method], marker="o", markersize=3,
+                       label=f"linear probe → {method}")
+        ax.set_xlabel("α  (0: linear probe, 1: fine-tuned)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"pretrained on {source}", fontsize="medium")
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize="small")
+    fig.suptitle(f"WiSE-FT: weights (1 − α) θ₀ + α θ₁ ({_seeds_text('mean, band min–max', ds)})")
     return fig
 
 
@@ -733,9 +782,9 @@ ENSEMBLE_BARS = {"best member": None, "mean member": None, "ensemble": "ensemble
 
 
 def ensembles(ds: xr.Dataset) -> Figure:
-    """Single models against their ensemble and their uniform soup, per kind of ensemble."""
-    kinds = _values(ds, "kind")
-    fig, axes = _new_figure(1, 1, (6.4, 4.4))
+    """Single models against their ensemble and their uniform soup, per source and kind of ensemble."""
+    groups = [(src, kind) for src in _values(ds, "source") for kind in _values(ds, "kind")]
+    fig, axes = _new_figure(1, 1, (max(6.4, 1.6 * len(groups) + 2.0), 4.4))
     ax = axes[0, 0]
     colours = _colours(ENSEMBLE_BARS)
     width = 0.8 / len(ENSEMBLE_BARS)
@@ -746,10 +795,12 @@ def ensembles(ds: xr.Dataset) -> Figure:
         else:
             values = members.max("member") if bar == "best member" else members.mean("member")
         stats = _over_seeds(values)
-        x = np.arange(len(kinds)) + (i - (len(ENSEMBLE_BARS) - 1) / 2) * width
-        ax.bar(x, stats.mean.values, width, yerr=stats.std.values, capsize=3, color=colours[bar], label=bar)
+        means = [float(stats.mean.sel({"source": s, "kind": k})) for s, k in groups]
+        stds = [float(stats.std.sel({"source": s, "kind": k})) for s, k in groups]
+        x = np.arange(len(groups)) + (i - (len(ENSEMBLE_BARS) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=stds, capsize=3, color=colours[bar], label=bar)
     n = int(ds.sizes.get("member", 0))
-    ax.set_xticks(np.arange(len(kinds)), [f"{k}\n({n} members)" for k in kinds])
+    ax.set_xticks(np.arange(len(groups)), [f"{s}: {k}\n({n} members)" for s, k in groups])
     low = float(np.nanmin(members.values))
     ax.set_ylim(max(0.0, low - 5.0), None)
     ax.set_ylabel("test accuracy (%)")

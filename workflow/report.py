@@ -42,6 +42,8 @@ def report(results: str | Path) -> str:
         parts.append(_table("pretrain (source task)", _final_acc(ds)))
     if (ds := have("finetune")) is not None:
         parts.append(_table("finetune (target task)", _final_acc(ds)))
+        if "trainable_params" in ds:
+            parts.append(_table("finetune", ds["trainable_params"], "trainable parameters"))
     if (ds := have("data_pruning")) is not None:
         parts.append(_table("data pruning, no distillation", _final_acc(ds)))
     if (ds := have("distill")) is not None:

@@ -146,7 +146,7 @@ def train_run(
         parent_state = storage.load_torch(parent)["state_dict"]
         if spec["kind"] == "seeds":  # another full fine-tuning run from the pretrained model
             FINETUNE["full"](model, parent_state)
-        else:  # a StarSSE cycle: from the fine-tuned model, head included
+        else:  # a snapshot cycle (SSE, StarSSE): from the parent's weights, head included
             model.load_state_dict(parent_state)
     elif stage in ("prune_data", "distill"):
         if spec["score"]["score"] == "rs2":

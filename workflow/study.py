@@ -1,8 +1,8 @@
 """The plan of a study: which runs it has, where they live, and what defines each.
 
 A *run* is one model produced by one stage with one resolved configuration. Its id
-is its readable folder under the results root, e.g. ``pretrain/s0`` or
-``prune_data/el2n-hard/f0.25/s1``. :meth:`Study.spec` gives everything that
+is its readable folder under the results root, e.g. ``pretrain/mnist1d/s0``,
+``finetune/synthetic/lora/s1`` or ``prune_data/el2n-hard/f0.25/s1``. :meth:`Study.spec` gives everything that
 determines a run (data, model, training settings, seed, method settings, parent):
 the workflow passes it to the job, so changing any of it reruns that run and what
 depends on it, and nothing else.
@@ -21,22 +21,26 @@ from workflow.config import STAGES, load_config
 # The folders of a run id after its stage, in order; a stage may have several
 # layouts of different lengths (network pruning: the dense run, and the pruned ones).
 RUN_LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "pretrain": (("seed",),),
-    "finetune": (("method", "seed"),),
+    "pretrain": (("source", "seed"),),
+    "finetune": (("method", "seed"), ("source", "method", "seed")),  # scratch has no source
     "prune_data": (("method", "fraction", "seed"),),
     "distill": (("teacher", "method", "fraction", "kd", "seed"),),
     "prune_network": (("method", "seed"), ("method", "rewind", "seed", "level")),
-    "ensemble": (("kind", "seed", "member"),),
+    "ensemble": (("source", "kind", "seed", "member"),),
 }
+# Ensembles from one pretrained checkpoint: independent fine-tuning runs; snapshot
+# cycles in sequence (SSE); snapshot cycles each from the fine-tuned model (StarSSE).
+ENSEMBLE_KINDS = ("seeds", "sse", "starsse")
 _FIELD_PATTERNS = {
     "seed": re.compile(r"s(?P<seed>\d+)"),
+    "source": re.compile(r"(?P<source>[a-z][a-z0-9_]*)"),
     "method": re.compile(r"(?P<method>[a-z0-9_]+(-[a-z0-9_]+)?)"),
     "teacher": re.compile(r"(?P<teacher>trained|untrained)"),
     "fraction": re.compile(r"f(?P<fraction>[0-9.]+)"),
     "kd": re.compile(r"T(?P<temperature>[0-9.]+)-a(?P<alpha>[0-9.]+)"),
     "rewind": re.compile(r"k(?P<rewind>\d+)"),
     "level": re.compile(r"level(?P<level>\d+)"),
-    "kind": re.compile(r"(?P<kind>seeds|starsse)"),
+    "kind": re.compile(rf"(?P<kind>{'|'.join(ENSEMBLE_KINDS)})"),
     "member": re.compile(r"m(?P<member>\d+)"),
 }
 _FIELD_TYPES = {"seed": int, "level": int, "rewind": int, "member": int, "fraction": float, "temperature": float, "alpha": float}
@@ -57,6 +61,8 @@ LORA_METHODS = ("lora", "eva")
 # Fine-tuning methods that change the pretrained body: WiSE-FT interpolates from the
 # linear probe (the pretrained body with a trained head) to each of them.
 WISEFT_METHODS = ("full", "bn_only", "lora", "eva")
+# The source coordinate, in summaries, of runs with no pretraining (scratch).
+NO_SOURCE = "none"
 # Ensemble members beyond the first train from this seed (+ 1000 x member + seed).
 MEMBER_SEED = 30_000
 
@@ -88,7 +94,17 @@ class Study:
         return f"{self.root}/{run}/{name}".rstrip("/")
 
     def data_path(self, task: str) -> str:
+        """The data file of a task: ``target``, or ``sources/<name>`` for a pretraining task."""
         return f"{self.root}/data/{task}.npz"
+
+    def task_dataset(self, task: str) -> dict[str, Any]:
+        """The dataset settings of a task (see :meth:`data_path`)."""
+        if task == "target":
+            return self.config["data"]["target"]
+        kind, _, name = task.partition("/")
+        if kind != "sources" or name not in self.sources():
+            raise ValueError(f"unknown task {task!r}; allowed: target, " + ", ".join(f"sources/{n}" for n in self.sources()))
+        return self.config["data"]["sources"][name]
 
     def summary_path(self, name: str) -> str:
         return f"{self.root}/summary/{name}.zarr"
@@ -101,16 +117,22 @@ class Study:
         """Whether the study has the stage: a study leaves out the stages it does not ask about."""
         return stage in self.config
 
+    def sources(self) -> list[str]:
+        """The names of the pretraining tasks, in config order (none without a pretrain stage)."""
+        return list(self.config["data"].get("sources", {})) if self.has("pretrain") else []
+
     def pretrain_runs(self) -> list[str]:
-        if not self.has("pretrain"):
-            return []
-        return [f"pretrain/s{s}" for s in self.config["pretrain"]["seeds"]]
+        return [f"pretrain/{src}/s{s}" for src in self.sources() for s in self.config["pretrain"]["seeds"]]
 
     def finetune_runs(self) -> list[str]:
+        """Every fine-tuning method from every source, and scratch once per seed."""
         if not self.has("finetune"):
             return []
         ft = self.config["finetune"]
-        return [f"finetune/{m}/s{s}" for m in ft["methods"] for s in ft["seeds"]]
+        return [
+            f"finetune/{m}/s{s}" if m == "scratch" else f"finetune/{src}/{m}/s{s}"
+            for m in ft["methods"] for src in ([NO_SOURCE] if m == "scratch" else self.sources()) for s in ft["seeds"]
+        ]
 
     def data_pruning_methods(self) -> list[str]:
         if not self.has("prune_data"):
@@ -177,25 +199,22 @@ class Study:
         )
 
     def ensemble_runs(self) -> list[str]:
-        """Extra members of each ensemble (member 0 is the study's ``finetune/full`` run)."""
-        ens = self.config.get("finetune", {}).get("ensemble")
-        if not ens:
-            return []
-        return [f"ensemble/{kind}/s{s}/m{k}" for kind in ens["kinds"] for s in self.config["finetune"]["seeds"]
-                for k in range(1, ens["members"])]
+        """Extra members of each ensemble (member 0 is the study's ``finetune/<source>/full`` run)."""
+        return [run for members in self.ensembles().values() for run in members[1:]]
 
     def ensembles(self) -> dict[str, list[str]]:
-        """Each ensemble's store path -> its members' runs, member 0 first."""
+        """Each ensemble's store path -> its members' runs, member 0 first: per source, kind and seed."""
         ens = self.config.get("finetune", {}).get("ensemble")
         if not ens:
             return {}
         return {
-            self.ensemble_path(kind, s): [f"finetune/full/s{s}"] + [f"ensemble/{kind}/s{s}/m{k}" for k in range(1, ens["members"])]
-            for kind in ens["kinds"] for s in self.config["finetune"]["seeds"]
+            self.ensemble_path(src, kind, s): [f"finetune/{src}/full/s{s}"]
+            + [f"ensemble/{src}/{kind}/s{s}/m{k}" for k in range(1, ens["members"])]
+            for src in self.sources() for kind in ens["kinds"] for s in self.config["finetune"]["seeds"]
         }
 
-    def ensemble_path(self, kind: str, seed: int) -> str:
-        return f"{self.root}/analyze/ensemble/{kind}/s{seed}/ensemble.zarr"
+    def ensemble_path(self, source: str, kind: str, seed: int) -> str:
+        return f"{self.root}/analyze/ensemble/{source}/{kind}/s{seed}/ensemble.zarr"
 
     def wiseft_pairs(self) -> dict[str, tuple[str, str]]:
         """Each WiSE-FT store path -> (the linear probe, the fine-tuned run) it interpolates."""
@@ -203,12 +222,12 @@ class Study:
         if "wiseft" not in ft:
             return {}
         return {
-            self.wiseft_path(m, s): (f"finetune/linear_probe/s{s}", f"finetune/{m}/s{s}")
-            for m in ft["methods"] if m in WISEFT_METHODS for s in ft["seeds"]
+            self.wiseft_path(src, m, s): (f"finetune/{src}/linear_probe/s{s}", f"finetune/{src}/{m}/s{s}")
+            for src in self.sources() for m in ft["methods"] if m in WISEFT_METHODS for s in ft["seeds"]
         }
 
-    def wiseft_path(self, method: str, seed: int) -> str:
-        return f"{self.root}/analyze/wiseft/{method}/s{seed}/wiseft.zarr"
+    def wiseft_path(self, source: str, method: str, seed: int) -> str:
+        return f"{self.root}/analyze/wiseft/{source}/{method}/s{seed}/wiseft.zarr"
 
     def cka_edges(self) -> list[tuple[str, str]]:
         """(parent, child) pairs compared by CKA: each pretrained model and its fine-tuned children."""
@@ -244,10 +263,15 @@ class Study:
     def parent(self, run: str) -> str | None:
         """The run whose weights this run starts from, if any."""
         r = self.parse(run)
-        if r["stage"] == "finetune" and r["method"] != "scratch":
-            return f"pretrain/s{r['seed']}"
-        if r["stage"] == "ensemble":  # independent fine-tuning runs, or StarSSE cycles from the fine-tuned model
-            return f"pretrain/s{r['seed']}" if r["kind"] == "seeds" else f"finetune/full/s{r['seed']}"
+        if r["stage"] == "finetune" and "source" in r:
+            return f"pretrain/{r['source']}/s{r['seed']}"
+        if r["stage"] == "ensemble":
+            src, seed, kind, member = r["source"], r["seed"], r["kind"], r["member"]
+            if kind == "seeds":  # another fine-tuning run from the pretrained model
+                return f"pretrain/{src}/s{seed}"
+            if kind == "sse" and member > 1:  # the next cycle of the snapshot sequence
+                return f"ensemble/{src}/sse/s{seed}/m{member - 1}"
+            return f"finetune/{src}/full/s{seed}"  # a cycle from the fine-tuned model
         if r["stage"] == "prune_network" and r["method"] != "dense":
             # IMP prunes the previous level; controls take the IMP mask of their level;
             # one-shot pruning starts from the trained dense model.
@@ -259,8 +283,9 @@ class Study:
         return None
 
     def task(self, run: str) -> str:
-        """``source`` for pretraining, ``target`` for everything after it."""
-        return "source" if self.parse(run)["stage"] == "pretrain" else "target"
+        """``sources/<name>`` for pretraining, ``target`` for everything after it."""
+        r = self.parse(run)
+        return f"sources/{r['source']}" if r["stage"] == "pretrain" else "target"
 
     def train_config(self, stage: str) -> dict[str, Any]:
         """The global ``train`` settings with the stage's overrides on top."""
@@ -291,7 +316,7 @@ class Study:
             "run": run,
             "stage": stage,
             "seed": r["seed"],
-            "data": self.config["data"][self.task(run)],
+            "data": self.task_dataset(self.task(run)),
             "model": self.config["model"],
             "train": self.train_config(stage),
             "parent": self.parent(run),
@@ -300,8 +325,8 @@ class Study:
             ens = self.config["finetune"]["ensemble"]
             spec.update(kind=r["kind"], member=r["member"], train_seed=MEMBER_SEED + 1000 * r["member"] + r["seed"],
                         train=self.train_config("finetune"))
-            if r["kind"] == "starsse":  # one cycle: from the fine-tuned weights, a fresh optimiser and schedule
-                spec["train"] = {**spec["train"], **ens["starsse"]}
+            if r["kind"] != "seeds":  # one cycle: from its parent's weights, a fresh optimiser and schedule
+                spec["train"] = {**spec["train"], **ens["cycle"]}
         if stage == "finetune":
             spec["method"] = r["method"]
             if r["method"] in LORA_METHODS:
@@ -344,15 +369,16 @@ class Study:
 
     def _summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
 
-        def metrics(runs: list[str], dims: tuple[str, ...], **fixed: Any) -> list[tuple[dict[str, Any], str]]:
-            return [
-                ({d: fixed[d] if d in fixed else self.parse(r)[d] for d in dims}, self.path(r, "metrics.zarr"))
-                for r in runs
-            ]
+        def coords(run: str, dims: tuple[str, ...]) -> dict[str, Any]:
+            r = self.parse(run)
+            return {d: r.get(d, NO_SOURCE) if d == "source" else r[d] for d in dims}
+
+        def metrics(runs: list[str], dims: tuple[str, ...]) -> list[tuple[dict[str, Any], str]]:
+            return [(coords(r, dims), self.path(r, "metrics.zarr")) for r in runs]
 
         return {
-            "pretrain": metrics(self.pretrain_runs(), ("seed",)),
-            "finetune": metrics(self.finetune_runs(), ("method", "seed")),
+            "pretrain": metrics(self.pretrain_runs(), ("source", "seed")),
+            "finetune": metrics(self.finetune_runs(), ("source", "method", "seed")),
             "data_pruning": metrics(self.subset_runs("prune_data"), ("method", "fraction", "seed")),
             "distill": metrics(
                 self.subset_runs("distill"), ("method", "fraction", "teacher", "temperature", "alpha", "seed")
@@ -362,17 +388,12 @@ class Study:
             ],
             "network_pruning": self._network_pruning_entries(),
             "wiseft": [
-                ({"method": self.parse(ft)["method"], "seed": self.parse(ft)["seed"]}, path)
-                for path, (_, ft) in self.wiseft_pairs().items()
+                (coords(ft, ("source", "method", "seed")), path) for path, (_, ft) in self.wiseft_pairs().items()
             ],
             "ensemble": [
-                ({"kind": self.parse(members[1])["kind"], "seed": self.parse(members[0])["seed"]}, path)
-                for path, members in self.ensembles().items()
+                (coords(members[1], ("source", "kind", "seed")), path) for path, members in self.ensembles().items()
             ],
-            "cka": [
-                ({"method": self.parse(child)["method"], "seed": self.parse(child)["seed"]}, self.cka_path(child))
-                for _, child in self.cka_edges()
-            ],
+            "cka": [(coords(child, ("source", "method", "seed")), self.cka_path(child)) for _, child in self.cka_edges()],
         }
 
     def _network_pruning_entries(self) -> list[tuple[dict[str, Any], str]]:
