@@ -1,0 +1,299 @@
+"""Figures of data pruning, distillation and per-example scores: test error against
+data kept with and without KD, the best KD weight, score histograms and agreement."""
+
+from __future__ import annotations
+
+from itertools import combinations_with_replacement
+from typing import Any, Hashable, Iterable, Mapping
+
+import numpy as np
+import xarray as xr
+from matplotlib import colormaps, ticker
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from workflow.plots.drawing import (
+    distinct_colours,
+    heatmap,
+    key,
+    log_axis,
+    new_figure,
+    no_data,
+    plot_errorbar,
+)
+from workflow.plots.summaries import (
+    best_over,
+    best_runs,
+    coord_values,
+    final_value,
+    over_seeds,
+    quiet_mean,
+    seeds_text,
+)
+
+
+# Line style and legend text of the students of each teacher, in drawing order;
+# "none" is the data_pruning summary (no distillation).
+KD_STYLES = {
+    "none": ("-", "no KD"),
+    "trained": ("--", "KD, trained teacher"),
+    "untrained": (":", "KD, untrained (random) teacher"),
+}
+OTHER_TEACHER_STYLE = "-."
+# The hyperparameters of distillation chosen per point (maximised jointly).
+KD_HYPERPARAMETERS = ("temperature", "alpha")
+# What each per-example score is, for axis labels; higher = harder for all of them.
+SCORE_LABELS = {
+    "el2n": r"EL2N: $\|\mathrm{softmax}(f(x)) - \mathrm{onehot}(y)\|_2$",
+    "grand": r"GraNd: $\|\nabla_\theta\, \ell(f(x), y)\|_2$",
+    "forgetting": "forgetting events (1 → 0 accuracy transitions)",
+    "prototypes": "distance to nearest k-means centroid",
+    "random": "random score (baseline)",
+}
+
+
+def _mean_scores(scores: xr.Dataset) -> xr.DataArray:
+    """Each example's score averaged over repetitions (``init``), NaN padding skipped.
+
+    An infinite score in any repetition (forgetting: never learned) stays infinite.
+    """
+    score = scores["score"]
+    return quiet_mean(score, "init") if "init" in score.dims else score
+
+
+def _n_repetitions(scores: xr.Dataset, method: Hashable) -> int:
+    """How many repetitions (``init`` rows that are not all NaN) a method has."""
+    score = scores["score"].sel({"method": method})
+    if "init" not in score.dims:
+        return 1
+    return int(score.notnull().any("sample").sum())
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho over the examples both scored; NaN if either is constant there."""
+    both = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[both], b[both]
+    if a.size < 3 or np.unique(a).size < 2 or np.unique(b).size < 2:
+        return float("nan")
+    from scipy.stats import spearmanr  # here: scipy.stats costs every other figure 2 s to import
+
+    return float(spearmanr(a, b).statistic)
+
+
+def score_correlations(scores: xr.Dataset) -> xr.DataArray:
+    """Spearman rank correlation between every two methods' mean per-example scores.
+
+    Dims ``(method_a, method_b)``; symmetric with 1 on the diagonal (NaN for a method
+    whose scores are constant or missing). Each pair uses the examples both methods
+    scored; +inf (never learned) ranks above every finite score.
+    """
+    means = _mean_scores(scores).transpose("method", "sample")
+    methods = coord_values(scores, "method")
+    rho = np.full((len(methods), len(methods)), np.nan)
+    for i, j in combinations_with_replacement(range(len(methods)), 2):
+        rho[i, j] = rho[j, i] = _spearman(means.values[i], means.values[j])
+    # Exactly 1 rather than a rounded 0.9999999999999998.
+    rho[np.diag_indices_from(rho)] = np.where(np.isnan(np.diag(rho)), np.nan, 1.0)
+    return xr.DataArray(
+        rho,
+        dims=("method_a", "method_b"),
+        coords={"method_a": methods, "method_b": methods},
+        name="spearman",
+    )
+
+
+def _method_key(fig: Figure, methods: Iterable[Hashable], colours: Mapping[Hashable, Any]) -> None:
+    """The colour of each method, beside the axes (top right)."""
+    handles = [Line2D([], [], color=colours[m], marker="o", markersize=4, label=str(m))
+               for m in methods]
+    key(fig, "method", handles, "outside right upper")
+
+
+def _kd_style(teacher: str) -> tuple[str, str]:
+    """Line style and legend text for the students of ``teacher`` ("none": no KD)."""
+    return KD_STYLES.get(teacher, (OTHER_TEACHER_STYLE, f"KD, {teacher} teacher"))
+
+
+def _dodge(i: int, n: int, step: float = 0.008) -> float:
+    """Factor that shifts the i-th of n lines a little along a log axis, so ties stay visible."""
+    return 10.0 ** (step * (i - (n - 1) / 2))
+
+
+def _bins(values: np.ndarray) -> Any:
+    """Histogram bins: one per value for values on a coarse regular grid, else 10–50 bins.
+
+    Counts (forgetting events), and their means over a few runs (multiples of 1/k),
+    get a bin centred on each possible value rather than bins that straddle them.
+    """
+    distinct = np.unique(values)
+    if 1 < distinct.size <= 80:
+        step = np.diff(distinct).min()
+        n_steps = (distinct[-1] - distinct[0]) / step
+        on_grid = np.allclose((distinct - distinct[0]) / step,
+                              np.round((distinct - distinct[0]) / step), atol=1e-6)
+        if on_grid and n_steps <= 80:
+            return distinct[0] + step * (np.arange(round(n_steps) + 2) - 0.5)
+    return int(np.clip(len(np.histogram_bin_edges(values, "auto")) - 1, 10, 50))
+
+
+def _pruning_curves(
+    pruned: xr.Dataset, distill: xr.Dataset
+) -> list[tuple[str, xr.DataArray]]:
+    """Final test accuracy per (method, fraction, seed) for each line style.
+
+    First the students without KD ("none"), then one entry per teacher, each at the
+    (temperature, alpha) with the best seed-mean final test accuracy per point.
+    """
+    curves = [("none", final_value(pruned["test_acc"]))]
+    order = list(KD_STYLES)
+    teachers = sorted(
+        coord_values(distill, "teacher"), key=lambda t: order.index(t) if t in order else len(order)
+    )
+    for teacher in teachers:
+        acc = distill["test_acc"].sel({"teacher": teacher}, drop=True)
+        curves.append((str(teacher), best_runs(acc, KD_HYPERPARAMETERS)))
+    return curves
+
+
+def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
+    """Final test error against training data kept, per pruning method, without and with KD.
+
+    Solid: no distillation; dashed: KD from the trained teacher; dotted: KD from
+    a frozen untrained teacher. Each KD point is at the temperature and alpha with
+    the best mean final test accuracy over seeds for that (method, fraction, teacher).
+    """
+    fig, axes = new_figure(1, 1, (7.0, 4.8))
+    ax = axes[0, 0]
+    methods = list(dict.fromkeys(coord_values(pruned, "method") + coord_values(distill, "method")))
+    colours = distinct_colours(methods)
+    drawn_methods: set[Hashable] = set()
+    styles: list[Line2D] = []
+    for teacher, acc in _pruning_curves(pruned, distill):
+        linestyle, label = _kd_style(teacher)
+        x = 100.0 * acc["fraction"].values
+        drawn = False
+        for method in coord_values(acc, "method"):
+            stats = over_seeds(100.0 * (1.0 - acc.sel({"method": method})))
+            # Each method a little to the side, so that error bars do not hide each other.
+            dodge = _dodge(methods.index(method), len(methods))
+            if plot_errorbar(ax, x * dodge, stats, color=colours[method],
+                             linestyle=linestyle, label=f"{method}, {label}"):
+                drawn = True
+                drawn_methods.add(method)
+        if drawn:
+            styles.append(Line2D([], [], color="dimgrey", linestyle=linestyle, label=label))
+    if not styles:
+        no_data(ax)
+    _method_key(fig, [m for m in methods if m in drawn_methods], colours)
+    # The choice is on test accuracy, as the KD-on-pruned-data paper reports its
+    # best alpha: the KD points are an optimistic estimate, and the key says so.
+    kd_note = ("KD: temperature T and weight α chosen per point "
+               "for the best mean final test accuracy")
+    key(fig, f"line style ({kd_note})" if len(styles) > 1 else "line style", styles,
+        "outside lower center", ncols=len(styles) or 1)
+    # Log-log, as in data-pruning scaling laws; ticks at the fractions actually kept.
+    fractions = np.union1d(pruned["fraction"].values, distill["fraction"].values)
+    log_axis(ax, "x", ticks=100.0 * fractions)
+    log_axis(ax, "y")
+    ax.set_xlabel("training examples kept (%; methods offset slightly)")
+    ax.set_ylabel("final test error (%)")
+    ax.grid(which="both", alpha=0.3)
+    how = seeds_text("mean ± std", pruned, distill)
+    ax.set_title(f"Data pruning with and without distillation\n{how}")
+    return fig
+
+
+def best_alpha(distill: xr.Dataset) -> Figure:
+    """Best distillation weight alpha (trained teacher) against kept fraction, per method."""
+    fig, axes = new_figure(1, 1, (6.0, 4.2))
+    ax = axes[0, 0]
+    teacher = "trained"
+    methods = coord_values(distill, "method")
+    colours = distinct_colours(methods)
+    drawn: list[Hashable] = []
+    if teacher in coord_values(distill, "teacher"):
+        acc = distill["test_acc"].sel({"teacher": teacher}, drop=True)
+        _, where = best_over(acc, KD_HYPERPARAMETERS)
+        x = 100.0 * distill["fraction"].values
+        for i, method in enumerate(methods):
+            y = where["alpha"].sel({"method": method}).values.astype(float)
+            keep = np.isfinite(y)
+            if keep.any():
+                ax.plot(x[keep] * _dodge(i, len(methods)), y[keep], marker="o",
+                        markersize=5, color=colours[method], label=str(method))
+                drawn.append(method)
+    if not drawn:
+        no_data(ax, f"no data for the {teacher} teacher")
+    alphas = [float(a) for a in coord_values(distill, "alpha")]
+    for a in alphas:
+        ax.axhline(a, color="grey", linestyle=":", linewidth=0.8, zorder=0)
+    _method_key(fig, drawn, colours)
+    log_axis(ax, "x", ticks=100.0 * distill["fraction"].values)
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_locator(ticker.MultipleLocator(0.25))
+    ax.set_xlabel("training examples kept (%; methods offset slightly)")
+    ax.set_ylabel("best KD weight α (dotted: values swept)")
+    ax.grid(axis="x", which="major", alpha=0.3)
+    how = seeds_text("mean", distill)
+    note = (f"only α = {alphas[0]:g} was swept: nothing to choose" if len(alphas) == 1
+            else f"best final test accuracy ({how}) over α and T")
+    ax.set_title(f"Best KD weight α per kept fraction ({teacher} teacher)\n{note}",
+                 fontsize="medium")
+    return fig
+
+
+def score_distributions(scores: xr.Dataset) -> Figure:
+    """Histogram of each example's mean score (over repetitions), one panel per scoring method."""
+    methods = coord_values(scores, "method")
+    means = _mean_scores(scores)
+    colours = distinct_colours(methods)
+    ncols = max(1, min(3, len(methods)))
+    nrows = max(1, -(-len(methods) // ncols))
+    fig, axes = new_figure(nrows, ncols, (3.9, 3.0))
+    for ax in axes.flat[len(methods):]:
+        ax.set_axis_off()
+    for ax, method in zip(axes.flat, methods):
+        values = means.sel({"method": method}).values
+        scored = values[~np.isnan(values)]
+        finite = scored[np.isfinite(scored)]
+        if finite.size:
+            ax.hist(finite, bins=_bins(finite), color=colours[method])
+        n_inf = scored.size - finite.size
+        if n_inf:
+            meaning = "never learned" if method == "forgetting" else "infinite score"
+            ax.text(0.97, 0.95, f"{n_inf} of {scored.size} {meaning}\n(score = ∞, not shown)",
+                    transform=ax.transAxes, ha="right", va="top", fontsize="small",
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "lightgrey"})
+        elif not finite.size:
+            no_data(ax)
+        n = _n_repetitions(scores, method)
+        ax.set_title(f"{method} ({f'mean over {n} runs' if n > 1 else f'{n} run'})",
+                     fontsize="medium")
+        ax.set_xlabel(SCORE_LABELS.get(str(method), f"{method} score"))
+        ax.set_ylabel("examples")
+        ax.grid(alpha=0.3)
+    n_examples = int(scores.sizes.get("sample", 0))
+    fig.suptitle(f"Per-example pruning scores ({n_examples} training examples; "
+                 "keeping \"hard\" keeps the highest)")
+    return fig
+
+
+def score_agreement(scores: xr.Dataset) -> Figure:
+    """Heatmap of the Spearman rank correlation between methods' mean per-example scores."""
+    rho = score_correlations(scores)
+    methods = [str(m) for m in rho["method_a"].values]
+    n = len(methods)
+    fig, axes = new_figure(1, 1, (max(4.2, 0.8 * n + 2.4), max(3.4, 0.8 * n + 1.6)))
+    ax = axes[0, 0]
+    cmap = colormaps["RdBu_r"].with_extremes(bad="lightgrey")
+    # Light text on the saturated ends of the colormap, dark in its pale middle.
+    image = heatmap(ax, rho.values, cmap=cmap, vmin=-1.0, vmax=1.0, aspect="equal",
+                    fontsize=9 if n <= 8 else 7, missing="n/a",
+                    text_colour=lambda v: "white" if abs(v) > 0.6 else "black")
+    ax.set_xticks(range(n), methods, rotation=45, ha="right")
+    ax.set_yticks(range(n), methods)
+    fig.colorbar(image, ax=ax, label="Spearman ρ", shrink=0.9)
+    n_examples = int(scores.sizes.get("sample", 0))
+    ax.set_title(f"Agreement between scoring methods\nrank correlation of mean scores "
+                 f"({n_examples} examples)", fontsize="medium")
+    return fig

@@ -1,0 +1,132 @@
+"""Reductions of the summary datasets that the figures share: final values, statistics
+over seeds, the best hyperparameters, coordinate values and title text."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import numpy as np
+import xarray as xr
+
+
+def final_value(da: xr.DataArray, dim: str = "epoch") -> xr.DataArray:
+    """Value of ``da`` at the last non-NaN position along ``dim`` (NaN if none).
+
+    Runs of a sweep stop at different epochs and are NaN-padded to a common
+    length, so "the last epoch" differs per run and ``isel(epoch=-1)`` is wrong.
+    """
+    valid = da.notnull()
+    # argmax on the reversed mask finds the first valid entry from the end.
+    last = da.sizes[dim] - 1 - valid.isel({dim: slice(None, None, -1)}).argmax(dim)
+    out = da.isel({dim: last}).where(valid.any(dim))
+    return out.drop_vars(dim, errors="ignore")
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """Summary over the ``seed`` dim: centre line, error bar and band."""
+
+    mean: xr.DataArray
+    std: xr.DataArray
+    low: xr.DataArray
+    high: xr.DataArray
+
+
+def over_seeds(da: xr.DataArray) -> SeedStats:
+    """Mean, sample std (0 for a single seed) and min/max over seeds, NaNs skipped."""
+    if "seed" not in da.dims:
+        da = da.expand_dims("seed")
+    count = da.count("seed")
+    with warnings.catch_warnings():
+        # All-NaN slices (runs not done) are expected and simply give NaN.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = da.std("seed", ddof=1).where(count > 1, 0.0)
+        return SeedStats(
+            mean=da.mean("seed"), std=std, low=da.min("seed"), high=da.max("seed")
+        )
+
+
+def quiet_mean(da: xr.DataArray, dim: str) -> xr.DataArray:
+    """Mean over ``dim`` skipping NaN; all-NaN slices give NaN without a RuntimeWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return da.mean(dim)
+
+
+def _final(da: xr.DataArray) -> xr.DataArray:
+    """The final value of each run if ``da`` still has an epoch dim, else ``da`` itself."""
+    return final_value(da) if "epoch" in da.dims else da
+
+
+def _argbest(
+    mean: xr.DataArray, dims: Sequence[str]
+) -> tuple[dict[str, xr.Variable], xr.DataArray]:
+    """Where ``mean`` is largest over the combinations of ``dims`` (jointly), per other index.
+
+    Returns positional indices along each of ``dims`` (for ``isel``; first maximum
+    in coordinate order on ties) and a mask of where any combination is not NaN.
+    """
+    dims = list(dims)
+    others = [d for d in mean.dims if d not in dims]
+    ordered = mean.transpose(*others, *dims)
+    flat = ordered.values.reshape(ordered.shape[: len(others)] + (-1,))
+    run = ~np.isnan(flat)
+    best = np.where(run, flat, -np.inf).argmax(axis=-1)
+    positions = np.unravel_index(best, [mean.sizes[d] for d in dims])
+    indices = {d: xr.Variable(others, pos) for d, pos in zip(dims, positions)}
+    found = xr.DataArray(
+        run.any(axis=-1), dims=others, coords={d: mean[d] for d in others if d in mean.coords}
+    )
+    return indices, found
+
+
+def _choose(
+    da: xr.DataArray, dims: Sequence[str]
+) -> tuple[xr.DataArray, dict[str, xr.Variable], xr.DataArray]:
+    """The seed-mean final values of ``da``, and :func:`_argbest` of them over ``dims``."""
+    mean = _final(da)
+    if "seed" in mean.dims:
+        mean = quiet_mean(mean, "seed")
+    return (mean, *_argbest(mean, dims))
+
+
+def best_over(da: xr.DataArray, dims: Sequence[str]) -> tuple[xr.DataArray, xr.Dataset]:
+    """Best seed-mean final value of ``da`` over the combinations of ``dims``, and where it is.
+
+    ``da`` is a metric where higher is better (e.g. ``test_acc``), per run: with an
+    ``epoch`` dim its :func:`final_value` is taken; with a ``seed`` dim the mean over
+    seeds (NaN skipped) is what is maximised, jointly over ``dims`` (e.g. temperature
+    and alpha). Returns ``(best, where)``: ``best`` the maximum over the remaining
+    dims, and ``where`` a Dataset with, for each of ``dims``, the coordinate value at
+    the maximum. Both are NaN where no combination was run; ties go to the first
+    combination in coordinate order.
+    """
+    mean, indices, found = _choose(da, dims)
+    best = mean.isel(indices).where(found).drop_vars(list(dims), errors="ignore")
+    where = xr.Dataset(
+        {d: found.copy(data=mean[d].values[indices[d].values]).where(found) for d in dims}
+    )
+    return best, where
+
+
+def best_runs(da: xr.DataArray, dims: Sequence[str]) -> xr.DataArray:
+    """Per-seed final values of ``da`` at the combination of ``dims`` :func:`best_over` picks."""
+    _, indices, found = _choose(da, dims)
+    return _final(da).isel(indices).where(found).drop_vars(list(dims), errors="ignore")
+
+
+# Selections below pass a dict: ``sel(method=...)`` would be taken as sel's own
+# ``method`` (inexact-match) argument, not as the "method" dim of the sweeps.
+
+
+def coord_values(ds: xr.Dataset, dim: str) -> list[Hashable]:
+    """Coordinate values along ``dim`` as plain Python objects (for labels and ``sel``)."""
+    return ds[dim].values.tolist()
+
+
+def seeds_text(how: str, *datasets: xr.Dataset) -> str:
+    """How the seeds were summarised, for titles: ``how`` over n seeds, or "single seed"."""
+    n = max(int(ds.sizes.get("seed", 1)) for ds in datasets)
+    return f"{how} over {n} seeds" if n > 1 else "single seed"
