@@ -61,15 +61,37 @@ def test_different_training_seeds_give_different_weights(make_cnn, task) -> None
 # --- history -------------------------------------------------------------------------
 
 
-def test_history_has_four_metrics_over_epochs_zero_to_e(make_cnn, task) -> None:
+def test_history_has_its_metrics_over_epochs_zero_to_e(make_cnn, task) -> None:
     _, result = _fit(make_cnn, task)
     history = result.history
-    assert set(history.data_vars) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    assert set(history.data_vars) == {"train_loss", "train_acc", "test_loss", "test_acc",
+                                      "weight_distance", "relative_weight_distance"}
     assert history["epoch"].values.tolist() == [0, 1, 2]
     for name in history.data_vars:
         assert history[name].dims == ("epoch",)
     assert ((history.train_acc >= 0) & (history.train_acc <= 1)).all()
     assert result.steps == CFG.epochs * STEPS_PER_EPOCH
+
+
+def test_weight_distance_is_the_norm_of_the_change_since_the_start(make_cnn, task) -> None:
+    model = make_cnn(0)
+    start = {name: p.detach().clone().double() for name, p in model.named_parameters()}
+    history = train(model, task, CFG, seed=0, progress=False).history
+    change = torch.cat([(p.detach().double() - start[name]).flatten() for name, p in model.named_parameters()])
+    norm = torch.cat([p.flatten() for p in start.values()]).norm()
+    assert float(history.weight_distance[0]) == 0.0
+    assert float(history.weight_distance[-1]) == pytest.approx(float(change.norm()), rel=1e-12)
+    assert float(history.relative_weight_distance[-1]) == pytest.approx(float(change.norm() / norm), rel=1e-12)
+
+
+def test_frozen_parameters_add_no_weight_distance(make_cnn, task) -> None:
+    model = make_cnn(0)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("head."))
+    head = [p.detach().clone().double() for p in model.head.parameters()]
+    history = train(model, task, CFG, seed=0, progress=False).history
+    moved = torch.cat([(p.detach().double() - h).flatten() for p, h in zip(model.head.parameters(), head)])
+    assert float(history.weight_distance[-1]) == pytest.approx(float(moved.norm()), rel=1e-12)
 
 
 def test_epoch_zero_is_the_untrained_model(make_cnn, task) -> None:

@@ -159,6 +159,11 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return batches
 
 
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    """The Euclidean norm of several tensors taken as one vector, in float64."""
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
+
+
 def history_dataset(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
     """Per-epoch metrics as a Dataset over ``epoch`` (0 = before training)."""
     n = len(next(iter(history.values())))
@@ -198,6 +203,9 @@ def train(
     * ``cfg.augment`` transforms each training batch (the loss, ``on_batch`` and the
       teacher of a distillation all see the augmented batch); metrics use clean data.
     * A non-finite loss raises :class:`DivergenceError`.
+    * Besides loss and accuracy, every epoch records ``weight_distance``, the norm of
+      the change of all parameters since the start of this run (lazy vs rich
+      training), and ``relative_weight_distance``, that over the starting norm.
     """
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -233,13 +241,21 @@ def train(
         if step in wanted:
             snapshots[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+    history: dict[str, list[float]] = {
+        k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "weight_distance", "relative_weight_distance")
+    }
+    # Lazy vs rich training: how far the weights travel from where this run started.
+    start = [p.detach().to(torch.float64, copy=True) for p in model.parameters()]
+    start_norm = _norm(start)
 
     def record() -> None:
         for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
             loss, acc = evaluate(model, x, y)
             history[f"{split}_loss"].append(loss)
             history[f"{split}_acc"].append(acc)
+        distance = _norm([p.detach().double() - p0 for p, p0 in zip(model.parameters(), start)])
+        history["weight_distance"].append(distance)
+        history["relative_weight_distance"].append(distance / start_norm if start_norm > 0 else math.nan)
         # The last optimiser step can break the weights after its own loss was finite.
         if not math.isfinite(history["train_loss"][-1]):
             raise DivergenceError(
