@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from workflow.analysis.cka import cka_matrix, linear_cka, linear_cka_gram
+from workflow.analysis.similarity import cka_matrix, linear_cka, linear_cka_gram
 
 # Enough examples to find counterexamples, few enough for a fast suite.
 PROPERTY = settings(max_examples=40, deadline=None)

@@ -22,7 +22,7 @@ from torch import nn
 from workflow import storage
 from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
 from workflow.analysis.activations import activations_dataset, layer_matrix, record_activations
-from workflow.analysis.cka import cka_matrix
+from workflow.analysis.similarity import cka_matrix
 from workflow.data import TaskData, load_data
 from workflow.distill import kd_loss
 from workflow.finetune import FINETUNE, FinetuneSetup

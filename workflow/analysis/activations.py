@@ -12,7 +12,7 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode, then restore each one's own mode.
 
     Modes are saved per module because a model may hold a mix (e.g. a frozen,
@@ -27,7 +27,8 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.train(training)
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -63,10 +64,10 @@ def record_activations(
 
         return hook
 
-    device = _model_device(model)
+    device = model_device(model)
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
     try:
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for start in range(0, len(x), batch_size):
                 model(x[start : start + batch_size].to(device))
     finally:
