@@ -24,24 +24,74 @@ rule activations:
         "--out {output} " + RUN_OPTS + " > {log} 2>&1"
 
 
-rule cka:
-    """Linear CKA, layer x layer, between a run's parent and the run."""
+rule similarity:
+    """Every configured similarity measure, layer x layer, between a run's parent and the run."""
     input:
         a=lambda w: STUDY.path(STUDY.parent(w.run), "activations.zarr"),
         b=f"{R}/{{run}}/activations.zarr",
     output:
-        directory(f"{R}/analyze/cka/{{run}}/analysis.zarr"),
+        directory(f"{R}/analyze/similarity/{{run}}/analysis.zarr"),
     params:
         parent=lambda w: STUDY.parent(w.run),
+        settings=lambda w: Study.dumps(STUDY.analysis_settings("similarity")),
     wildcard_constraints:
         run=r"(finetune|prune_data|distill|prune_network)/[^.]+",
     conda:
         ENV
     log:
-        f"{R}/logs/cka/{{run}}.log",
+        f"{R}/logs/similarity/{{run}}.log",
     shell:
-        JOB + " cka --a {input.a} --b {input.b} --name-a {params.parent} --name-b {wildcards.run} "
-        "--out {output} > {log} 2>&1"
+        JOB + " similarity --a {input.a} --b {input.b} --name-a {params.parent} --name-b {wildcards.run} "
+        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule spectra:
+    """The NTK and Hessian spectra and the weights' effective ranks of one pretrained or fine-tuned model."""
+    input:
+        model=f"{R}/{{run}}/model.pt",
+        data=STUDY.data_path("target"),
+    output:
+        directory(f"{R}/analyze/spectra/{{run}}/analysis.zarr"),
+    params:
+        settings=lambda w: Study.dumps(STUDY.analysis_settings("spectra")),
+    wildcard_constraints:
+        run=r"(pretrain|finetune)/[^.]+",
+    conda:
+        ENV
+    threads: config["threads"]
+    log:
+        f"{R}/logs/spectra/{{run}}.log",
+    shell:
+        JOB + " spectra --model {input.model} --data {input.data} --settings {params.settings:q} "
+        "--out {output} " + RUN_OPTS + " > {log} 2>&1"
+
+
+def connectivity_runs(w):
+    return STUDY.connectivity_pairs()[STUDY.connectivity_path(w.pair, w.source, int(w.seed))]
+
+
+rule connectivity:
+    """Loss and error on the straight line between two models, BatchNorm re-estimated at each point."""
+    input:
+        a=lambda w: STUDY.path(connectivity_runs(w)[0], "model.pt"),
+        b=lambda w: STUDY.path(connectivity_runs(w)[1], "model.pt"),
+        data=STUDY.data_path("target"),
+    output:
+        directory(f"{R}/analyze/connectivity/{{pair}}/{{source}}/s{{seed}}/analysis.zarr"),
+    params:
+        names=lambda w: "--name-a {} --name-b {}".format(*connectivity_runs(w)),
+        settings=lambda w: Study.dumps(STUDY.analysis_settings("connectivity")),
+    wildcard_constraints:
+        pair=r"[a-z0-9_]+",
+        source=r"[a-z][a-z0-9_]*",
+    conda:
+        ENV
+    threads: config["threads"]
+    log:
+        f"{R}/logs/connectivity/{{pair}}/{{source}}/s{{seed}}.log",
+    shell:
+        JOB + " connectivity --a {input.a} --b {input.b} {params.names} --data {input.data} "
+        "--settings {params.settings:q} --out {output} " + RUN_OPTS + " > {log} 2>&1"
 
 
 rule collect:

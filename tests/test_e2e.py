@@ -95,8 +95,11 @@ def test_every_run_store_exists_and_opens(study: Study) -> None:
     for run in study.activation_runs():
         ds = open_quietly(Path(study.path(run, "activations.zarr")))
         assert list(ds.attrs["layers"]) == ["conv1", "conv2", "conv3", "head"]
-    for _, child in study.cka_edges():
-        assert open_quietly(Path(study.cka_path(child)))["cka"].dims == ("layer_a", "layer_b")
+    measures = study.config["analyze"]["similarity"]["measures"]
+    for _, child in study.similarity_edges():
+        ds = open_quietly(Path(study.similarity_path(child)))
+        assert sorted(ds.data_vars) == sorted(measures)
+        assert all(ds[m].dims == ("layer_a", "layer_b") for m in measures)
 
 
 def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
@@ -107,7 +110,9 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         "distill": {"method", "fraction", "teacher", "temperature", "alpha", "seed", "epoch"},
         "scores": {"method", "init", "sample"},
         "network_pruning": {"method", "rewind", "level", "seed", "epoch", "param"},
-        "cka": {"source", "method", "seed", "layer_a", "layer_b"},
+        "similarity": {"source", "method", "seed", "layer_a", "layer_b"},
+        "spectra": {"source", "model", "seed", "eig", "hessian_eig", "layer"},
+        "connectivity": {"pair", "source", "seed", "alpha"},
         "wiseft": {"source", "method", "seed", "alpha"},
         "ensemble": {"source", "kind", "seed", "member"},
     }
@@ -186,7 +191,8 @@ def test_a_changed_setting_reruns_exactly_its_dependents(study_dir: Path) -> Non
     jobs = planned(study_dir, configfiles=(TINY, str(changed)))
     assert jobs.get("prune_network_dense") == 1
     assert jobs.get("prune_network") == 5  # imp and its four baselines, at one level
-    assert set(jobs) <= {"prune_network_dense", "prune_network", "collect", "plot", "all"}
+    assert jobs.get("connectivity") == 1  # the dense model joined to its IMP ticket
+    assert set(jobs) <= {"prune_network_dense", "prune_network", "connectivity", "collect", "plot", "all"}
 
 
 def test_plots_are_redrawn_from_stored_results_without_training(study_dir: Path, study: Study) -> None:

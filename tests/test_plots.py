@@ -82,6 +82,13 @@ def _finetune(n_seeds: int) -> xr.Dataset:
     ds["test_acc"] = ds["test_acc"] - 0.05 * (ds["source"] == "synthetic")  # a weaker source
     # A hole in the middle of one run (a missing evaluation).
     ds["test_acc"][0, 0, 0, 2] = np.nan
+    # The weights travel ~ log(epoch) ("Train longer, generalize better"); the linear
+    # probe moves only its head. Epoch 0 is the start: distance 0.
+    speed = xr.DataArray([3.0, 0.4, 6.0], dims="method", coords={"method": ds["method"]})
+    further = xr.DataArray([1.0, 1.0, 1.3], dims="source", coords={"source": ds["source"]})
+    distance = speed * further * np.log1p(ds["epoch"]) * (1 + 0.1 * ds["seed"])
+    ds["weight_distance"] = distance.where(ds["train_loss"].notnull()).transpose(*ds["train_loss"].dims)
+    ds["relative_weight_distance"] = ds["weight_distance"] / 30.0
     return _only_real_combinations(ds)
 
 
@@ -199,27 +206,6 @@ def _network_pruning(n_seeds: int) -> xr.Dataset:
     return ds.assign(density=density.broadcast_like(ds["test_acc"].isel(epoch=0, drop=True)).copy())
 
 
-def _cka(n_seeds: int) -> xr.Dataset:
-    layers = ["conv1", "conv2", "conv3", "head"]
-    rng = np.random.default_rng(4)
-    n = len(layers)
-    base = np.exp(-np.abs(np.subtract.outer(np.arange(n), np.arange(n))))
-    methods = ["full", "linear_probe"]
-    values = np.clip(base + 0.05 * rng.standard_normal((len(SOURCES), len(methods), n_seeds, n, n)), 0, 1)
-    values[:, 0, :, -1, -1] = 0.4  # full fine-tuning changes the head the most
-    values[0, 1, 0, 0, 1] = np.nan  # a hole
-    return xr.Dataset(
-        {"cka": (("source", "method", "seed", "layer_a", "layer_b"), values)},
-        coords={
-            "source": SOURCES,
-            "method": methods,
-            "seed": np.arange(n_seeds),
-            "layer_a": layers,
-            "layer_b": layers,
-        },
-    )
-
-
 def _with_trainable_params(ds: xr.Dataset) -> xr.Dataset:
     counts = {"full": 20_000, "linear_probe": 1_300, "scratch": 20_000}
     values = xr.DataArray([counts[m] for m in ds["method"].values], dims="method", coords={"method": ds["method"]})
@@ -250,16 +236,113 @@ def _ensemble(n_seeds: int) -> xr.Dataset:
     )
 
 
+FINETUNE_SOURCES = ["mnist1d", "none", "synthetic"]
+LAYERS = ["conv1", "conv2", "conv3", "head"]
+# How much each method changes each layer (scratch: no parent to compare with).
+LAYER_CHANGE = {"full": [0.05, 0.15, 0.3, 0.6], "linear_probe": [0.0, 0.0, 0.0, 0.5], "scratch": [np.nan] * 4}
+
+
+def _similarity(n_seeds: int) -> xr.Dataset:
+    """Layer x layer similarities of parent and child; no rbf_cka; scratch all NaN (no parent)."""
+    rng = np.random.default_rng(7)
+    n, methods = len(LAYERS), list(LAYER_CHANGE)
+    near = np.exp(-np.abs(np.subtract.outer(np.arange(n), np.arange(n))))  # (layer_a, layer_b)
+    change = np.array([LAYER_CHANGE[m] for m in methods])[None, :, None, None, :]
+    noise = 0.02 * rng.standard_normal((len(FINETUNE_SOURCES), len(methods), n_seeds, n, n))
+    sim = np.clip(near * (1 - change) - np.abs(noise), 0.0, 1.0)
+    sim[2] = np.clip(sim[2] - 0.05, 0.0, 1.0)  # the other source moves a bit more
+    measures = {"linear_cka": sim, "debiased_cka": sim**1.4, "svcca": sim**0.8, "pwcca": sim**0.9,
+                "procrustes": 1.6 * (1 - sim)}
+    dims = ("source", "method", "seed", "layer_a", "layer_b")
+    ds = xr.Dataset({name: (dims, values.copy()) for name, values in measures.items()},
+                    coords={"source": FINETUNE_SOURCES, "method": methods, "seed": np.arange(n_seeds),
+                            "layer_a": LAYERS, "layer_b": LAYERS})
+    ds["svcca"][2, 1, 0, 1, 1] = np.nan  # a hole on the diagonal
+    return _only_real_combinations(ds)
+
+
+SPECTRA_MODELS = ["pretrained", "full", "linear_probe", "scratch"]
+
+
+def _spectra(n_seeds: int) -> xr.Dataset:
+    """Power-law NTK spectra ending in rounding noise (0 and below); a few negative Hessian eigenvalues."""
+    rng = np.random.default_rng(8)
+    shape = (len(FINETUNE_SOURCES), len(SPECTRA_MODELS), n_seeds)
+    # The other source gives larger kernels and sharper minima.
+    jitter = lambda: (1 + 0.1 * rng.uniform(size=shape) + 0.4 * np.arange(3)[:, None, None])[..., None]  # noqa: E731
+    ntk_scale = np.array([50.0, 80.0, 5.0, 30.0])[None, :, None, None]
+    decay = np.array([1.6, 1.8, 1.4, 2.0])[None, :, None, None]
+    ntk = ntk_scale * jitter() * np.arange(1, 41) ** -decay
+    ntk[..., -3:] = [1e-14, 0.0, -2e-15]
+    hessian_scale = np.array([20.0, 10.0, 15.0, 40.0])[None, :, None, None]
+    hessian = hessian_scale * jitter() * np.arange(1, 9) ** -0.8
+    hessian[:, [1, 3], :, -2:] *= -0.05  # small negative curvature
+    trace = 3 * hessian.sum(-1)
+    dims = ("source", "model", "seed")
+    ds = xr.Dataset(
+        {
+            "ntk_eigenvalues": (dims + ("eig",), ntk),
+            "ntk_condition_number": (dims, ntk[..., 0] / ntk[..., -4]),
+            "ntk_alignment": (dims, 0.3 + 0.3 * rng.uniform(size=shape)),
+            "hessian_eigenvalues": (dims + ("hessian_eig",), hessian),
+            "hessian_trace": (dims, trace),
+            "hessian_trace_stderr": (dims, 0.05 * np.abs(trace)),
+        },
+        coords={"source": FINETUNE_SOURCES, "model": SPECTRA_MODELS, "seed": np.arange(n_seeds),
+                "eig": np.arange(40), "hessian_eig": np.arange(8)},
+    )
+    # Scratch only under "none", everything else only under the real sources.
+    ds = ds.where((ds["source"] == "none") == (ds["model"] == "scratch"))
+    hessian_vars = ["hessian_eigenvalues", "hessian_trace", "hessian_trace_stderr"]
+    for var in hessian_vars:  # one Hessian analysis not run
+        ds[var].loc[{"source": "synthetic", "model": "linear_probe"}] = np.nan
+    return ds
+
+
+CONNECTIVITY_PAIRS = ["probe_full", "siblings", "ticket_k0"]
+# Error at alpha = 0, at alpha = 1, and the bump in the middle, per pair.
+CONNECTIVITY_SHAPES = {"probe_full": (0.20, 0.12, 0.01), "siblings": (0.12, 0.12, 0.03),
+                       "ticket_k0": (0.15, 0.17, 0.30)}
+
+
+def _connectivity(n_seeds: int) -> xr.Dataset:
+    """Curves along alpha; the tickets (from scratch, source "none") have a large barrier."""
+    rng = np.random.default_rng(9)
+    alphas = np.linspace(0, 1, 11)
+    start, end, bump = (np.array(v)[:, None, None, None] for v in zip(*CONNECTIVITY_SHAPES.values()))
+    shape = (len(CONNECTIVITY_PAIRS), len(FINETUNE_SOURCES), n_seeds, len(alphas))
+    error = ((1 - alphas) * start + alphas * end + 4 * bump * alphas * (1 - alphas)
+             + 0.005 * rng.standard_normal(shape))
+    error[:, 2] += 0.02  # the other source: a little worse everywhere
+    loss = 2 * error + 0.1
+    dims = ("pair", "source", "seed")
+    ds = xr.Dataset(
+        {
+            "test_error": (dims + ("alpha",), error),
+            "test_loss": (dims + ("alpha",), loss),
+            "test_error_barrier": (dims, error.max(-1) - (error[..., 0] + error[..., -1]) / 2),
+            "test_loss_barrier": (dims, loss.max(-1) - (loss[..., 0] + loss[..., -1]) / 2),
+        },
+        coords={"pair": CONNECTIVITY_PAIRS, "source": FINETUNE_SOURCES, "seed": np.arange(n_seeds),
+                "alpha": alphas},
+    )
+    ds = ds.where((ds["source"] == "none") == ds["pair"].str.startswith("ticket"))
+    ds["test_error"][0, 0, 0, 3] = np.nan  # a hole
+    return ds
+
+
 BUILDERS = {
     "pretrain": _pretrain,
     "finetune": lambda n: _with_trainable_params(_finetune(n)),
     "data_pruning": _data_pruning,
     "distill": _distill,
     "network_pruning": _network_pruning,
-    "cka": _cka,
     "scores": _scores,
     "wiseft": _wiseft,
     "ensemble": _ensemble,
+    "similarity": _similarity,
+    "spectra": _spectra,
+    "connectivity": _connectivity,
 }
 
 
@@ -335,6 +418,7 @@ def test_figures_table_matches_signatures() -> None:
     assert set(plots.FIGURES) == {
         "training_curves", "data_pruning", "best_alpha", "network_pruning", "cka",
         "score_distributions", "score_agreement", "finetune_methods", "wiseft", "ensembles",
+        "similarity", "spectra", "connectivity", "weight_distance",
     }
     assert plots.FIGURES["data_pruning"][1] == ("data_pruning", "distill")
     for func, needs in plots.FIGURES.values():
@@ -524,3 +608,89 @@ def test_missing_summary_is_reported(tmp_path: Path) -> None:
         plots.render(
             "training_curves", {"pretrain": tmp_path / "p.zarr"}, [tmp_path / "x.png"]
         )
+
+
+def _axis_titled(fig, start: str):
+    return next(ax for ax in fig.axes if ax.get_title().startswith(start))
+
+
+def test_similarity_draws_the_matched_layers_of_each_measure_present() -> None:
+    ds = _similarity(2)
+    fig = plots.similarity(ds)
+    assert [ax.get_title().split(" (")[0] for ax in fig.axes] == [
+        "linear CKA", "debiased linear CKA", "SVCCA", "PWCCA", "Procrustes distance"]
+    line = _labelled_line(fig.axes[0], "mnist1d → full")
+    diagonal = [ds["linear_cka"].sel({"source": "mnist1d", "method": "full", "layer_a": layer, "layer_b": layer})
+                .mean("seed") for layer in LAYERS]
+    np.testing.assert_allclose(line.get_ydata(), diagonal)
+    assert line.get_linestyle() == "-"
+    assert _labelled_line(fig.axes[0], "synthetic → full").get_linestyle() == "--"
+    # The hole on the diagonal: that point is the other seed's value.
+    svcca = _labelled_line(fig.axes[2], "synthetic → linear_probe").get_ydata()
+    assert svcca[1] == ds["svcca"].sel({"source": "synthetic", "method": "linear_probe", "seed": 1,
+                                        "layer_a": "conv2", "layer_b": "conv2"})
+    # Scratch has no parent, so no line and no key entry.
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "mnist1d → full", "mnist1d → linear_probe", "synthetic → full", "synthetic → linear_probe"]
+
+
+def test_similarity_with_one_measure() -> None:
+    fig = plots.similarity(_similarity(1)[["procrustes"]])
+    assert [ax.get_title() for ax in fig.axes] == ["Procrustes distance (distance, 0 = unchanged)"]
+
+
+def test_spectra_hides_rounding_noise_and_shows_negative_curvature() -> None:
+    ds = _spectra(2)
+    fig = plots.spectra(ds)
+    ntk = _labelled_line(_axis_titled(fig, "NTK spectrum"), "pretrained: mnist1d")
+    expected = ds["ntk_eigenvalues"].sel({"source": "mnist1d", "model": "pretrained"}).mean("seed")[:-3]
+    np.testing.assert_array_equal(ntk.get_xdata(), np.arange(1, 38))
+    np.testing.assert_allclose(ntk.get_ydata(), expected)
+    assert _axis_titled(fig, "Top Hessian").get_yscale() == "symlog"
+    assert _axis_titled(fig, "NTK condition").get_yscale() == "log"
+    trace = _axis_titled(fig, "Hessian trace")
+    heights = [bar.get_height() for bar in trace.patches]
+    mean = ds["hessian_trace"].sel({"source": "synthetic", "model": "full"}).mean("seed")
+    np.testing.assert_allclose(heights[-2], mean)
+    assert np.isnan(heights[-1]) and "not run" in [t.get_text() for t in trace.texts]
+    assert "from scratch (baseline)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_spectra_without_hessian_says_no_data() -> None:
+    ds = _spectra(1).drop_vars(["hessian_eigenvalues", "hessian_trace", "hessian_trace_stderr"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plots.spectra(ds)
+        fig.canvas.draw()
+    for title in ("Top Hessian", "Hessian trace"):
+        assert "no data" in [t.get_text() for t in _axis_titled(fig, title).texts]
+    assert _axis_titled(fig, "NTK spectrum").get_lines()
+
+
+def test_connectivity_writes_the_barrier_and_the_mean_of_the_ends() -> None:
+    ds = _connectivity(2)
+    fig = plots.connectivity(ds)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "linear probe ↔ full fine-tuning", "full fine-tuning ↔ a sibling (other seed)",
+        "dense ↔ IMP ticket (rewind 0)"]
+    where = {"pair": "siblings", "source": "synthetic"}
+    barrier = 100 * float(ds["test_error_barrier"].sel(where).mean("seed"))
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert f"synthetic: barrier {barrier:.1f} pp" in labels and len(labels) == 2
+    mean = 100 * ds["test_error"].sel(where).mean("seed")
+    dashed = [line for line in fig.axes[1].get_lines() if line.get_linestyle() == "--"]
+    assert any(np.isclose(line.get_ydata()[0], (mean[0] + mean[-1]) / 2) for line in dashed)
+    ticket = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+    assert len(ticket) == 1 and ticket[0].startswith("no pretraining: barrier")
+
+
+def test_weight_distance_from_epoch_one_on_a_log_axis() -> None:
+    finetune = BUILDERS["finetune"](2)
+    ax = plots.weight_distance(finetune).axes[0]
+    assert ax.get_xscale() == "log"
+    line = _labelled_line(ax, "synthetic → full")
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(1, 6))
+    expected = finetune["relative_weight_distance"].sel({"source": "synthetic", "method": "full"})
+    np.testing.assert_allclose(line.get_ydata(), expected.mean("seed")[1:])
+    assert line.get_linestyle() == "--"
+    _labelled_line(ax, "from scratch (baseline)")

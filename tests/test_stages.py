@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 
 from workflow import stages, storage
+from workflow.analysis import stages as analysis
 from workflow.finetune import FINETUNE
 from workflow.models import build_model, seeded_model
 from workflow.prune_data import random_scores
@@ -429,35 +430,66 @@ def test_an_untrained_teacher_needs_no_teacher_file_and_teaches_differently(pipe
 # --- analysis ---------------------------------------------------------------------------------
 
 
-def test_record_then_compare_cka_of_a_model_with_itself_has_a_diagonal_of_one(
+SIMILARITY = {"measures": ["linear_cka", "debiased_cka", "procrustes"], "chunk": 16, "batch": 16,
+              "cca_dims": "refuse"}
+
+
+def test_record_then_compare_a_model_with_itself_gives_identity_on_the_diagonal(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     model = pipeline.run("pretrain/mnist1d/s0") / "model.pt"
-    stages.record(model, pipeline.task_path, tmp_path / "acts.zarr", probe_size=50, device="cpu")
+    analysis.record(model, pipeline.task_path, tmp_path / "acts.zarr", probe_size=50, device="cpu")
     acts = storage.open_dataset(tmp_path / "acts.zarr")
     assert acts["sample"].values.tolist() == list(range(50))
     assert list(acts.attrs["layers"]) == ["conv1", "conv2", "conv3", "head"]
     assert acts.attrs["seed"] == 0
-    stages.compare_cka(tmp_path / "acts.zarr", tmp_path / "acts.zarr", tmp_path / "cka.zarr",
-                       model_a="pretrain/mnist1d/s0", model_b="pretrain/mnist1d/s0")
-    cka = storage.open_dataset(tmp_path / "cka.zarr")["cka"]
-    assert cka.dims == ("layer_a", "layer_b") and cka.shape == (4, 4)
-    np.testing.assert_allclose(np.diag(cka.values), 1.0, rtol=1e-10)
-    np.testing.assert_allclose(cka.values, cka.values.T, rtol=1e-10)
+    analysis.compare(tmp_path / "acts.zarr", tmp_path / "acts.zarr", tmp_path / "sim.zarr",
+                     model_a="pretrain/mnist1d/s0", model_b="pretrain/mnist1d/s0", settings=SIMILARITY)
+    ds = storage.open_dataset(tmp_path / "sim.zarr")
+    assert json.loads(ds.attrs["config"]) == SIMILARITY
+    for measure, same in (("linear_cka", 1.0), ("debiased_cka", 1.0), ("procrustes", 0.0)):
+        values = ds[measure]
+        assert values.dims == ("layer_a", "layer_b") and values.shape == (4, 4)
+        np.testing.assert_allclose(np.diag(values.values), same, atol=1e-10)
+        np.testing.assert_allclose(values.values, values.values.T, atol=1e-10)
 
 
-def test_compare_cka_refuses_activations_of_different_probe_sets(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_compare_refuses_activations_of_different_probe_sets(pipeline: Pipeline, tmp_path: Path) -> None:
     model = pipeline.run("pretrain/mnist1d/s0") / "model.pt"
-    stages.record(model, pipeline.task_path, tmp_path / "a.zarr", probe_size=50, device="cpu")
-    stages.record(model, pipeline.task_path, tmp_path / "b.zarr", probe_size=40, device="cpu")
-    with pytest.raises(ValueError, match="different probe sets"):
-        stages.compare_cka(tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "cka.zarr", model_a="a", model_b="b")
-    assert not (tmp_path / "cka.zarr").exists()
+    analysis.record(model, pipeline.task_path, tmp_path / "a.zarr", probe_size=50, device="cpu")
+    analysis.record(model, pipeline.task_path, tmp_path / "b.zarr", probe_size=40, device="cpu")
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        analysis.compare(tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "sim.zarr", model_a="a", model_b="b",
+                         settings=SIMILARITY)
+    assert not (tmp_path / "sim.zarr").exists()
+
+
+def test_spectra_of_a_model_store_ntk_hessian_and_weight_ranks(pipeline: Pipeline, tmp_path: Path) -> None:
+    settings = {"probe_size": 50, "ntk_examples": 10, "ntk_method": "jacobian", "hessian_examples": 1000,
+                "hessian_k": 3, "hessian_method": "lanczos", "hutchinson_probes": 4}
+    analysis.spectra(pipeline.run("finetune/mnist1d/full/s0") / "model.pt", pipeline.task_path, tmp_path / "s.zarr",
+                     settings=settings, device="cpu")
+    ds = storage.open_dataset(tmp_path / "s.zarr")
+    assert ds["ntk_eigenvalues"].dims == ("eig",) and ds.sizes["eig"] == 10
+    assert (np.diff(ds["ntk_eigenvalues"].values) <= 0).all()  # descending
+    assert ds["hessian_eigenvalues"].dims == ("hessian_eig",) and ds.sizes["hessian_eig"] == 3
+    assert ds.attrs["hessian_examples"] == N_TRAIN  # all there are, when fewer than asked
+    assert set(ds["layer"].values) == {"conv1.0", "conv2.0", "conv3.0", "head"}
+    assert float(ds["ntk_condition_number"]) >= 1 and np.isfinite(float(ds["hessian_trace"]))
+
+
+def test_connectivity_of_a_model_with_itself_has_no_barrier(pipeline: Pipeline, tmp_path: Path) -> None:
+    model = pipeline.run("finetune/mnist1d/full/s0") / "model.pt"
+    analysis.connectivity(model, model, pipeline.task_path, tmp_path / "c.zarr", names=("a", "a"),
+                          settings={"alphas": 3, "bn_batches": 1}, device="cpu")
+    ds = storage.open_dataset(tmp_path / "c.zarr")
+    assert ds["alpha"].values.tolist() == [0.0, 0.5, 1.0]
+    assert float(ds["test_error_barrier"]) == 0.0 and bool(ds["stable"])
 
 
 def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="probe_size=61 exceeds the 60 test examples"):
-        stages.record(pipeline.run("pretrain/mnist1d/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",
+        analysis.record(pipeline.run("pretrain/mnist1d/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",
                       probe_size=61, device="cpu")
 
 

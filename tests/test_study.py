@@ -150,10 +150,10 @@ def test_every_parent_is_a_run_of_the_study_trained_before_its_child(study: Stud
             assert runs.index(parent) < runs.index(run)
 
 
-def test_cka_compares_each_pretrained_model_with_its_finetuned_children(study: Study) -> None:
+def test_similarity_compares_each_pretrained_model_with_its_finetuned_children(study: Study) -> None:
     children = [f"finetune/{src}/{m}/s{s}" for m in ("full", "linear_probe") for src in ("mnist1d", "synthetic")
                 for s in (0, 1)]
-    assert study.cka_edges() == [(f"pretrain/{c.split('/')[1]}/s{c[-1]}", c) for c in children]
+    assert study.similarity_edges() == [(f"pretrain/{c.split('/')[1]}/s{c[-1]}", c) for c in children]
     assert sorted(study.activation_runs()) == sorted(
         children + [f"pretrain/{src}/s{s}" for src in ("mnist1d", "synthetic") for s in (0, 1)]
     )
@@ -297,6 +297,18 @@ def test_ensembles_and_wiseft_are_planned_from_the_finetune_section(default_conf
     ]
     assert len(summaries["ensemble"]) == 12
     assert "ensemble" not in Study(default_config).summaries()  # only when asked for
+    # with analyze.connectivity, full fine-tuning is joined to an independent sibling
+    assert study.connectivity_pairs()[study.connectivity_path("siblings", "synthetic", 1)] == (
+        "finetune/synthetic/full/s1", "ensemble/synthetic/seeds/s1/m1")
+
+
+def test_connectivity_joins_the_probe_to_full_and_the_dense_model_to_its_last_ticket(study: Study) -> None:
+    pairs = study.connectivity_pairs()
+    assert pairs[study.connectivity_path("probe_full", "mnist1d", 0)] == (
+        "finetune/mnist1d/linear_probe/s0", "finetune/mnist1d/full/s0")
+    assert pairs[study.connectivity_path("ticket_k20", "none", 1)] == (
+        "prune_network/dense/s1", "prune_network/imp/k20/s1/level3")
+    assert all(run in study.training_runs() for runs in pairs.values() for run in runs)
 
 
 # --- paths and summaries ----------------------------------------------------------------------
@@ -331,7 +343,12 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
             config["prune_network"]["methods"], config["prune_network"]["rewind_steps"],
             range(config["prune_network"]["levels"] + 1), config["prune_network"]["seeds"],
         )),
-        "cka": set(itertools.product(sources, tuned, config["finetune"]["seeds"])),
+        "similarity": set(itertools.product(sources, tuned, config["finetune"]["seeds"])),
+        "spectra": set(itertools.product(sources, ["pretrained"], config["pretrain"]["seeds"]))
+        | set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
+        | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),
+        "connectivity": set(itertools.product(["probe_full"], sources, config["finetune"]["seeds"]))
+        | set(itertools.product(["ticket_k20"], ["none"], config["prune_network"]["seeds"])),
     }
     summaries = study.summaries()
     assert set(summaries) == set(expected)

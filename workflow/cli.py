@@ -18,6 +18,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _two_models(p: argparse.ArgumentParser, what: str, settings: str) -> None:
+    """The options of an analysis of two models: their inputs and names, its settings and output."""
+    p.add_argument("--a", required=True, help=f"{what} of model a")
+    p.add_argument("--b", required=True, help=f"{what} of model b")
+    p.add_argument("--name-a", required=True)
+    p.add_argument("--name-b", required=True)
+    p.add_argument("--settings", required=True, help=f"JSON: {settings}")
+    p.add_argument("--out", required=True, help="analysis.zarr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,12 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="activations.zarr")
     _common(p)
 
-    p = sub.add_parser("cka", help="linear CKA between all layers of two models")
-    p.add_argument("--a", required=True, help="activations.zarr of model a")
-    p.add_argument("--b", required=True, help="activations.zarr of model b")
-    p.add_argument("--name-a", required=True)
-    p.add_argument("--name-b", required=True)
+    p = sub.add_parser("similarity", help="similarity measures between all layers of two models")
+    _two_models(p, "activations.zarr", "measures, chunk, batch, cca_dims")
+
+    p = sub.add_parser("spectra", help="NTK and Hessian spectra and weight ranks of one model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--settings", required=True, help="JSON: the analyze.spectra settings and probe_size")
     p.add_argument("--out", required=True, help="analysis.zarr")
+    _common(p)
+
+    p = sub.add_parser("connectivity", help="loss and error on the line between two models (a at alpha = 0)")
+    _two_models(p, "model.pt", "alphas, bn_batches")
+    p.add_argument("--data", required=True)
+    _common(p)
 
     p = sub.add_parser("wiseft", help="WiSE-FT: evaluate weights interpolated between two models")
     p.add_argument("--start", required=True, help="model.pt at alpha = 0 (the linear probe)")
@@ -107,13 +125,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads, progress=not args.no_progress,
         )
     elif args.command == "activations":
-        from workflow.stages import record
+        from workflow.analysis.stages import record
 
         record(args.model, args.data, args.out, probe_size=args.probe_size, device=args.device, threads=args.threads)
-    elif args.command == "cka":
-        from workflow.stages import compare_cka
+    elif args.command == "similarity":
+        from workflow.analysis.stages import compare
 
-        compare_cka(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b)
+        compare(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b, settings=json.loads(args.settings))
+    elif args.command == "spectra":
+        from workflow.analysis.stages import spectra
+
+        spectra(args.model, args.data, args.out, settings=json.loads(args.settings), device=args.device,
+                threads=args.threads)
+    elif args.command == "connectivity":
+        from workflow.analysis.stages import connectivity
+
+        connectivity(args.a, args.b, args.data, args.out, names=(args.name_a, args.name_b),
+                     settings=json.loads(args.settings), device=args.device, threads=args.threads)
     elif args.command == "wiseft":
         from workflow.stages import wiseft
 

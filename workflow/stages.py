@@ -21,8 +21,6 @@ from torch import nn
 
 from workflow import storage
 from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
-from workflow.analysis.activations import activations_dataset, layer_matrix, record_activations
-from workflow.analysis.similarity import cka_matrix
 from workflow.data import TaskData, load_data
 from workflow.distill import kd_loss
 from workflow.finetune import FINETUNE, FinetuneSetup
@@ -301,42 +299,6 @@ def compute_scores(
         coords={"init": rows.inits, "sample": np.arange(len(data.y_train))},
     )
     storage.write_dataset(ds, out, storage.provenance(spec, device=str(dev)))
-
-
-def record(
-    model_path: PathLike,
-    data_path: PathLike,
-    out: PathLike,
-    *,
-    probe_size: int,
-    device: str = "auto",
-    threads: int | None = None,
-) -> None:
-    """Activations of every named layer of a model on the probe set (first test examples)."""
-    dev = _setup(device, threads)
-    data = load_data(data_path, dev)
-    if probe_size > len(data.y_test):
-        raise ValueError(f"probe_size={probe_size} exceeds the {len(data.y_test)} test examples")
-    model, saved = load_model(model_path, dev)
-    acts = record_activations(model, data.x_test[:probe_size])
-    ds = activations_dataset(acts, np.arange(probe_size))
-    attrs = storage.provenance(saved["spec"], parent=saved["spec"].get("parent"), seed=saved["spec"]["seed"], device=str(dev))
-    attrs["model"] = str(model_path)
-    storage.write_dataset(ds, out, attrs)
-
-
-def compare_cka(acts_a: PathLike, acts_b: PathLike, out: PathLike, *, model_a: str, model_b: str) -> None:
-    """Linear CKA between every layer of two models on the same probe set."""
-    a, b = storage.open_dataset(acts_a), storage.open_dataset(acts_b)
-    if not np.array_equal(a["sample"].values, b["sample"].values):
-        raise ValueError(f"{acts_a} and {acts_b} were recorded on different probe sets")
-    cka = cka_matrix(
-        {layer: layer_matrix(a, layer) for layer in a.attrs["layers"]},
-        {layer: layer_matrix(b, layer) for layer in b.attrs["layers"]},
-    )
-    attrs = storage.provenance(None)
-    attrs.update(model_a=model_a, model_b=model_b, measure="linear CKA (float64)")
-    storage.write_dataset(cka.to_dataset(), out, attrs)
 
 
 def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike) -> None:

@@ -229,13 +229,61 @@ class Study:
     def wiseft_path(self, source: str, method: str, seed: int) -> str:
         return f"{self.root}/analyze/wiseft/{source}/{method}/s{seed}/wiseft.zarr"
 
-    def cka_edges(self) -> list[tuple[str, str]]:
-        """(parent, child) pairs compared by CKA: each pretrained model and its fine-tuned children."""
+    def similarity_edges(self) -> list[tuple[str, str]]:
+        """(parent, child) pairs compared layer by layer: each pretrained model and its fine-tuned children."""
         return [(p, r) for r in self.finetune_runs() if (p := self.parent(r)) is not None]
 
     def activation_runs(self) -> list[str]:
         """Runs whose activations on the probe set are recorded."""
-        return list(dict.fromkeys(run for edge in self.cka_edges() for run in edge))
+        return list(dict.fromkeys(run for edge in self.similarity_edges() for run in edge))
+
+    def similarity_path(self, child: str) -> str:
+        """The similarity store of the edge from ``child``'s parent to ``child``."""
+        return f"{self.root}/analyze/similarity/{child}/analysis.zarr"
+
+    def spectra_runs(self) -> list[str]:
+        """Runs whose NTK, Hessian and weight ranks are analysed (with ``analyze.spectra``)."""
+        if "spectra" not in self.config["analyze"]:
+            return []
+        return self.pretrain_runs() + self.finetune_runs()
+
+    def spectra_path(self, run: str) -> str:
+        return f"{self.root}/analyze/spectra/{run}/analysis.zarr"
+
+    def connectivity_pairs(self) -> dict[str, tuple[str, str]]:
+        """Each connectivity store -> the two runs joined by a line in weight space.
+
+        With ``analyze.connectivity``: the linear probe and full fine-tuning from one
+        pretrained model (the pretrained body, moved or not); full fine-tuning and an
+        independent sibling run (with ``finetune.ensemble`` kind ``seeds``); the dense
+        model and the last IMP level of each rewind step (a ticket and its parent).
+        """
+        return {self.connectivity_path(*coords): runs for coords, runs in self._connectivity()}
+
+    def _connectivity(self) -> list[tuple[tuple[str, str, int], tuple[str, str]]]:
+        """((pair, source, seed), (run a, run b)) of every connectivity store."""
+        if "connectivity" not in self.config["analyze"]:
+            return []
+        ft = self.config.get("finetune", {"methods": [], "seeds": []})
+        kinds = ft.get("ensemble", {}).get("kinds", [])
+        out = []
+        for src in self.sources():
+            for s in ft["seeds"]:
+                full = f"finetune/{src}/full/s{s}"
+                if {"full", "linear_probe"} <= set(ft["methods"]):
+                    out.append((("probe_full", src, s), (f"finetune/{src}/linear_probe/s{s}", full)))
+                if "seeds" in kinds:
+                    out.append((("siblings", src, s), (full, f"ensemble/{src}/seeds/s{s}/m1")))
+        if self.has("prune_network") and "imp" in self.config["prune_network"]["methods"]:
+            pn = self.config["prune_network"]
+            for k in pn["rewind_steps"]:
+                for s in pn["seeds"]:
+                    ticket = f"prune_network/imp/k{k}/s{s}/level{pn['levels']}"
+                    out.append(((f"ticket_k{k}", NO_SOURCE, s), (f"prune_network/dense/s{s}", ticket)))
+        return out
+
+    def connectivity_path(self, pair: str, source: str, seed: int) -> str:
+        return f"{self.root}/analyze/connectivity/{pair}/{source}/s{seed}/analysis.zarr"
 
     # --- identity ----------------------------------------------------------------
     @staticmethod
@@ -393,7 +441,15 @@ class Study:
             "ensemble": [
                 (coords(members[1], ("source", "kind", "seed")), path) for path, members in self.ensembles().items()
             ],
-            "cka": [(coords(child, ("source", "method", "seed")), self.cka_path(child)) for _, child in self.cka_edges()],
+            "similarity": [
+                (coords(child, ("source", "method", "seed")), self.similarity_path(child))
+                for _, child in self.similarity_edges()
+            ],
+            "spectra": [(self._spectra_coords(run), self.spectra_path(run)) for run in self.spectra_runs()],
+            "connectivity": [
+                ({"pair": pair, "source": src, "seed": seed}, self.connectivity_path(pair, src, seed))
+                for (pair, src, seed), _ in self._connectivity()
+            ],
         }
 
     def _network_pruning_entries(self) -> list[tuple[dict[str, Any], str]]:
@@ -407,13 +463,19 @@ class Study:
             entries.append((coords, self.path(run, "metrics.zarr")))
         return entries
 
-    def cka_path(self, child: str) -> str:
-        """The CKA store of the edge from ``child``'s parent to ``child``."""
-        return f"{self.root}/analyze/cka/{child}/analysis.zarr"
+    def _spectra_coords(self, run: str) -> dict[str, Any]:
+        """(source, model, seed) of a pretrained ("pretrained") or fine-tuned (its method) run."""
+        r = self.parse(run)
+        model = "pretrained" if r["stage"] == "pretrain" else r["method"]
+        return {"source": r.get("source", NO_SOURCE), "model": model, "seed": r["seed"]}
 
     def analysis_spec(self) -> dict[str, Any]:
         """What determines the probe set and the analyses on it."""
         return {"probe_size": self.config["analyze"]["probe_size"], "data": self.config["data"]["target"]}
+
+    def analysis_settings(self, analysis: str) -> dict[str, Any]:
+        """The settings of one analysis (``similarity``, ``spectra``, ``connectivity``) with the probe set's."""
+        return {**self.analysis_spec(), **self.config["analyze"][analysis]}
 
     @staticmethod
     def dumps(spec: Mapping[str, Any]) -> str:

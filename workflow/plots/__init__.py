@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 from matplotlib.figure import Figure
 
 from workflow import storage
+from workflow.plots.analysis import connectivity, similarity, spectra, weight_distance
 from workflow.plots.data_pruning import (
     KD_STYLES,
     SCORE_LABELS,
@@ -45,6 +46,7 @@ __all__ = [
     "best_alpha",
     "best_over",
     "cka_heatmaps",
+    "connectivity",
     "data_pruning",
     "ensembles",
     "final_value",
@@ -54,7 +56,10 @@ __all__ = [
     "score_agreement",
     "score_correlations",
     "score_distributions",
+    "similarity",
+    "spectra",
     "training_curves",
+    "weight_distance",
     "wiseft",
 ]
 
@@ -64,12 +69,16 @@ FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "data_pruning": (data_pruning, ("data_pruning", "distill")),
     "best_alpha": (best_alpha, ("distill",)),
     "network_pruning": (network_pruning, ("network_pruning",)),
-    "cka": (cka_heatmaps, ("cka",)),
+    "cka": (cka_heatmaps, ("similarity",)),
     "score_distributions": (score_distributions, ("scores",)),
     "score_agreement": (score_agreement, ("scores",)),
     "finetune_methods": (finetune_methods, ("finetune",)),
     "wiseft": (wiseft, ("wiseft",)),
     "ensembles": (ensembles, ("ensemble",)),
+    "similarity": (similarity, ("similarity",)),
+    "spectra": (spectra, ("spectra",)),
+    "connectivity": (connectivity, ("connectivity",)),
+    "weight_distance": (weight_distance, ("finetune",)),
 }
 
 

@@ -35,7 +35,7 @@ SOURCE_STYLES = ("-", "--", ":", "-.")
 SOURCE_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def _source_method_pairs(ds: xr.Dataset, var: str) -> list[tuple[Hashable, Hashable]]:
+def source_method_pairs(ds: xr.Dataset, var: str) -> list[tuple[Hashable, Hashable]]:
     """The (source, method) pairs of a fine-tuning summary that have values of ``var``.
 
     A summary holds every source x method combination; scratch exists only under
@@ -46,14 +46,14 @@ def _source_method_pairs(ds: xr.Dataset, var: str) -> list[tuple[Hashable, Hasha
             if bool(present.sel({"source": src, "method": m}))]
 
 
-def _finetune_label(source: Hashable, method: Hashable, n_sources: int) -> str:
+def finetune_label(source: Hashable, method: Hashable, n_sources: int) -> str:
     """"from scratch (baseline)", "fine-tune: full", or "synthetic → full" with several sources."""
     if method in FINETUNE_LABELS:
         return FINETUNE_LABELS[str(method)]
     return f"{source} → {method}" if n_sources > 1 else f"fine-tune: {method}"
 
 
-def _source_styles(sources: Sequence[Hashable]) -> dict[Hashable, tuple[str, str]]:
+def source_styles(sources: Sequence[Hashable]) -> dict[Hashable, tuple[str, str]]:
     """Line style and marker of each source (scratch's "none" included)."""
     return {src: (SOURCE_STYLES[i % len(SOURCE_STYLES)], SOURCE_MARKERS[i % len(SOURCE_MARKERS)])
             for i, src in enumerate(sources)}
@@ -62,7 +62,7 @@ def _source_styles(sources: Sequence[Hashable]) -> dict[Hashable, tuple[str, str
 def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     """Train/test loss and accuracy against epoch for pretraining and each fine-tuning method."""
     sources = coord_values(pretrain, "source")
-    styles = _source_styles(list(dict.fromkeys(sources + coord_values(finetune, "source"))))
+    styles = source_styles(list(dict.fromkeys(sources + coord_values(finetune, "source"))))
     runs: list[tuple[str, xr.Dataset, Any, str]] = [
         (f"pretrain: {src}" if len(sources) > 1 else "pretrain", pretrain.sel({"source": src}),
          PRETRAIN_COLOUR, styles[src][0])
@@ -70,8 +70,8 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     ]
     colours = distinct_colours(coord_values(finetune, "method"))
     runs += [
-        (_finetune_label(src, m, len(sources)), finetune.sel({"source": src, "method": m}), colours[m], styles[src][0])
-        for src, m in _source_method_pairs(finetune, "test_acc")
+        (finetune_label(src, m, len(sources)), finetune.sel({"source": src, "method": m}), colours[m], styles[src][0])
+        for src, m in source_method_pairs(finetune, "test_acc")
     ]
 
     fig, axes = new_figure(2, 2, (4.6, 3.2))
@@ -96,7 +96,7 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
 def cka_heatmaps(ds: xr.Dataset) -> Figure:
     """Linear CKA between pretrained (y) and fine-tuned (x) layers: a row of heatmaps per source, one per method."""
     sources, methods = coord_values(ds, "source"), coord_values(ds, "method")
-    pairs = set(_source_method_pairs(ds, "cka"))
+    pairs = set(source_method_pairs(ds, "linear_cka"))
     n_a, n_b = ds.sizes["layer_a"], ds.sizes["layer_b"]
     # Cells big enough for their annotation; shrink text only for many layers.
     cell = 0.55 if max(n_a, n_b) <= 8 else 0.45
@@ -111,7 +111,7 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
         if (source, method) not in pairs:
             ax.set_axis_off()
             continue
-        mean = over_seeds(ds["cka"].sel({"source": source, "method": method})).mean
+        mean = over_seeds(ds["linear_cka"].sel({"source": source, "method": method})).mean
         values = mean.transpose("layer_a", "layer_b").values
         # Dark text on the bright end of viridis, light text elsewhere.
         image = heatmap(ax, values, cmap=cmap, vmin=0.0, vmax=1.0, fontsize=fontsize,
@@ -122,7 +122,7 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
         ax.set_yticks(range(n_a), [str(v) for v in ds["layer_a"].values])
         ax.set_xlabel("fine-tuned layer")
         ax.set_ylabel(f"pretrained layer ({source})" if col == 0 else "")
-        ax.set_title(_finetune_label(source, method, len(sources)))
+        ax.set_title(finetune_label(source, method, len(sources)))
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), label="linear CKA", shrink=0.9)
     how = seeds_text("mean", ds)
@@ -139,8 +139,8 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
     ax = axes[0, 0]
     acc = 100.0 * final_value(finetune["test_acc"])
     methods, sources = coord_values(finetune, "method"), coord_values(finetune, "source")
-    colours, styles = distinct_colours(methods), _source_styles(sources)
-    pairs = _source_method_pairs(finetune, "test_acc")
+    colours, styles = distinct_colours(methods), source_styles(sources)
+    pairs = source_method_pairs(finetune, "test_acc")
     for source, method in pairs:
         where = {"source": source, "method": method}
         stats = over_seeds(acc.sel(where))

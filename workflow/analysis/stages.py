@@ -1,0 +1,157 @@
+"""Analysis entry points: one function per kind of analysis job, from files to a store.
+
+Like :mod:`workflow.stages` for training, each reads its inputs, calls the science
+in :mod:`workflow.analysis` and writes one Zarr store through :mod:`workflow.storage`;
+the workflow's rules and a researcher at a shell call them the same way, through
+:mod:`workflow.cli`. Probe examples are the first ``probe_size`` test examples of
+the target task, the same for every model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import xarray as xr
+
+from workflow import storage
+from workflow.analysis.activations import activations_dataset, record_activations
+from workflow.analysis.connectivity import linear_connectivity
+from workflow.analysis.hessian import hessian_analysis
+from workflow.analysis.ntk import ntk_analysis
+from workflow.analysis.rank import weight_ranks
+from workflow.analysis.similarity import similarity_matrices
+from workflow.data import TaskData, load_data
+from workflow.models import load_model
+from workflow.train import resolve_device
+
+PathLike = str | Path
+
+
+def _setup(device: str, threads: int | None) -> torch.device:
+    if threads:
+        torch.set_num_threads(threads)
+    return resolve_device(device)
+
+
+def _model_attrs(saved: Mapping[str, Any], model_path: PathLike, device: torch.device) -> dict[str, Any]:
+    spec = saved["spec"]
+    attrs = storage.provenance(spec, parent=spec.get("parent"), seed=spec["seed"], device=str(device))
+    attrs["model"] = str(model_path)
+    return attrs
+
+
+def record(
+    model_path: PathLike,
+    data_path: PathLike,
+    out: PathLike,
+    *,
+    probe_size: int,
+    device: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """Activations of every named layer of a model on the probe set (first test examples)."""
+    dev = _setup(device, threads)
+    data = load_data(data_path, dev)
+    if probe_size > len(data.y_test):
+        raise ValueError(f"probe_size={probe_size} exceeds the {len(data.y_test)} test examples")
+    model, saved = load_model(model_path, dev)
+    acts = record_activations(model, data.x_test[:probe_size])
+    ds = activations_dataset(acts, np.arange(probe_size))
+    storage.write_dataset(ds, out, _model_attrs(saved, model_path, dev))
+
+
+def compare(
+    acts_a: PathLike,
+    acts_b: PathLike,
+    out: PathLike,
+    *,
+    model_a: str,
+    model_b: str,
+    settings: Mapping[str, Any],
+) -> None:
+    """Every similarity measure of ``settings["measures"]``, layer x layer, between two activation stores.
+
+    Streamed from the stores (see :func:`workflow.analysis.similarity.similarity_matrices`);
+    both must hold the same probe examples.
+    """
+    options = {k: settings[k] for k in ("chunk", "batch", "cca_dims") if k in settings}
+    ds = similarity_matrices(acts_a, acts_b, measures=settings["measures"], **options)
+    attrs = storage.provenance(settings)  # the analysis's settings are its config
+    attrs.update(model_a=model_a, model_b=model_b)
+    storage.write_dataset(ds, out, attrs)
+
+
+def _prefixed(ds: xr.Dataset, prefix: str, dims: Mapping[str, str] | None = None) -> xr.Dataset:
+    """``ds`` with every variable (and the given dims) renamed, so analyses share one store."""
+    ds = ds.rename({name: f"{prefix}_{name}" for name in ds.data_vars})
+    ds.attrs = {f"{prefix}_{k}": v for k, v in ds.attrs.items()}
+    return ds.rename(dims) if dims else ds
+
+
+def spectra(
+    model_path: PathLike,
+    data_path: PathLike,
+    out: PathLike,
+    *,
+    settings: Mapping[str, Any],
+    device: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """The NTK of the probe set, the Hessian of the training loss, and the weights' effective ranks.
+
+    ``ntk_*``: eigenvalues (dim ``eig``), condition number and kernel-target
+    alignment of the empirical NTK (traced over outputs, float64) on the first
+    ``ntk_examples`` probe examples; ``hessian_*``: the top ``hessian_k``
+    eigenvalues (dim ``hessian_eig``), trace and its standard error on the first
+    ``hessian_examples`` training examples; ``weight_*``: effective ranks (dim
+    ``layer``). Fewer examples are used when there are fewer; the counts used
+    are attrs.
+    """
+    dev = _setup(device, threads)
+    data: TaskData = load_data(data_path, dev)
+    model, saved = load_model(model_path, dev)
+    # the first examples, or all there are: a study's default must fit its smallest task
+    n_ntk = min(settings["ntk_examples"], settings["probe_size"], len(data.y_test))
+    n_hess = min(settings["hessian_examples"], len(data.y_train))
+    ntk = ntk_analysis(model, data.x_test[:n_ntk], data.y_test[:n_ntk], method=settings["ntk_method"])
+    hessian = hessian_analysis(
+        model, data.x_train[:n_hess], data.y_train[:n_hess], settings["hessian_k"],
+        method=settings["hessian_method"], num_probes=settings["hutchinson_probes"], batch_size=256,
+    )
+    ranks = weight_ranks({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    ds = xr.merge(
+        [_prefixed(ntk, "ntk"), _prefixed(hessian, "hessian", {"eig": "hessian_eig"}), _prefixed(ranks, "weight")],
+        combine_attrs="no_conflicts",
+    )
+    attrs = _model_attrs(saved, model_path, dev)
+    attrs.update(analysis_config=json.dumps(settings, sort_keys=True), ntk_examples=n_ntk, hessian_examples=n_hess)
+    storage.write_dataset(ds.drop_vars([v for v in ("sample_a", "sample_b") if v in ds.coords]), out, attrs)
+
+
+def connectivity(
+    model_a: PathLike,
+    model_b: PathLike,
+    data_path: PathLike,
+    out: PathLike,
+    *,
+    names: tuple[str, str],
+    settings: Mapping[str, Any],
+    device: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """Loss and error on the line between two models, BatchNorm re-estimated at each point."""
+    dev = _setup(device, threads)
+    data = load_data(data_path, dev)
+    a, _ = load_model(model_a, dev)
+    b, _ = load_model(model_b, dev)
+    ds = linear_connectivity(
+        a, b, data.x_test, data.y_test, x_train=data.x_train, y_train=data.y_train,
+        alphas=np.linspace(0.0, 1.0, settings["alphas"]), bn_batches=settings["bn_batches"], names=names,
+    )
+    attrs = storage.provenance(settings)
+    attrs.update(ds.attrs)
+    storage.write_dataset(ds, out, attrs)
