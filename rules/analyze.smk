@@ -3,15 +3,14 @@ localrules:
 
 
 rule activations:
-    """Activations of every named layer of one run's model on the probe set."""
+    """Activations of the chosen layers (analyze.layers, conv) of one run's model on the probe set."""
     input:
         model=f"{R}/{{run}}/model.pt",
         data=STUDY.data_path("target"),
     output:
         directory(f"{R}/{{run}}/activations.zarr"),
     params:
-        spec=lambda w: Study.dumps(STUDY.analysis_spec()),
-        probe_size=config["analyze"]["probe_size"],
+        settings=lambda w: Study.dumps(STUDY.analysis_spec()),
     wildcard_constraints:
         run=r"(pretrain|finetune|prune_data|distill|prune_network)/[^.]+",
     conda:
@@ -20,7 +19,7 @@ rule activations:
     log:
         f"{R}/logs/activations/{{run}}.log",
     shell:
-        JOB + " activations --model {input.model} --data {input.data} --probe-size {params.probe_size} "
+        JOB + " activations --model {input.model} --data {input.data} --settings {params.settings:q} "
         "--out {output} " + RUN_OPTS + " > {log} 2>&1"
 
 

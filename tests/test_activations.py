@@ -7,7 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
-from workflow.analysis.activations import activations_dataset, layer_matrix, record_activations
+from workflow.analysis.activations import activations_dataset, layer_matrix, pool_positions, record_activations
 from workflow.models import CNN1d
 from workflow.storage import open_dataset, write_dataset
 
@@ -144,3 +144,15 @@ def test_image_maps_flatten_channel_major_with_channel_and_position_coordinates(
     np.testing.assert_array_equal(ds["stage1"].values, values.reshape(2, -1))
     assert ds["stage1_channel"].values.tolist() == [c for c in range(3) for _ in range(20)]
     assert ds["stage1_position"].values.tolist() == list(range(20)) * 3
+
+
+def test_pooling_averages_conv_maps_over_positions_and_leaves_flat_outputs(acts) -> None:
+    pooled = pool_positions(acts)
+    for name, x in acts.items():
+        if x.ndim >= 3:
+            assert pooled[name].shape == x.shape[:2]
+            np.testing.assert_allclose(pooled[name], x.reshape(len(x), x.shape[1], -1).mean(axis=2), rtol=1e-6)
+        else:
+            assert pooled[name] is x
+    images = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # (n, channels, h, w)
+    np.testing.assert_allclose(pool_positions({"c": images})["c"], images.mean(axis=(2, 3)))

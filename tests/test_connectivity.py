@@ -167,3 +167,14 @@ def test_alphas_must_contain_both_ends(make_cnn, task) -> None:
 def test_batchnorm_recompute_needs_training_data(make_cnn, task) -> None:
     with pytest.raises(ValueError, match="x_train"):
         linear_connectivity(make_cnn(), make_cnn(), task.x_test, task.y_test)
+
+
+def test_the_linear_barrier_is_the_rise_above_the_line_between_the_ends() -> None:
+    from workflow.analysis.connectivity import barrier, linear_barrier
+
+    alphas = np.linspace(0, 1, 5)
+    falling = np.array([0.4, 0.3, 0.2, 0.1, 0.0])  # monotone: no bump
+    assert linear_barrier(falling, alphas) == pytest.approx(0.0, abs=1e-15)
+    assert barrier(falling, alphas) == pytest.approx(0.2)  # max - mean of the ends
+    bump = np.array([0.1, 0.2, 0.5, 0.2, 0.1])  # equal ends: the two agree
+    assert linear_barrier(bump, alphas) == pytest.approx(barrier(bump, alphas)) == pytest.approx(0.4)

@@ -487,6 +487,21 @@ def test_connectivity_of_a_model_with_itself_has_no_barrier(pipeline: Pipeline, 
     assert float(ds["test_error_barrier"]) == 0.0 and bool(ds["stable"])
 
 
+def test_record_keeps_the_chosen_layers_pooled_or_flattened(pipeline: Pipeline, tmp_path: Path) -> None:
+    model = pipeline.run("pretrain/mnist1d/s0") / "model.pt"
+    analysis.record(model, pipeline.task_path, tmp_path / "flat.zarr", probe_size=20, layers=["conv2", "head"],
+                    device="cpu")
+    analysis.record(model, pipeline.task_path, tmp_path / "pool.zarr", probe_size=20, layers=["conv2", "head"],
+                    conv="pool", device="cpu")
+    flat, pool = storage.open_dataset(tmp_path / "flat.zarr"), storage.open_dataset(tmp_path / "pool.zarr")
+    assert list(flat.attrs["layers"]) == list(pool.attrs["layers"]) == ["conv2", "head"]
+    channels = int(flat["conv2_channel"].max()) + 1
+    assert pool.sizes["conv2_unit"] == channels < flat.sizes["conv2_unit"]
+    by_channel = flat["conv2"].values.reshape(20, channels, -1).mean(axis=2)
+    np.testing.assert_allclose(pool["conv2"].values, by_channel, rtol=1e-5)
+    np.testing.assert_array_equal(pool["head"].values, flat["head"].values)
+
+
 def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="probe_size=61 exceeds the 60 test examples"):
         analysis.record(pipeline.run("pretrain/mnist1d/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("activations", help="record a model's activations on the probe set")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--probe-size", type=int, required=True)
+    p.add_argument("--settings", required=True, help="JSON: probe_size, layers (null: the model's), conv (flatten | pool)")
     p.add_argument("--out", required=True, help="activations.zarr")
     _common(p)
 
@@ -127,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "activations":
         from workflow.analysis.stages import record
 
-        record(args.model, args.data, args.out, probe_size=args.probe_size, device=args.device, threads=args.threads)
+        settings = json.loads(args.settings)
+        record(args.model, args.data, args.out, probe_size=settings["probe_size"], layers=settings.get("layers"),
+               conv=settings.get("conv", "flatten"), device=args.device, threads=args.threads)
     elif args.command == "similarity":
         from workflow.analysis.stages import compare
 

@@ -14,7 +14,7 @@ def _final_acc(ds: xr.Dataset) -> xr.DataArray:
     return 100 * final_value(ds["test_acc"])
 
 
-def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)") -> str:
+def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)", digits: int = 1) -> str:
     """Mean ± std over ``seed`` (and every seed's value) for each other coordinate."""
     if len(da.dims) > 1:
         frame = da.to_series().unstack("seed")
@@ -26,7 +26,7 @@ def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)") 
     frame["mean"] = values.mean(axis=1)
     frame["std"] = values.std(axis=1, ddof=1) if len(seeds) > 1 else 0.0
     frame = frame.dropna(subset=["mean"])
-    return f"{title}: {what}\n{frame.round(1).to_string()}\n"
+    return f"{title}: {what}\n{frame.round(digits).to_string()}\n"
 
 
 def report(results: str | Path) -> str:
@@ -61,6 +61,19 @@ def report(results: str | Path) -> str:
             dim=xr.DataArray(["mean member", "best member", "ensemble", "uniform soup"], dims="model"),
         )
         parts.append(_table("ensembles and soups", combined, "test accuracy (%)"))
+    if (ds := have("similarity")) is not None:
+        same_layer = ds["layer_a"] == ds["layer_b"]
+        for measure in ds.data_vars:
+            matched = ds[measure].where(same_layer).mean(["layer_a", "layer_b"])
+            parts.append(_table("similarity, pretrained vs fine-tuned, mean over matched layers", matched, measure, 3))
+    if (ds := have("spectra")) is not None:
+        parts.append(_table("spectra", ds["ntk_condition_number"], "NTK condition number"))
+        parts.append(_table("spectra", ds["hessian_eigenvalues"].isel(hessian_eig=0), "top Hessian eigenvalue"))
+        parts.append(_table("spectra", ds["hessian_trace"], "Hessian trace (Hutchinson)"))
+    if (ds := have("connectivity")) is not None:
+        for name in ("test_error_barrier", "test_error_barrier_linear"):
+            if name in ds:
+                parts.append(_table("mode connectivity", 100 * ds[name], f"{name} (percentage points)"))
     if not parts:
         raise FileNotFoundError(f"no summaries under {summary}; run the study first")
     return "\n".join(parts)

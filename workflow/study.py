@@ -471,7 +471,8 @@ class Study:
 
     def analysis_spec(self) -> dict[str, Any]:
         """What determines the probe set and the analyses on it."""
-        return {"probe_size": self.config["analyze"]["probe_size"], "data": self.config["data"]["target"]}
+        analyze = self.config["analyze"]
+        return {"data": self.config["data"]["target"], **{k: analyze[k] for k in ("probe_size", "layers", "conv")}}
 
     def analysis_settings(self, analysis: str) -> dict[str, Any]:
         """The settings of one analysis (``similarity``, ``spectra``, ``connectivity``) with the probe set's."""

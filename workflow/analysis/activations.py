@@ -76,6 +76,15 @@ def record_activations(
     return {name: np.concatenate(batches) for name, batches in recorded.items()}
 
 
+def pool_positions(acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Convolutional maps ``(n, channels, *positions)`` averaged over their positions to ``(n, channels)``.
+
+    Other outputs pass unchanged. Pooling keeps a channel's mean response and drops
+    where it occurred: the usual choice when maps are too wide to compare flattened.
+    """
+    return {name: x.mean(axis=tuple(range(2, x.ndim))) if x.ndim >= 3 else x for name, x in acts.items()}
+
+
 def _layer_variable(layer: str, values: np.ndarray) -> tuple[xr.Variable, dict[str, xr.Variable]]:
     """One layer as a (sample, unit) variable and its coordinates along the unit dim."""
     unit = f"{layer}_unit"

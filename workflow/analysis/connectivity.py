@@ -83,6 +83,17 @@ def barrier(values: np.ndarray, alphas: np.ndarray) -> float:
     return float(values.max() - (ends[0] + ends[1]) / 2)
 
 
+def linear_barrier(values: np.ndarray, alphas: np.ndarray) -> float:
+    """``max over alpha of values - ((1 - alpha) v0 + alpha v1)``: the rise above the straight line between the ends.
+
+    Unlike :func:`barrier`, a curve that falls monotonically from a worse end to a
+    better one has none (Entezari et al. 2022 use this form); the two agree when
+    the ends are equal.
+    """
+    ends = [values[np.flatnonzero(alphas == end)[0]] for end in (0.0, 1.0)]
+    return float(np.max(values - ((1 - alphas) * ends[0] + alphas * ends[1])))
+
+
 def _check_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
     alphas = np.asarray(alphas, dtype=np.float64)
     if alphas.ndim != 1 or not {0.0, 1.0} <= set(alphas.tolist()):
@@ -149,6 +160,7 @@ def _connectivity_dataset(rows: list[dict[str, tuple[float, float]]], alphas: np
             curve = np.array([row[split][i] for row in rows], dtype=np.float64)
             data[f"{split}_{metric}"] = ("alpha", curve)
             data[f"{split}_{metric}_barrier"] = ((), barrier(curve, alphas))
+            data[f"{split}_{metric}_barrier_linear"] = ((), linear_barrier(curve, alphas))
     data["stable"] = ((), bool(data["test_error_barrier"][1] < stable_below))
     # attrs that netCDF and zarr both store: no None, no bools
     stored = {k: ("all" if v is None else int(v) if isinstance(v, bool) else v) for k, v in attrs.items()}

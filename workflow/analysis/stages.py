@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 
 from workflow import storage
-from workflow.analysis.activations import activations_dataset, record_activations
+from workflow.analysis.activations import activations_dataset, pool_positions, record_activations
 from workflow.analysis.connectivity import linear_connectivity
 from workflow.analysis.hessian import hessian_analysis
 from workflow.analysis.ntk import ntk_analysis
@@ -50,16 +50,26 @@ def record(
     out: PathLike,
     *,
     probe_size: int,
+    layers: list[str] | None = None,
+    conv: str = "flatten",
     device: str = "auto",
     threads: int | None = None,
 ) -> None:
-    """Activations of every named layer of a model on the probe set (first test examples)."""
+    """Activations of ``layers`` (default: the model's named layers) on the probe set (first test examples).
+
+    ``conv``: convolutional maps are stored ``flatten``-ed (a unit per channel and
+    position) or ``pool``-ed (averaged over positions, a unit per channel).
+    """
     dev = _setup(device, threads)
     data = load_data(data_path, dev)
     if probe_size > len(data.y_test):
         raise ValueError(f"probe_size={probe_size} exceeds the {len(data.y_test)} test examples")
     model, saved = load_model(model_path, dev)
-    acts = record_activations(model, data.x_test[:probe_size])
+    acts = record_activations(model, data.x_test[:probe_size], layers)
+    if conv == "pool":
+        acts = pool_positions(acts)
+    elif conv != "flatten":
+        raise ValueError(f"conv={conv!r}; allowed: flatten, pool")
     ds = activations_dataset(acts, np.arange(probe_size))
     storage.write_dataset(ds, out, _model_attrs(saved, model_path, dev))
 

@@ -314,6 +314,10 @@ def connectivity(ds: xr.Dataset) -> Figure:
                 barrier = over_seeds(100.0 * ds["test_error_barrier"].sel(where)).mean
                 if barrier.notnull():
                     label += f": barrier {float(barrier):.1f} pp"
+                if "test_error_barrier_linear" in ds:
+                    above = over_seeds(100.0 * ds["test_error_barrier_linear"].sel(where)).mean
+                    if above.notnull():
+                        label += f", above the line {float(above):.1f}"
             plot_band(ax, ds["alpha"].values, stats, color=colours[source], marker="o",
                       markersize=2, label=label)
             ends = _ends(stats.mean)
