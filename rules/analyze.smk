@@ -65,6 +65,34 @@ rule spectra:
         "--out {output} " + RUN_OPTS + " > {log} 2>&1"
 
 
+def relative_runs(w):
+    return STUDY.relative_pairs()[STUDY.relative_path(w.run, int(w.other))]
+
+
+rule relative:
+    """Relative against absolute representations of a run and its next-seed twin, and zero-shot stitching."""
+    input:
+        a=f"{R}/{{run}}/model.pt",
+        b=lambda w: STUDY.path(relative_runs(w)[1], "model.pt"),
+        data=STUDY.data_path("target"),
+    output:
+        directory(f"{R}/analyze/relative/{{run}}/vs_s{{other}}/analysis.zarr"),
+    params:
+        names=lambda w: "--name-a {} --name-b {}".format(*relative_runs(w)),
+        settings=lambda w: Study.dumps(STUDY.analysis_settings("relative")),
+    wildcard_constraints:
+        run=r"(pretrain|finetune)/[^.]+",
+        other=r"\d+",
+    conda:
+        ENV
+    threads: config["threads"]
+    log:
+        f"{R}/logs/relative/{{run}}/vs_s{{other}}.log",
+    shell:
+        JOB + " relative --a {input.a} --b {input.b} {params.names} --data {input.data} "
+        "--settings {params.settings:q} --out {output} " + RUN_OPTS + " > {log} 2>&1"
+
+
 def connectivity_runs(w):
     return STUDY.connectivity_pairs()[STUDY.connectivity_path(w.pair, w.source, int(w.seed))]
 

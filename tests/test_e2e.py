@@ -113,6 +113,7 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         "similarity": {"source", "method", "seed", "layer_a", "layer_b"},
         "spectra": {"source", "model", "seed", "eig", "hessian_eig", "layer"},
         "connectivity": {"pair", "source", "seed", "alpha"},
+        "relative": {"source", "model", "space", "measure", "anchor_index"},
         "wiseft": {"source", "method", "seed", "alpha"},
         "ensemble": {"source", "kind", "seed", "member"},
     }
@@ -133,7 +134,8 @@ def test_the_report_has_a_table_for_every_summary(study: Study) -> None:
 
     text = report(study.root)
     for title in ("pretrain (source task)", "finetune (target task)", "data pruning, no distillation",
-                  "data pruning with distillation", "network pruning", "WiSE-FT", "ensembles and soups"):
+                  "data pruning with distillation", "network pruning", "WiSE-FT", "ensembles and soups",
+                  "similarity", "spectra", "zero-shot stitching", "mode connectivity"):
         assert f"{title}" in text, title
     assert "nan" not in text.lower()
 

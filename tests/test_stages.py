@@ -502,6 +502,22 @@ def test_record_keeps_the_chosen_layers_pooled_or_flattened(pipeline: Pipeline, 
     np.testing.assert_array_equal(pool["head"].values, flat["head"].values)
 
 
+def test_relative_representations_of_two_seeds_and_stitching(pipeline: Pipeline, tmp_path: Path) -> None:
+    a, b = (pipeline.run(f"pretrain/mnist1d/s{s}") / "model.pt" for s in (0, 1))
+    analysis.relative(a, b, pipeline.task_path, tmp_path / "r.zarr", names=("s0", "s1"),
+                      settings={"anchors": 20, "seed": 0}, device="cpu")
+    ds = storage.open_dataset(tmp_path / "r.zarr")
+    assert ds["similarity"].dims == ("space", "measure") and set(ds["space"].values) == {"absolute", "relative"}
+    assert ds.sizes["anchor_index"] == 20 and len(set(ds["anchor"].values.tolist())) == 20
+    assert ((ds["stitching"] >= 0) & (ds["stitching"] <= 1)).all()
+    # a model against itself: identical spaces, and stitching is the model's own accuracy
+    analysis.relative(a, a, pipeline.task_path, tmp_path / "self.zarr", names=("s0", "s0"),
+                      settings={"anchors": 20, "seed": 0}, device="cpu")
+    same = storage.open_dataset(tmp_path / "self.zarr")
+    np.testing.assert_allclose(same["similarity"].values, 1.0, rtol=1e-9)
+    np.testing.assert_array_equal(same["stitching"].values, same["accuracy_a"].values)
+
+
 def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="probe_size=61 exceeds the 60 test examples"):
         analysis.record(pipeline.run("pretrain/mnist1d/s0") / "model.pt", pipeline.task_path, tmp_path / "a.zarr",

@@ -302,6 +302,16 @@ def test_ensembles_and_wiseft_are_planned_from_the_finetune_section(default_conf
         "finetune/synthetic/full/s1", "ensemble/synthetic/seeds/s1/m1")
 
 
+def test_relative_representations_compare_each_run_of_the_first_seed_with_its_twin(study: Study) -> None:
+    pairs = study.relative_pairs()
+    assert pairs[study.relative_path("finetune/synthetic/full/s0", 1)] == (
+        "finetune/synthetic/full/s0", "finetune/synthetic/full/s1")
+    assert pairs[study.relative_path("pretrain/mnist1d/s0", 1)] == ("pretrain/mnist1d/s0", "pretrain/mnist1d/s1")
+    assert len(pairs) == len(study.pretrain_runs() + study.finetune_runs()) // 2  # two seeds everywhere
+    coords = [c for c, _ in study.summaries()["relative"]]
+    assert {"source": "none", "model": "scratch"} in coords and {"source": "mnist1d", "model": "pretrained"} in coords
+
+
 def test_connectivity_joins_the_probe_to_full_and_the_dense_model_to_its_last_ticket(study: Study) -> None:
     pairs = study.connectivity_pairs()
     assert pairs[study.connectivity_path("probe_full", "mnist1d", 0)] == (
@@ -347,6 +357,7 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
         "spectra": set(itertools.product(sources, ["pretrained"], config["pretrain"]["seeds"]))
         | set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
         | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),
+        "relative": set(itertools.product(sources, ["pretrained", *tuned])) | {("none", "scratch")},
         "connectivity": set(itertools.product(["probe_full"], sources, config["finetune"]["seeds"]))
         | set(itertools.product(["ticket_k20"], ["none"], config["prune_network"]["seeds"])),
     }

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="analysis.zarr")
     _common(p)
 
+    p = sub.add_parser("relative", help="relative vs absolute representations of two models, and stitching")
+    _two_models(p, "model.pt", "anchors, seed")
+    p.add_argument("--data", required=True)
+    _common(p)
+
     p = sub.add_parser("connectivity", help="loss and error on the line between two models (a at alpha = 0)")
     _two_models(p, "model.pt", "alphas, bn_batches")
     p.add_argument("--data", required=True)
@@ -139,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         spectra(args.model, args.data, args.out, settings=json.loads(args.settings), device=args.device,
                 threads=args.threads)
+    elif args.command == "relative":
+        from workflow.analysis.stages import relative
+
+        relative(args.a, args.b, args.data, args.out, names=(args.name_a, args.name_b),
+                 settings=json.loads(args.settings), device=args.device, threads=args.threads)
     elif args.command == "connectivity":
         from workflow.analysis.stages import connectivity
 

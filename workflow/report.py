@@ -15,7 +15,13 @@ def _final_acc(ds: xr.Dataset) -> xr.DataArray:
 
 
 def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)", digits: int = 1) -> str:
-    """Mean ± std over ``seed`` (and every seed's value) for each other coordinate."""
+    """Mean ± std over ``seed`` (and every seed's value) for each other coordinate.
+
+    Without a seed dim (e.g. a comparison of two seeds), the values themselves.
+    """
+    if "seed" not in da.dims:
+        frame = da.to_series().dropna().to_frame(name="value")
+        return f"{title}: {what}\n{frame.round(digits).to_string(na_rep='-')}\n"
     if len(da.dims) > 1:
         frame = da.to_series().unstack("seed")
     else:
@@ -26,7 +32,8 @@ def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)", 
     frame["mean"] = values.mean(axis=1)
     frame["std"] = values.std(axis=1, ddof=1) if len(seeds) > 1 else 0.0
     frame = frame.dropna(subset=["mean"])
-    return f"{title}: {what}\n{frame.round(digits).to_string()}\n"
+    # "-": a seed the row was not run for (stages may have different seeds), or no spread of one seed
+    return f"{title}: {what}\n{frame.round(digits).to_string(na_rep='-')}\n"
 
 
 def report(results: str | Path) -> str:
@@ -70,6 +77,12 @@ def report(results: str | Path) -> str:
         parts.append(_table("spectra", ds["ntk_condition_number"], "NTK condition number"))
         parts.append(_table("spectra", ds["hessian_eigenvalues"].isel(hessian_eig=0), "top Hessian eigenvalue"))
         parts.append(_table("spectra", ds["hessian_trace"], "Hessian trace (Hutchinson)"))
+    if (ds := have("relative")) is not None:
+        for measure in ds["measure"].values:
+            parts.append(_table("seed 0 vs seed 1, absolute and relative representations",
+                                ds["similarity"].sel({"measure": measure}), str(measure), 3))
+        parts.append(_table("zero-shot stitching, seed 0's head on seed 1's representations",
+                            100 * ds["stitching"], "test accuracy (%)"))
     if (ds := have("connectivity")) is not None:
         for name in ("test_error_barrier", "test_error_barrier_linear"):
             if name in ds:

@@ -250,6 +250,26 @@ class Study:
     def spectra_path(self, run: str) -> str:
         return f"{self.root}/analyze/spectra/{run}/analysis.zarr"
 
+    def relative_pairs(self) -> dict[str, tuple[str, str]]:
+        """Each relative-representation store -> two runs that differ only in their seed.
+
+        With ``analyze.relative``: every pretrained and fine-tuned run of the first
+        seed against the same run of the second (none with a single seed).
+        """
+        if "relative" not in self.config["analyze"]:
+            return {}
+        pairs = {}
+        for run in self.pretrain_runs() + self.finetune_runs():
+            stage = self.parse(run)["stage"]
+            seeds = self.config[stage]["seeds"]
+            if len(seeds) > 1 and self.parse(run)["seed"] == seeds[0]:
+                other = run.rsplit("/", 1)[0] + f"/s{seeds[1]}"
+                pairs[self.relative_path(run, seeds[1])] = (run, other)
+        return pairs
+
+    def relative_path(self, run: str, other_seed: int) -> str:
+        return f"{self.root}/analyze/relative/{run}/vs_s{other_seed}/analysis.zarr"
+
     def connectivity_pairs(self) -> dict[str, tuple[str, str]]:
         """Each connectivity store -> the two runs joined by a line in weight space.
 
@@ -446,6 +466,10 @@ class Study:
                 for _, child in self.similarity_edges()
             ],
             "spectra": [(self._spectra_coords(run), self.spectra_path(run)) for run in self.spectra_runs()],
+            "relative": [
+                ({k: v for k, v in self._spectra_coords(a).items() if k != "seed"}, path)
+                for path, (a, _) in self.relative_pairs().items()
+            ],
             "connectivity": [
                 ({"pair": pair, "source": src, "seed": seed}, self.connectivity_path(pair, src, seed))
                 for (pair, src, seed), _ in self._connectivity()

@@ -23,6 +23,13 @@ from workflow.analysis.connectivity import linear_connectivity
 from workflow.analysis.hessian import hessian_analysis
 from workflow.analysis.ntk import ntk_analysis
 from workflow.analysis.rank import weight_ranks
+from workflow.analysis.relative import (
+    choose_anchors,
+    compare_spaces,
+    head_inputs,
+    relative_representation,
+    zero_shot_stitching,
+)
 from workflow.analysis.similarity import similarity_matrices
 from workflow.data import TaskData, load_data
 from workflow.models import load_model
@@ -164,4 +171,53 @@ def connectivity(
     )
     attrs = storage.provenance(settings)
     attrs.update(ds.attrs)
+    storage.write_dataset(ds, out, attrs)
+
+
+def relative(
+    model_a: PathLike,
+    model_b: PathLike,
+    data_path: PathLike,
+    out: PathLike,
+    *,
+    names: tuple[str, str],
+    settings: Mapping[str, Any],
+    device: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """Relative against absolute representations of two models, and zero-shot stitching between them.
+
+    Representations are the inputs of each model's head. ``anchors`` training
+    examples (class-balanced, drawn by ``seed``; their indices are stored) are the
+    same for both models. Stores ``similarity`` (space, measure) of the two models'
+    test representations, absolute and relative, and ``stitching`` (space): the
+    accuracy of a ridge head fitted on model a's training representations and
+    applied to model b's test ones, with ``accuracy_a`` (space) for reference.
+    """
+    dev = _setup(device, threads)
+    data = load_data(data_path, dev)
+    anchors = choose_anchors(data.y_train, settings["anchors"], settings["seed"], class_balanced=True)
+    spaces: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"absolute": {}, "relative": {}}
+    for name, path in zip(("a", "b"), (model_a, model_b)):
+        model, _ = load_model(path, dev)
+        train, test = head_inputs(model, data.x_train), head_inputs(model, data.x_test)
+        spaces["absolute"][name] = (train, test)
+        spaces["relative"][name] = tuple(relative_representation(x, train[anchors]) for x in (train, test))
+    similarity = compare_spaces(spaces["absolute"]["a"][1], spaces["absolute"]["a"][0][anchors],
+                                spaces["absolute"]["b"][1], spaces["absolute"]["b"][0][anchors])
+    y_train, y_test = data.y_train.cpu().numpy(), data.y_test.cpu().numpy()
+    stitched = {
+        space: zero_shot_stitching(reps["a"][0], y_train, reps["a"][1], reps["b"][1], y_test, data.num_classes)
+        for space, reps in spaces.items()
+    }
+    ds = xr.Dataset(
+        {
+            "similarity": similarity,
+            "stitching": ("space", [float(stitched[s]["accuracy_stitched"]) for s in similarity["space"].values]),
+            "accuracy_a": ("space", [float(stitched[s]["accuracy_a"]) for s in similarity["space"].values]),
+            "anchor": ("anchor_index", anchors),
+        },
+    )
+    attrs = storage.provenance(settings)
+    attrs.update(model_a=names[0], model_b=names[1])
     storage.write_dataset(ds, out, attrs)
