@@ -111,7 +111,7 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         "scores": {"method", "init", "sample"},
         "network_pruning": {"method", "rewind", "level", "seed", "epoch", "param"},
         "similarity": {"source", "method", "seed", "layer_a", "layer_b"},
-        "spectra": {"source", "model", "seed", "eig", "hessian_eig", "layer"},
+        "spectra": {"source", "model", "seed", "eig", "hessian_eig", "layer", "representation_layer"},
         "connectivity": {"pair", "source", "seed", "alpha"},
         "relative": {"source", "model", "space", "measure", "anchor_index"},
         "wiseft": {"source", "method", "seed", "alpha"},

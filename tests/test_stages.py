@@ -475,6 +475,9 @@ def test_spectra_of_a_model_store_ntk_hessian_and_weight_ranks(pipeline: Pipelin
     assert ds["hessian_eigenvalues"].dims == ("hessian_eig",) and ds.sizes["hessian_eig"] == 3
     assert ds.attrs["hessian_examples"] == N_TRAIN  # all there are, when fewer than asked
     assert set(ds["layer"].values) == {"conv1.0", "conv2.0", "conv3.0", "head"}
+    assert ds["representation_layer"].values.tolist() == ["conv1", "conv2", "conv3", "head"]
+    assert (ds["representation_entropy"] >= 1).all()
+    assert (ds["representation_entropy"] <= ds["representation_max_rank"]).all()
     assert float(ds["ntk_condition_number"]) >= 1 and np.isfinite(float(ds["hessian_trace"]))
 
 

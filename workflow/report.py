@@ -77,6 +77,8 @@ def report(results: str | Path) -> str:
         parts.append(_table("spectra", ds["ntk_condition_number"], "NTK condition number"))
         parts.append(_table("spectra", ds["hessian_eigenvalues"].isel(hessian_eig=0), "top Hessian eigenvalue"))
         parts.append(_table("spectra", ds["hessian_trace"], "Hessian trace (Hutchinson)"))
+        if "representation_entropy" in ds:
+            parts.append(_table("spectra", ds["representation_entropy"], "effective rank of representations (entropy)"))
     if (ds := have("relative")) is not None:
         for measure in ds["measure"].values:
             parts.append(_table("seed 0 vs seed 1, absolute and relative representations",

@@ -22,7 +22,7 @@ from workflow.analysis.activations import activations_dataset, pool_positions, r
 from workflow.analysis.connectivity import linear_connectivity
 from workflow.analysis.hessian import hessian_analysis
 from workflow.analysis.ntk import ntk_analysis
-from workflow.analysis.rank import weight_ranks
+from workflow.analysis.rank import representation_ranks, weight_ranks
 from workflow.analysis.relative import (
     choose_anchors,
     compare_spaces,
@@ -124,9 +124,10 @@ def spectra(
     alignment of the empirical NTK (traced over outputs, float64) on the first
     ``ntk_examples`` probe examples; ``hessian_*``: the top ``hessian_k``
     eigenvalues (dim ``hessian_eig``), trace and its standard error on the first
-    ``hessian_examples`` training examples; ``weight_*``: effective ranks (dim
-    ``layer``). Fewer examples are used when there are fewer; the counts used
-    are attrs.
+    ``hessian_examples`` training examples; ``weight_*``: effective ranks of the
+    weights (dim ``layer``); ``representation_*``: those of each named layer's
+    centred outputs on the probe set (dim ``representation_layer``). Fewer
+    examples are used when there are fewer; the counts used are attrs.
     """
     dev = _setup(device, threads)
     data: TaskData = load_data(data_path, dev)
@@ -140,8 +141,11 @@ def spectra(
         method=settings["hessian_method"], num_probes=settings["hutchinson_probes"], batch_size=256,
     )
     ranks = weight_ranks({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    n_probe = min(settings["probe_size"], len(data.y_test))
+    representations = representation_ranks(record_activations(model, data.x_test[:n_probe]))
     ds = xr.merge(
-        [_prefixed(ntk, "ntk"), _prefixed(hessian, "hessian", {"eig": "hessian_eig"}), _prefixed(ranks, "weight")],
+        [_prefixed(ntk, "ntk"), _prefixed(hessian, "hessian", {"eig": "hessian_eig"}), _prefixed(ranks, "weight"),
+         _prefixed(representations, "representation", {"layer": "representation_layer"})],
         combine_attrs="no_conflicts",
     )
     attrs = _model_attrs(saved, model_path, dev)
