@@ -37,15 +37,9 @@ from workflow.prune_network import (
     prunable_parameters,
     random_masks,
 )
-from workflow.train import TrainConfig, evaluate, resolve_device, seed_everything, train
+from workflow.train import TrainConfig, evaluate, job_device, seed_everything, train
 
 PathLike = str | Path
-
-
-def _setup(device: str, threads: int | None) -> torch.device:
-    if threads:
-        torch.set_num_threads(threads)
-    return resolve_device(device)
 
 
 def _new_model(spec: Mapping[str, Any], data: TaskData, device: torch.device, seed: int) -> nn.Module:
@@ -123,7 +117,7 @@ def train_run(
     Writes ``out/metrics.zarr`` (per-epoch metrics) and then ``out/model.pt``
     (weights, spec, masks), each atomically.
     """
-    dev = _setup(device, threads)
+    dev = job_device(device, threads)
     stage = spec["stage"]
     seed = spec.get("train_seed", spec["seed"])  # ensemble members: their own initialisation and data order
     data = load_data(data_path, dev)
@@ -233,7 +227,7 @@ def wiseft(
 ) -> None:
     """WiSE-FT: test loss and accuracy of the weights interpolated from ``start`` (alpha = 0)
     to ``end`` (alpha = 1), over ``alpha``."""
-    dev = _setup(device, threads)
+    dev = job_device(device, threads)
     data = load_data(data_path, dev)
     (model, a), (_, b) = load_model(start, dev), load_model(end, dev)
     rows = [_test_metrics(interpolate(a["state_dict"], b["state_dict"], alpha), model, data) for alpha in alphas]
@@ -251,7 +245,7 @@ def ensemble(
 ) -> None:
     """Test accuracy and loss of each member, of their ensemble (mean probabilities) and of
     their uniform soup (mean weights)."""
-    dev = _setup(device, threads)
+    dev = job_device(device, threads)
     data = load_data(data_path, dev)
     loaded = [load_model(path, dev) for path in members]
     models = [m for m, _ in loaded]
@@ -287,7 +281,7 @@ def compute_scores(
     ``model_path``: the embedding model, for methods that score in a model's
     representation (prototypes).
     """
-    dev = _setup(device, threads)
+    dev = job_device(device, threads)
     data = load_data(data_path, dev)
     ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress)
     rows = SCORERS[spec["score"]](ctx)

@@ -465,9 +465,9 @@ class Study:
                 (coords(child, ("source", "method", "seed")), self.similarity_path(child))
                 for _, child in self.similarity_edges()
             ],
-            "spectra": [(self._spectra_coords(run), self.spectra_path(run)) for run in self.spectra_runs()],
+            "spectra": [(self._model_coords(run), self.spectra_path(run)) for run in self.spectra_runs()],
             "relative": [
-                ({k: v for k, v in self._spectra_coords(a).items() if k != "seed"}, path)
+                ({k: v for k, v in self._model_coords(a).items() if k != "seed"}, path)
                 for path, (a, _) in self.relative_pairs().items()
             ],
             "connectivity": [
@@ -487,7 +487,7 @@ class Study:
             entries.append((coords, self.path(run, "metrics.zarr")))
         return entries
 
-    def _spectra_coords(self, run: str) -> dict[str, Any]:
+    def _model_coords(self, run: str) -> dict[str, Any]:
         """(source, model, seed) of a pretrained ("pretrained") or fine-tuned (its method) run."""
         r = self.parse(run)
         model = "pretrained" if r["stage"] == "pretrain" else r["method"]

@@ -86,6 +86,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def job_device(device: str = "auto", threads: int | None = None) -> torch.device:
+    """The device of a job (see :func:`resolve_device`), with torch's thread count set first when given."""
+    if threads:
+        torch.set_num_threads(threads)
+    return resolve_device(device)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) and numpy, e.g. before building a model."""
     torch.manual_seed(seed)

@@ -10,12 +10,12 @@ the target task, the same for every model.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 import xarray as xr
+from torch import nn
 
 from workflow import storage
 from workflow.analysis.activations import activations_dataset, pool_positions, record_activations
@@ -33,15 +33,22 @@ from workflow.analysis.relative import (
 from workflow.analysis.similarity import similarity_matrices
 from workflow.data import TaskData, load_data
 from workflow.models import load_model
-from workflow.train import resolve_device
+from workflow.storage import PathLike
+from workflow.train import job_device
 
-PathLike = str | Path
+
+def _two_models(model_a: PathLike, model_b: PathLike, data_path: PathLike, device: str,
+                threads: int | None) -> tuple[TaskData, list[nn.Module]]:
+    """The target task and two models, on the job's device."""
+    dev = job_device(device, threads)
+    return load_data(data_path, dev), [load_model(path, dev)[0] for path in (model_a, model_b)]
 
 
-def _setup(device: str, threads: int | None) -> torch.device:
-    if threads:
-        torch.set_num_threads(threads)
-    return resolve_device(device)
+def _write_comparison(ds: xr.Dataset, out: PathLike, settings: Mapping[str, Any], names: tuple[str, str]) -> None:
+    """A store comparing two models: the analysis's settings are its config; the models are named."""
+    attrs = storage.provenance(settings)
+    attrs.update(ds.attrs, model_a=names[0], model_b=names[1])
+    storage.write_dataset(ds, out, attrs)
 
 
 def _model_attrs(saved: Mapping[str, Any], model_path: PathLike, device: torch.device) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def record(
     ``conv``: convolutional maps are stored ``flatten``-ed (a unit per channel and
     position) or ``pool``-ed (averaged over positions, a unit per channel).
     """
-    dev = _setup(device, threads)
+    dev = job_device(device, threads)
     data = load_data(data_path, dev)
     if probe_size > len(data.y_test):
         raise ValueError(f"probe_size={probe_size} exceeds the {len(data.y_test)} test examples")
@@ -97,9 +104,7 @@ def compare(
     """
     options = {k: settings[k] for k in ("chunk", "batch", "cca_dims") if k in settings}
     ds = similarity_matrices(acts_a, acts_b, measures=settings["measures"], **options)
-    attrs = storage.provenance(settings)  # the analysis's settings are its config
-    attrs.update(model_a=model_a, model_b=model_b)
-    storage.write_dataset(ds, out, attrs)
+    _write_comparison(ds, out, settings, (model_a, model_b))
 
 
 def _prefixed(ds: xr.Dataset, prefix: str, dims: Mapping[str, str] | None = None) -> xr.Dataset:
@@ -129,7 +134,7 @@ def spectra(
     centred outputs on the probe set (dim ``representation_layer``). Fewer
     examples are used when there are fewer; the counts used are attrs.
     """
-    dev = _setup(device, threads)
+    dev = job_device(device, threads)
     data: TaskData = load_data(data_path, dev)
     model, saved = load_model(model_path, dev)
     # the first examples, or all there are: a study's default must fit its smallest task
@@ -165,17 +170,12 @@ def connectivity(
     threads: int | None = None,
 ) -> None:
     """Loss and error on the line between two models, BatchNorm re-estimated at each point."""
-    dev = _setup(device, threads)
-    data = load_data(data_path, dev)
-    a, _ = load_model(model_a, dev)
-    b, _ = load_model(model_b, dev)
+    data, (a, b) = _two_models(model_a, model_b, data_path, device, threads)
     ds = linear_connectivity(
         a, b, data.x_test, data.y_test, x_train=data.x_train, y_train=data.y_train,
         alphas=np.linspace(0.0, 1.0, settings["alphas"]), bn_batches=settings["bn_batches"], names=names,
     )
-    attrs = storage.provenance(settings)
-    attrs.update(ds.attrs)
-    storage.write_dataset(ds, out, attrs)
+    _write_comparison(ds, out, settings, names)
 
 
 def relative(
@@ -198,12 +198,10 @@ def relative(
     accuracy of a ridge head fitted on model a's training representations and
     applied to model b's test ones, with ``accuracy_a`` (space) for reference.
     """
-    dev = _setup(device, threads)
-    data = load_data(data_path, dev)
+    data, models = _two_models(model_a, model_b, data_path, device, threads)
     anchors = choose_anchors(data.y_train, settings["anchors"], settings["seed"], class_balanced=True)
     spaces: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"absolute": {}, "relative": {}}
-    for name, path in zip(("a", "b"), (model_a, model_b)):
-        model, _ = load_model(path, dev)
+    for name, model in zip(("a", "b"), models):
         train, test = head_inputs(model, data.x_train), head_inputs(model, data.x_test)
         spaces["absolute"][name] = (train, test)
         spaces["relative"][name] = tuple(relative_representation(x, train[anchors]) for x in (train, test))
@@ -222,6 +220,4 @@ def relative(
             "anchor": ("anchor_index", anchors),
         },
     )
-    attrs = storage.provenance(settings)
-    attrs.update(model_a=names[0], model_b=names[1])
-    storage.write_dataset(ds, out, attrs)
+    _write_comparison(ds, out, settings, names)
