@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from workflow import storage
 from workflow.analysis.activations import activations_dataset
+from workflow.analysis import similarity
 from workflow.analysis.similarity import (
     MEASURES,
     debiased_cka,
@@ -291,6 +292,28 @@ def test_cka_matches_kornblith(pair):
 def test_minibatch_cka_matches_song_unbiased_hsic(pair, batch):
     x, y = pair
     assert debiased_cka(x, y, batch=batch) == pytest.approx(minibatch_cka(x, y, batch), abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [96, 101, 98])  # whole minibatches; a last one of 5; a last one of 2, left out
+def test_both_forms_of_the_minibatch_hsic_match_song_s_estimator(monkeypatch, n):
+    """<K, L> from the features (||X^T Y||^2) or from the Grams: the same debiased CKA, across and within sources."""
+    rng = np.random.default_rng(n)
+    base = rng.normal(size=(n, 4))
+    acts_a = {"a1": base @ rng.normal(size=(4, 3)) + 50.0, "a2": np.maximum(base @ rng.normal(size=(4, 9)), 0)}
+    acts_b = {"b1": base @ rng.normal(size=(4, 6)) + rng.normal(size=(n, 6)), "b2": rng.normal(size=(n, 2)),
+              "b3": np.tanh(base @ rng.normal(size=(4, 5)))}
+    results = {}
+    for features in (True, False):
+        monkeypatch.setattr(similarity, "_prefers_features", lambda *args, features=features: features)
+        results[features] = [
+            similarity_matrices(*sources, measures=("debiased_cka",), chunk=32, batch=16)["debiased_cka"].values
+            for sources in ((acts_a, acts_b), (acts_b,))
+        ]
+    for by_features, by_grams, (xs, ys) in zip(results[True], results[False], ((acts_a, acts_b), (acts_b, acts_b))):
+        np.testing.assert_allclose(by_features, by_grams, rtol=1e-12, atol=1e-14)
+        # the reference forms uncentred Grams, so the offset of a1 costs it digits
+        expected = [[minibatch_cka(x, y, 16) for y in ys.values()] for x in xs.values()]
+        np.testing.assert_allclose(by_features, expected, atol=1e-8)
 
 
 def test_minibatches_too_small_for_the_estimator_are_left_out():
