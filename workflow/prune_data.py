@@ -7,6 +7,8 @@ the stage code trains the scoring runs, averages their scores and calls
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -128,3 +130,10 @@ class RepeatedRandomSubsets:
         self._order = torch.cat([others, rest])
         self._pos = len(fill)
         return torch.cat([rest, fill])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where in its passes the sampler is, for a training checkpoint."""
+        return {"order": self._order, "pos": self._pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._order, self._pos = state["order"], state["pos"]

@@ -8,6 +8,7 @@ the same seed gives bit-identical weights and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -20,6 +21,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from workflow.augment import AUGMENTATIONS, compose
+from workflow.checkpoint import Checkpointing, Preempted, rng_states, set_rng_states, stop_requests
 from workflow.data import TaskData
 from workflow.prune_network import apply_masks
 
@@ -146,6 +148,13 @@ class EpochSampler(Protocol):
         """Indices of the next epoch's examples (a LongTensor on the CPU)."""
         ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the sampler carries from epoch to epoch (for checkpoints); draws come from the generator."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
 
 class Shuffle:
     """Every example once per epoch, in a fresh random order: the usual epoch."""
@@ -155,6 +164,12 @@ class Shuffle:
 
     def __call__(self, generator: torch.Generator) -> torch.Tensor:
         return torch.randperm(self.n, generator=generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -194,6 +209,7 @@ def train(
     on_batch: BatchHook | None = None,
     progress: bool = True,
     desc: str = "train",
+    checkpoint: Checkpointing | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` and return its per-epoch metrics.
 
@@ -213,8 +229,15 @@ def train(
     * Besides loss and accuracy, every epoch records ``weight_distance``, the norm of
       the change of all parameters since the start of this run (lazy vs rich
       training), and ``relative_weight_distance``, that over the starting norm.
+    * ``checkpoint``: save the whole state of training every ``checkpoint.every``
+      epochs, and on SIGTERM or SIGUSR1 after the current step, then raise
+      :class:`~workflow.checkpoint.Preempted`; start from a saved state when there is
+      one (see :mod:`workflow.checkpoint`). ``on_batch`` hooks keep their own state,
+      so they are refused with it.
     """
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
+    if checkpoint is not None and on_batch is not None:
+        raise ValueError("checkpointing cannot save the state of an on_batch hook; use one or the other")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters")
@@ -270,34 +293,68 @@ def train(
                 f"{len(history['train_loss']) - 1}, step {step}; lower the learning rate or check the data"
             )
 
-    step = 0
-    record()
-    snapshot(step)
-    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
-    for epoch in bar:
-        _set_train_mode(model)
-        for idx in _batches(sampler(generator), cfg.batch_size):
-            idx = idx.to(data.x_train.device)
-            xb, yb = data.x_train[idx], data.y_train[idx]
-            if augment is not None:
-                xb = augment(xb, generator)
-            logits = model(xb)
-            loss = loss_fn(logits, xb, yb)
-            if not torch.isfinite(loss):
-                raise DivergenceError(
-                    f"{desc}: loss is {loss.item()} at epoch {epoch}, step {step + 1} "
-                    f"(lr={sched.get_last_lr()[0]:.3g}); lower the learning rate or check the data"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if masks:
-                apply_masks(model, masks)
-            if on_batch is not None:
-                on_batch(idx, logits.detach(), yb)
-            step += 1
-            snapshot(step)
+    def state(epoch: int, order: torch.Tensor | None = None, done: int = 0) -> dict[str, Any]:
+        """Everything that determines the rest of the run: after ``epoch`` whole epochs,
+        and ``done`` batches of the next one in ``order``."""
+        return {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": generator.get_state(), "rng": rng_states(), "epoch": epoch, "step": step,
+            "order": order, "done": done, "history": history, "snapshots": snapshots, "start": start,
+            "sampler": sampler.state_dict(),
+        }
+
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        step, first_epoch, order, done = 0, 1, None, 0
         record()
-        bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
+        snapshot(step)
+    else:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        set_rng_states(saved["rng"])
+        sampler.load_state_dict(saved["sampler"])
+        history, snapshots, start = saved["history"], saved["snapshots"], saved["start"]
+        start_norm = _norm(start)
+        step, first_epoch, order, done = saved["step"], saved["epoch"] + 1, saved["order"], saved["done"]
+    bar = tqdm(range(first_epoch, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
+    with stop_requests() if checkpoint is not None else contextlib.nullcontext(lambda: None) as stop:
+        for epoch in bar:
+            _set_train_mode(model)
+            if order is None:
+                order = sampler(generator)
+            batches = _batches(order, cfg.batch_size)
+            for done, idx in enumerate(batches[done:], start=done + 1):
+                idx = idx.to(data.x_train.device)
+                xb, yb = data.x_train[idx], data.y_train[idx]
+                if augment is not None:
+                    xb = augment(xb, generator)
+                logits = model(xb)
+                loss = loss_fn(logits, xb, yb)
+                if not torch.isfinite(loss):
+                    raise DivergenceError(
+                        f"{desc}: loss is {loss.item()} at epoch {epoch}, step {step + 1} "
+                        f"(lr={sched.get_last_lr()[0]:.3g}); lower the learning rate or check the data"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if masks:
+                    apply_masks(model, masks)
+                if on_batch is not None:
+                    on_batch(idx, logits.detach(), yb)
+                step += 1
+                snapshot(step)
+                if (signum := stop()) is not None and done < len(batches):
+                    checkpoint.save(state(epoch - 1, order, done))
+                    raise Preempted(signum)
+            order, done = None, 0
+            record()
+            bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
+            if checkpoint is not None and (epoch % checkpoint.every == 0 or stop() is not None) and epoch < epochs:
+                checkpoint.save(state(epoch))
+                if (signum := stop()) is not None:
+                    raise Preempted(signum)
     return TrainResult(history_dataset(history), snapshots, step)

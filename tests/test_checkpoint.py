@@ -1,0 +1,141 @@
+"""Resumable training: a run stopped anywhere and run again ends exactly where an
+uninterrupted run ends (CPU), whether it crashed (last periodic checkpoint) or was
+stopped by a scheduler's signal (checkpoint after the current step)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+
+import pytest
+import torch
+import xarray as xr
+
+from workflow.checkpoint import Checkpointing, Preempted
+from workflow.prune_data import RepeatedRandomSubsets
+from workflow.prune_network import magnitude_masks, prunable_parameters
+from workflow.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+CFG = TrainConfig(epochs=4, batch_size=50, lr=0.01, optimizer="sgd", weight_decay=1e-4)  # 5 steps per epoch
+STEPS = 20
+
+
+class Crash(RuntimeError):
+    """Stands in for a job killed without warning (SIGKILL, a node failure)."""
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_run(a, b) -> None:
+    (model_a, result_a), (model_b, result_b) = a, b
+    state_a, state_b = _state(model_a), _state(model_b)
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    xr.testing.assert_identical(result_a.history, result_b.history)
+    assert result_a.steps == result_b.steps
+    assert result_a.snapshots.keys() == result_b.snapshots.keys()
+    for step in result_a.snapshots:
+        assert all(torch.equal(result_a.snapshots[step][k], result_b.snapshots[step][k]) for k in state_a)
+
+
+def _interrupt_at(step: int, action):
+    """A loss that runs ``action`` on the forward pass of optimiser step ``step`` (1-based)."""
+    calls = {"n": 0}
+
+    def loss_fn(logits, xb, yb):
+        calls["n"] += 1
+        if calls["n"] == step:
+            action()
+        return torch.nn.functional.cross_entropy(logits, yb)
+
+    return loss_fn
+
+
+def _crash() -> None:
+    raise Crash()
+
+
+def _terminate() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # handled: training stops after this step
+
+
+# The state a run carries besides weights: SGD momentum, the order of the epoch in
+# progress, masks, snapshots, a sampler that remembers its passes (RS2 at 0.9: 5 steps per
+# epoch too), Adam's moments.
+SETUPS = {
+    "plain": lambda make_cnn, task: {},
+    "adam_masks_snapshots": lambda make_cnn, task: {
+        "cfg": replace(CFG, optimizer="adam", lr=0.003),
+        "masks": magnitude_masks(prunable_parameters(make_cnn(0)), None, 0.5, "global"),
+        "snapshot_steps": (0, 3, 12),
+    },
+    "rs2_sampler": lambda make_cnn, task: {"sampler": lambda: RepeatedRandomSubsets(len(task.y_train), 0.9)},
+}
+
+
+def _run(make_cnn, task, setup: dict, checkpoint=None, loss_fn=None):
+    model = make_cnn(0)
+    options = {k: v for k, v in setup.items() if k != "cfg"}
+    if "sampler" in options:
+        options["sampler"] = options["sampler"]()  # a fresh sampler, as a new process builds
+    result = train(model, task, setup.get("cfg", CFG), seed=3, progress=False, checkpoint=checkpoint,
+                   loss_fn=loss_fn, **options)
+    return model, result
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("crash_step", [1, 7, 10, 11, 19])
+def test_a_crashed_run_resumes_to_the_same_weights_and_metrics(make_cnn, task, tmp_path, setup, every, crash_step):
+    options = SETUPS[setup](make_cnn, task)
+    reference = _run(make_cnn, task, options)
+    checkpoint = Checkpointing(tmp_path / "ckpt.pt", every=every, key="run")
+    with pytest.raises(Crash):
+        _run(make_cnn, task, options, checkpoint, _interrupt_at(crash_step, _crash))
+    resumed = _run(make_cnn, task, options, checkpoint)
+    _assert_same_run(reference, resumed)
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+@pytest.mark.parametrize("stop_step", [3, 5, 13, 20])
+def test_a_signal_saves_after_the_step_and_the_rerun_resumes_from_it(make_cnn, task, tmp_path, setup, stop_step):
+    options = SETUPS[setup](make_cnn, task)
+    reference = _run(make_cnn, task, options)
+    checkpoint = Checkpointing(tmp_path / "ckpt.pt", every=100, key="run")  # no periodic checkpoint
+    handler = signal.getsignal(signal.SIGTERM)
+    if stop_step == STEPS:  # the last step: the run just finishes
+        finished = _run(make_cnn, task, options, checkpoint, _interrupt_at(stop_step, _terminate))
+        _assert_same_run(reference, finished)
+        return
+    with pytest.raises(Preempted) as stopped:
+        _run(make_cnn, task, options, checkpoint, _interrupt_at(stop_step, _terminate))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handler is restored
+    saved = checkpoint.load()
+    assert saved["step"] == stop_step
+    # resumed with a loss that would crash at any step it repeated
+    resumed = _run(make_cnn, task, options, checkpoint, _interrupt_at(10**9, _crash))
+    _assert_same_run(reference, resumed)
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(make_cnn, task, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(Crash):
+        _run(make_cnn, task, {}, Checkpointing(path, key="other"), _interrupt_at(12, _crash))
+    assert Checkpointing(path, key="other").load() is not None
+    assert Checkpointing(path, key="run").load() is None
+    _assert_same_run(_run(make_cnn, task, {}), _run(make_cnn, task, {}, Checkpointing(path, key="run")))
+
+
+def test_checkpointing_refuses_an_on_batch_hook_and_a_zero_interval(make_cnn, task, tmp_path):
+    with pytest.raises(ValueError, match="on_batch"):
+        train(make_cnn(0), task, CFG, seed=0, progress=False, on_batch=lambda *args: None,
+              checkpoint=Checkpointing(tmp_path / "c.pt"))
+    with pytest.raises(ValueError, match="interval"):
+        Checkpointing(tmp_path / "c.pt", every=0)
