@@ -12,7 +12,7 @@ rule activations:
     params:
         settings=lambda w: Study.dumps(STUDY.analysis_spec()),
     wildcard_constraints:
-        run=r"(pretrain|finetune|prune_data|distill|prune_network)/[^.]+",
+        run=run_id("pretrain", "finetune", "prune_data", "distill", "prune_network"),
     conda:
         ENV
     threads: config["threads"]
@@ -34,7 +34,7 @@ rule similarity:
         parent=lambda w: STUDY.parent(w.run),
         settings=lambda w: Study.dumps(STUDY.analysis_settings("similarity")),
     wildcard_constraints:
-        run=r"(finetune|prune_data|distill|prune_network)/[^.]+",
+        run=run_id("finetune", "prune_data", "distill", "prune_network"),
     conda:
         ENV
     log:
@@ -54,7 +54,7 @@ rule spectra:
     params:
         settings=lambda w: Study.dumps(STUDY.analysis_settings("spectra")),
     wildcard_constraints:
-        run=r"(pretrain|finetune)/[^.]+",
+        run=run_id("pretrain", "finetune"),
     conda:
         ENV
     threads: config["threads"]
@@ -81,7 +81,7 @@ rule relative:
         names=lambda w: "--name-a {} --name-b {}".format(*relative_runs(w)),
         settings=lambda w: Study.dumps(STUDY.analysis_settings("relative")),
     wildcard_constraints:
-        run=r"(pretrain|finetune)/[^.]+",
+        run=run_id("pretrain", "finetune"),
         other=r"\d+",
     conda:
         ENV

@@ -40,6 +40,13 @@ wildcard_constraints:
     score=r"[a-z0-9_]+",
 
 
+def run_id(*stages):
+    """The wildcard pattern of a run id of one of ``stages``: its folders hold letters, digits,
+    _ and -, and dots only before a digit (f0.25, T4-a0.5), so a run id never takes in a
+    store's name (metrics.zarr)."""
+    return rf"({'|'.join(stages)})(/[\w-]+(\.\d[\w-]*)*)+"
+
+
 def spec_json(run):
     """The spec of a run as canonical JSON: a changed spec reruns the run."""
     return Study.dumps(STUDY.spec(run))
