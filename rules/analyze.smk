@@ -23,24 +23,39 @@ rule activations:
         "--out {output} " + RUN_OPTS + " > {log} 2>&1"
 
 
+# Built once: a study has thousands of similarity jobs, each looking up its two runs.
+SIMILARITY_PAIRS = STUDY.similarity_pairs()
+
+
+def similarity_runs(w):
+    return SIMILARITY_PAIRS[STUDY.similarity_path(w.edge, w.run)]
+
+
+def similarity_inputs(w):
+    """The activations of both models; of one for a model against itself."""
+    a, b = similarity_runs(w)
+    return {"a": STUDY.path(a, "activations.zarr"), **({"b": STUDY.path(b, "activations.zarr")} if b != a else {})}
+
+
 rule similarity:
-    """Every configured similarity measure, layer x layer, between a run's parent and the run."""
+    """Every configured similarity measure, layer x layer, between the two models of one edge of the lineage."""
     input:
-        a=lambda w: STUDY.path(STUDY.parent(w.run), "activations.zarr"),
-        b=f"{R}/{{run}}/activations.zarr",
+        unpack(similarity_inputs),
     output:
-        directory(f"{R}/analyze/similarity/{{run}}/analysis.zarr"),
+        directory(f"{R}/analyze/similarity/{{edge}}/{{run}}/analysis.zarr"),
     params:
-        parent=lambda w: STUDY.parent(w.run),
+        b=lambda w, input: f"--b {input.b} --name-b {w.run}" if "b" in input.keys() else "",
+        name_a=lambda w: similarity_runs(w)[0],
         settings=lambda w: Study.dumps(STUDY.analysis_settings("similarity")),
     wildcard_constraints:
-        run=run_id("finetune", "prune_data", "distill", "prune_network"),
+        edge="|".join(SIMILARITY_EDGES),
+        run=run_id("pretrain", "finetune", "distill", "prune_network"),
     conda:
         ENV
     log:
-        f"{R}/logs/similarity/{{run}}.log",
+        f"{R}/logs/similarity/{{edge}}/{{run}}.log",
     shell:
-        JOB + " similarity --a {input.a} --b {input.b} --name-a {params.parent} --name-b {wildcards.run} "
+        JOB + " similarity --a {input.a} --name-a {params.name_a} {params.b} "
         "--settings {params.settings:q} --out {output} > {log} 2>&1"
 
 

@@ -4,7 +4,7 @@ import os
 import sys
 
 from workflow.config import ConfigError, load_config
-from workflow.study import ENSEMBLE_KINDS, Study
+from workflow.study import ENSEMBLE_KINDS, SIMILARITY_EDGES, Study
 
 # Refuse a bad configuration before any job starts, naming the key and the
 # allowed values (also fills in the schema's defaults).

@@ -175,6 +175,15 @@ ERRORS = {
         lambda c: c["finetune"].update(seeds=[0, 5]),
         ["'finetune.seeds' has [5]", "'pretrain.seeds'", "allowed: [0, 1]"],
     ),
+    "unknown similarity edge": (
+        lambda c: c["analyze"]["similarity"].update(edges=["finetune", "teacher"]),
+        ["'analyze.similarity.edges[1]' = 'teacher' is not allowed",
+         "allowed values: finetune, prune, distill, seeds, within"],
+    ),
+    "similarity edge named twice": (
+        lambda c: c["analyze"]["similarity"].update(edges=["within", "within"]),
+        ["'analyze.similarity.edges'", "non-unique elements"],
+    ),
 }
 
 
@@ -208,7 +217,8 @@ def test_a_study_leaves_out_the_stages_it_does_not_ask_about(default_config: Con
     config = _load_with(default_config, only_network_pruning)
     runs = Study(config, checked=True).training_runs()
     assert runs and all(r.startswith("prune_network/") for r in runs)
-    assert set(Study(config, checked=True).summaries()) == {"network_pruning"}
+    # the analyze section's defaults: similarity along every edge the study has
+    assert set(Study(config, checked=True).summaries()) == {"network_pruning", "similarity_prune"}
 
 
 def test_untrained_teachers_need_no_trained_one(default_config: Config) -> None:
@@ -269,6 +279,22 @@ def test_defaults_are_filled_in(default_config: Config) -> None:
 def test_defaults_fill_a_partly_given_section(default_config: Config) -> None:
     config = _load_with(default_config, lambda c: c["prune_data"].update(el2n={"inits": 5}))
     assert config["prune_data"]["el2n"] == {"inits": 5, "epoch": 3}
+
+
+@pytest.mark.parametrize("similarity", [None, {"measures": ["rbf_cka"]}])
+def test_similarity_is_compared_along_every_edge_by_default(default_config: Config, similarity: Any) -> None:
+    from workflow.study import SIMILARITY_EDGES
+
+    def change(c: Config) -> None:
+        if similarity is None:
+            del c["analyze"]["similarity"]
+        else:
+            c["analyze"]["similarity"] = similarity
+
+    config = _load_with(default_config, change)
+    assert config["analyze"]["similarity"]["edges"] == list(SIMILARITY_EDGES)
+    assert _load_with(default_config, lambda c: c["analyze"]["similarity"].update(edges=[])
+                      )["analyze"]["similarity"]["edges"] == []
 
 
 # --- the schema cannot drift from the code -------------------------------------------------
@@ -333,6 +359,14 @@ def test_schema_scores_and_keep_rules_are_those_of_data_pruning(schema) -> None:
     prune_data = schema["properties"]["prune_data"]["properties"]
     assert _enum(prune_data, "scores", "items") == sorted(SCORE_METHODS)
     assert _enum(prune_data, "keep", "items") == sorted(KEEP_RULES)
+
+
+def test_schema_similarity_edges_are_those_the_study_plans(schema) -> None:
+    from workflow.study import SIMILARITY_EDGES
+
+    similarity = schema["properties"]["analyze"]["properties"]["similarity"]["properties"]
+    assert _enum(similarity, "edges", "items") == sorted(SIMILARITY_EDGES)
+    assert similarity["edges"]["default"] == list(SIMILARITY_EDGES)
 
 
 def test_schema_model_settings_are_the_arguments_of_each_model(schema) -> None:

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import xarray as xr
 import yaml
@@ -95,11 +96,29 @@ def test_every_run_store_exists_and_opens(study: Study) -> None:
     for run in study.activation_runs():
         ds = open_quietly(Path(study.path(run, "activations.zarr")))
         assert list(ds.attrs["layers"]) == ["conv1", "conv2", "conv3", "head"]
+
+
+def test_every_similarity_store_compares_its_two_models_layer_by_layer(study: Study) -> None:
     measures = study.config["analyze"]["similarity"]["measures"]
-    for _, child in study.similarity_edges():
-        ds = open_quietly(Path(study.similarity_path(child)))
-        assert sorted(ds.data_vars) == sorted(measures)
-        assert all(ds[m].dims == ("layer_a", "layer_b") for m in measures)
+    pairs = study.similarity_pairs()
+    kinds = {path.split("/analyze/similarity/")[1].split("/")[0] for path in pairs}
+    assert kinds == {"finetune", "prune", "distill", "seeds", "within"}  # every edge the tiny study has
+    for path, (a, b) in pairs.items():
+        ds = open_quietly(Path(path))
+        assert sorted(ds.data_vars) == sorted(measures), path
+        assert all(ds[m].dims == ("layer_a", "layer_b") for m in measures), path
+        assert list(ds["layer_a"].values) == list(ds["layer_b"].values) == ["conv1", "conv2", "conv3", "head"]
+        assert (ds.attrs["model_a"], ds.attrs["model_b"]) == (a, b)
+        cka = ds["linear_cka"].values
+        kind = path.split("/analyze/similarity/")[1].split("/")[0]
+        if kind == "within":  # a layer with itself: CKA(X, X) = 1, and the matrix is symmetric
+            np.testing.assert_allclose(np.diag(cka), 1.0, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(cka, cka.T, rtol=0, atol=1e-12)
+        else:  # linear CKA of two models is a similarity in [0, 1]
+            assert ((cka >= -1e-12) & (cka <= 1 + 1e-12)).all(), path
+    # the distilled students are compared with the trained teacher only
+    distill = [runs for path, runs in pairs.items() if "/similarity/distill/" in path]
+    assert len(distill) == 6 and all(a == "finetune/scratch/s0" and "/trained/" in b for a, b in distill)
 
 
 def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
@@ -111,15 +130,25 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         "scores": {"method", "init", "sample"},
         "network_pruning": {"method", "rewind", "level", "seed", "epoch", "param"},
         "similarity": {"source", "method", "seed", "layer_a", "layer_b"},
+        "similarity_prune": {"method", "rewind", "level", "seed", "layer_a", "layer_b"},
+        "similarity_distill": {"method", "fraction", "temperature", "alpha", "seed", "layer_a", "layer_b"},
+        "similarity_seeds": {"source", "model", "layer_a", "layer_b"},
+        "similarity_within": {"source", "model", "seed", "layer_a", "layer_b"},
         "spectra": {"source", "model", "seed", "eig", "hessian_eig", "layer", "representation_layer"},
         "connectivity": {"pair", "source", "seed", "alpha"},
         "relative": {"source", "model", "space", "measure", "anchor_index"},
         "wiseft": {"source", "method", "seed", "alpha"},
         "ensemble": {"source", "kind", "seed", "member"},
     }
+    assert set(study.summaries()) == set(expected)
+    measures = set(study.config["analyze"]["similarity"]["measures"])
     for name, dims in expected.items():
         ds = open_quietly(Path(study.summary_path(name)))
         assert set(ds.sizes) == dims, name
+        if name.startswith("similarity"):
+            assert set(ds.data_vars) == measures, name
+    seeds = open_quietly(Path(study.summary_path("similarity_seeds")))
+    assert seeds["model"].values.tolist() == ["pretrained"]  # the tiny study fine-tunes one seed
     dp = open_quietly(Path(study.summary_path("data_pruning")))
     kd = open_quietly(Path(study.summary_path("distill")))
     assert sorted(kd["teacher"].values) == ["trained", "untrained"]
@@ -194,7 +223,10 @@ def test_a_changed_setting_reruns_exactly_its_dependents(study_dir: Path) -> Non
     assert jobs.get("prune_network_dense") == 1
     assert jobs.get("prune_network") == 5  # imp and its four baselines, at one level
     assert jobs.get("connectivity") == 1  # the dense model joined to its IMP ticket
-    assert set(jobs) <= {"prune_network_dense", "prune_network", "connectivity", "collect", "plot", "all"}
+    assert jobs.get("activations") == 6  # of the dense model and the five pruned ones,
+    assert jobs.get("similarity") == 5  # compared along each dense -> pruned edge
+    assert set(jobs) <= {"prune_network_dense", "prune_network", "connectivity", "activations", "similarity",
+                         "collect", "plot", "all"}
 
 
 def test_plots_are_redrawn_from_stored_results_without_training(study_dir: Path, study: Study) -> None:

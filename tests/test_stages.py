@@ -454,6 +454,25 @@ def test_record_then_compare_a_model_with_itself_gives_identity_on_the_diagonal(
         np.testing.assert_allclose(values.values, values.values.T, atol=1e-10)
 
 
+def test_similarity_of_one_model_needs_its_activations_once(pipeline: Pipeline, tmp_path: Path) -> None:
+    from workflow.cli import main
+
+    model = pipeline.run("finetune/mnist1d/full/s0") / "model.pt"
+    analysis.record(model, pipeline.task_path, tmp_path / "acts.zarr", probe_size=50, device="cpu")
+    twice, once = tmp_path / "twice.zarr", tmp_path / "once.zarr"
+    analysis.compare(tmp_path / "acts.zarr", tmp_path / "acts.zarr", twice, model_a="m", model_b="m",
+                     settings=SIMILARITY)
+    # the command the workflow runs for a model against itself: no --b, no --name-b
+    assert main(["similarity", "--a", str(tmp_path / "acts.zarr"), "--name-a", "m",
+                 "--settings", json.dumps(SIMILARITY), "--out", str(once)]) == 0
+    a, b = storage.open_dataset(twice), storage.open_dataset(once)
+    assert (b.attrs["model_a"], b.attrs["model_b"]) == ("m", "m")
+    for measure in SIMILARITY["measures"]:
+        np.testing.assert_allclose(b[measure].values, a[measure].values, rtol=1e-12, atol=1e-12)
+        assert b[measure].dims == ("layer_a", "layer_b")
+        assert list(b["layer_b"].values) == list(b["layer_a"].values)
+
+
 def test_compare_refuses_activations_of_different_probe_sets(pipeline: Pipeline, tmp_path: Path) -> None:
     model = pipeline.run("pretrain/mnist1d/s0") / "model.pt"
     analysis.record(model, pipeline.task_path, tmp_path / "a.zarr", probe_size=50, device="cpu")

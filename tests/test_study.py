@@ -153,10 +153,107 @@ def test_every_parent_is_a_run_of_the_study_trained_before_its_child(study: Stud
 def test_similarity_compares_each_pretrained_model_with_its_finetuned_children(study: Study) -> None:
     children = [f"finetune/{src}/{m}/s{s}" for m in ("full", "linear_probe") for src in ("mnist1d", "synthetic")
                 for s in (0, 1)]
-    assert study.similarity_edges() == [(f"pretrain/{c.split('/')[1]}/s{c[-1]}", c) for c in children]
-    assert sorted(study.activation_runs()) == sorted(
-        children + [f"pretrain/{src}/s{s}" for src in ("mnist1d", "synthetic") for s in (0, 1)]
-    )
+    pairs = study.similarity_pairs()
+    for child in children:
+        path = f"results/analyze/similarity/finetune/{child}/analysis.zarr"
+        assert study.similarity_path("finetune", child) == path
+        assert pairs[path] == (study.parent(child), child)
+    assert [p for p in pairs if "/similarity/finetune/" in p] == [study.similarity_path("finetune", c)
+                                                                   for c in children]
+    entries = dict((p, c) for c, p in study.summaries()["similarity"])
+    assert entries[study.similarity_path("finetune", "finetune/synthetic/full/s1")] == {
+        "source": "synthetic", "method": "full", "seed": 1}
+
+
+def _edge(study: Study, edge: str) -> dict[str, tuple[str, str]]:
+    """The similarity stores of one kind of edge -> their two runs."""
+    return {p: runs for p, runs in study.similarity_pairs().items() if f"/similarity/{edge}/" in p}
+
+
+def test_similarity_compares_the_dense_model_with_every_pruned_run_of_its_seed(study: Study) -> None:
+    pairs = _edge(study, "prune")
+    assert sorted(b for _, b in pairs.values()) == sorted(study.network_pruning_runs())
+    assert all(a == f"prune_network/dense/s{Study.parse(b)['seed']}" for a, b in pairs.values())
+    run = "prune_network/random/k20/s1/level2"
+    path = study.similarity_path("prune", run)
+    assert path == f"results/analyze/similarity/prune/{run}/analysis.zarr"
+    assert pairs[path] == ("prune_network/dense/s1", run)
+    entries = dict((p, c) for c, p in study.summaries()["similarity_prune"])
+    assert entries[path] == {"method": "random", "rewind": 20, "level": 2, "seed": 1}
+
+
+def test_similarity_compares_the_trained_teacher_with_its_students_only(default_config: Config) -> None:
+    study = _changed(default_config, lambda c: c["distill"].update(teachers=["trained", "untrained"]))
+    pairs = _edge(study, "distill")
+    students = [r for r in study.subset_runs("distill") if "/trained/" in r]
+    assert len(students) == 12 and len(study.subset_runs("distill")) == 24
+    assert sorted(pairs.values()) == sorted(("finetune/scratch/s0", r) for r in students)
+    run = "distill/trained/el2n-hard/f0.25/T4-a0.5/s1"
+    entries = dict((p, c) for c, p in study.summaries()["similarity_distill"])
+    assert entries[study.similarity_path("distill", run)] == {
+        "method": "el2n-hard", "fraction": 0.25, "temperature": 4.0, "alpha": 0.5, "seed": 1}
+    # Untrained teachers are drawn inside each student's job: no model to compare with.
+    untrained = _changed(default_config, lambda c: c["distill"].update(teachers=["untrained"]))
+    assert not _edge(untrained, "distill") and "similarity_distill" not in untrained.summaries()
+
+
+def test_similarity_compares_each_run_with_its_next_seed_twin_and_with_itself(study: Study) -> None:
+    seeds = _edge(study, "seeds")
+    assert sorted(seeds.values()) == sorted(study.seed_twins())
+    path = study.similarity_path("seeds", "finetune/scratch/s1")  # named after the second seed's run
+    assert seeds[path] == ("finetune/scratch/s0", "finetune/scratch/s1")
+    assert len(seeds) == len(study.pretrain_runs() + study.finetune_runs()) // 2
+    within = _edge(study, "within")
+    models = study.pretrain_runs() + study.finetune_runs()
+    assert list(within.values()) == [(r, r) for r in models]
+    summaries = study.summaries()
+    assert {"source": "none", "model": "scratch"} in [c for c, _ in summaries["similarity_seeds"]]
+    entries = dict((p, c) for c, p in summaries["similarity_within"])
+    assert entries[study.similarity_path("within", "pretrain/synthetic/s1")] == {
+        "source": "synthetic", "model": "pretrained", "seed": 1}
+
+
+def test_activations_are_recorded_for_both_ends_of_every_edge(study: Study) -> None:
+    needed = {run for pair in study.similarity_pairs().values() for run in pair}
+    assert set(study.activation_runs()) == needed
+    assert len(study.activation_runs()) == len(needed)  # each once
+    # every model but the prune_data runs (which no edge reaches) and untrained teachers
+    assert needed == set(study.training_runs()) - set(study.subset_runs("prune_data"))
+
+
+@pytest.mark.parametrize("edges", [[], ["within"], ["prune", "seeds"]])
+def test_similarity_edges_choose_the_stores(default_config: Config, edges: list[str]) -> None:
+    study = _changed(default_config, lambda c: c["analyze"]["similarity"].update(edges=edges))
+    kinds = {p.split("/similarity/")[1].split("/")[0] for p in study.similarity_pairs()}
+    assert kinds == set(edges)
+    names = {"finetune": "similarity", "prune": "similarity_prune", "seeds": "similarity_seeds",
+             "within": "similarity_within"}
+    assert {n for n in study.summaries() if n.startswith("similarity")} == {names[e] for e in edges}
+    if "within" in edges:  # a model against itself needs only its own activations
+        assert study.activation_runs() == study.pretrain_runs() + study.finetune_runs()
+    # which stores exist is not what is in one: the jobs' settings stay the same
+    assert study.analysis_settings("similarity") == Study(default_config).analysis_settings("similarity")
+    assert "edges" not in study.analysis_settings("similarity")
+
+
+def test_similarity_edges_need_their_stages(default_config: Config) -> None:
+    def one_seed_no_pruning(c: Config) -> None:
+        for stage in ("prune_network", "distill"):
+            del c[stage]
+        c["pretrain"]["seeds"] = c["finetune"]["seeds"] = [0]
+
+    study = _changed(default_config, one_seed_no_pruning)
+    kinds = {p.split("/similarity/")[1].split("/")[0] for p in study.similarity_pairs()}
+    assert kinds == {"finetune", "within"}  # no pruned runs, no students, no second seed
+    assert not study.seed_twins() and not study.relative_pairs()
+
+    def no_pretraining(c: Config) -> None:
+        for stage in ("pretrain", "finetune", "prune_data", "distill"):
+            del c[stage]
+        del c["data"]["sources"]
+
+    study = _changed(default_config, no_pretraining)
+    assert set(study.summaries()) == {"network_pruning", "similarity_prune", "connectivity"}
 
 
 def test_tasks(study: Study) -> None:
@@ -354,6 +451,18 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
             range(config["prune_network"]["levels"] + 1), config["prune_network"]["seeds"],
         )),
         "similarity": set(itertools.product(sources, tuned, config["finetune"]["seeds"])),
+        "similarity_prune": set(itertools.product(
+            config["prune_network"]["methods"], config["prune_network"]["rewind_steps"],
+            range(1, config["prune_network"]["levels"] + 1), config["prune_network"]["seeds"],
+        )),
+        "similarity_distill": set(itertools.product(
+            study.data_pruning_methods(), config["prune_data"]["fractions"], config["distill"]["temperature"],
+            config["distill"]["alpha"], config["prune_data"]["seeds"],
+        )),
+        "similarity_seeds": set(itertools.product(sources, ["pretrained", *tuned])) | {("none", "scratch")},
+        "similarity_within": set(itertools.product(sources, ["pretrained"], config["pretrain"]["seeds"]))
+        | set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
+        | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),
         "spectra": set(itertools.product(sources, ["pretrained"], config["pretrain"]["seeds"]))
         | set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
         | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),

@@ -18,12 +18,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _two_models(p: argparse.ArgumentParser, what: str, settings: str) -> None:
-    """The options of an analysis of two models: their inputs and names, its settings and output."""
+def _two_models(p: argparse.ArgumentParser, what: str, settings: str, *, one: bool = False) -> None:
+    """The options of an analysis of two models: their inputs and names, its settings and output.
+
+    ``one``: model b may be left out, to analyse model a against itself.
+    """
+    itself = " (default: model a against itself)" if one else ""
     p.add_argument("--a", required=True, help=f"{what} of model a")
-    p.add_argument("--b", required=True, help=f"{what} of model b")
+    p.add_argument("--b", required=not one, help=f"{what} of model b{itself}")
     p.add_argument("--name-a", required=True)
-    p.add_argument("--name-b", required=True)
+    p.add_argument("--name-b", required=not one, help="(default: --name-a)" if one else None)
     p.add_argument("--settings", required=True, help=f"JSON: {settings}")
     p.add_argument("--out", required=True, help="analysis.zarr")
 
@@ -59,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="activations.zarr")
     _common(p)
 
-    p = sub.add_parser("similarity", help="similarity measures between all layers of two models")
-    _two_models(p, "activations.zarr", "measures, chunk, batch, cca_dims")
+    p = sub.add_parser("similarity", help="similarity measures between all layers of two models, or of one")
+    _two_models(p, "activations.zarr", "measures, chunk, batch, cca_dims", one=True)
 
     p = sub.add_parser("spectra", help="NTK and Hessian spectra and weight ranks of one model")
     p.add_argument("--model", required=True)
@@ -138,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "similarity":
         from workflow.analysis.stages import compare
 
-        compare(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b, settings=json.loads(args.settings))
+        compare(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b or args.name_a,
+                settings=json.loads(args.settings))
     elif args.command == "spectra":
         from workflow.analysis.stages import spectra
 

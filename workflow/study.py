@@ -63,6 +63,16 @@ LORA_METHODS = ("lora", "eva")
 WISEFT_METHODS = ("full", "bn_only", "lora", "eva")
 # The source coordinate, in summaries, of runs with no pretraining (scratch).
 NO_SOURCE = "none"
+# The kinds of edge of the lineage whose two models are compared layer by layer
+# (``analyze.similarity.edges``), and the summary that gathers each kind's stores.
+SIMILARITY_SUMMARIES = {
+    "finetune": "similarity",  # pretrained -> fine-tuned
+    "prune": "similarity_prune",  # dense -> pruned
+    "distill": "similarity_distill",  # trained teacher -> student
+    "seeds": "similarity_seeds",  # first seed <-> second seed
+    "within": "similarity_within",  # a model's layers against each other
+}
+SIMILARITY_EDGES = tuple(SIMILARITY_SUMMARIES)
 # Ensemble members beyond the first train from this seed (+ 1000 x member + seed).
 MEMBER_SEED = 30_000
 
@@ -229,17 +239,57 @@ class Study:
     def wiseft_path(self, source: str, method: str, seed: int) -> str:
         return f"{self.root}/analyze/wiseft/{source}/{method}/s{seed}/wiseft.zarr"
 
-    def similarity_edges(self) -> list[tuple[str, str]]:
-        """(parent, child) pairs compared layer by layer: each pretrained model and its fine-tuned children."""
-        return [(p, r) for r in self.finetune_runs() if (p := self.parent(r)) is not None]
+    def similarity_pairs(self) -> dict[str, tuple[str, str]]:
+        """Each similarity store -> (run a, run b) whose layers it compares, all layers x all layers.
+
+        One store per edge of the lineage that ``analyze.similarity.edges`` names (see
+        :meth:`_similarity`); for ``within`` both runs are the same model.
+        """
+        return {self.similarity_path(edge, b): (a, b) for edge, (a, b), _ in self._similarity()}
+
+    def similarity_path(self, edge: str, run: str) -> str:
+        """The similarity store of an edge of kind ``edge`` that ends at ``run`` (the child,
+        the student, the second seed, or the model itself for ``within``)."""
+        return f"{self.root}/analyze/similarity/{edge}/{run}/analysis.zarr"
 
     def activation_runs(self) -> list[str]:
-        """Runs whose activations on the probe set are recorded."""
-        return list(dict.fromkeys(run for edge in self.similarity_edges() for run in edge))
+        """Runs whose activations on the probe set are recorded: both ends of every similarity edge."""
+        return list(dict.fromkeys(run for _, pair, _ in self._similarity() for run in pair))
 
-    def similarity_path(self, child: str) -> str:
-        """The similarity store of the edge from ``child``'s parent to ``child``."""
-        return f"{self.root}/analyze/similarity/{child}/analysis.zarr"
+    def _similarity(self) -> list[tuple[str, tuple[str, str], dict[str, Any]]]:
+        """(edge kind, (run a, run b), coordinates in its summary) of every similarity store.
+
+        Each kind only when its stages exist and ``analyze.similarity.edges`` names it:
+
+        * ``finetune``: each pretrained model -> its fine-tuned children (source, method, seed);
+        * ``prune``: the dense model -> every pruned run of its seed (method, rewind, level, seed);
+        * ``distill``: the trained teacher -> every student it teaches (method, fraction,
+          temperature, alpha, seed). Students of an untrained teacher are left out: an
+          untrained teacher is drawn inside each student's job and never stored as a model;
+        * ``seeds``: each pretrained and fine-tuned run of the first seed <-> the same run
+          of the second (source, model; none with a single seed);
+        * ``within``: each pretrained and fine-tuned run against itself (source, model, seed).
+        """
+        similarity = self.config["analyze"].get("similarity")
+        edges = similarity["edges"] if similarity else []
+        out: list[tuple[str, tuple[str, str], dict[str, Any]]] = []
+        if "finetune" in edges:
+            out += [("finetune", (parent, run), self._coords(run, ("source", "method", "seed")))
+                    for run in self.finetune_runs() if (parent := self.parent(run)) is not None]
+        if "prune" in edges:
+            out += [("prune", (f"prune_network/dense/s{self.parse(run)['seed']}", run),
+                     self._coords(run, ("method", "rewind", "level", "seed")))
+                    for run in self.network_pruning_runs()]
+        if "distill" in edges:
+            out += [("distill", (self.config["distill"]["teacher"], run),
+                     self._coords(run, ("method", "fraction", "temperature", "alpha", "seed")))
+                    for run in self.subset_runs("distill") if self.parse(run)["teacher"] == "trained"]
+        if "seeds" in edges:
+            out += [("seeds", (a, b), self._model_coords(a, seed=False)) for a, b in self.seed_twins()]
+        if "within" in edges:
+            out += [("within", (run, run), self._model_coords(run))
+                    for run in self.pretrain_runs() + self.finetune_runs()]
+        return out
 
     def spectra_runs(self) -> list[str]:
         """Runs whose NTK, Hessian and weight ranks are analysed (with ``analyze.spectra``)."""
@@ -250,22 +300,24 @@ class Study:
     def spectra_path(self, run: str) -> str:
         return f"{self.root}/analyze/spectra/{run}/analysis.zarr"
 
+    def seed_twins(self) -> list[tuple[str, str]]:
+        """Every pretrained and fine-tuned run of its stage's first seed, with the same run of
+        the second seed: two runs that differ only in their seed (none with a single seed)."""
+        twins = []
+        for run in self.pretrain_runs() + self.finetune_runs():
+            seeds = self.config[self.parse(run)["stage"]]["seeds"]
+            if len(seeds) > 1 and self.parse(run)["seed"] == seeds[0]:
+                twins.append((run, run.rsplit("/", 1)[0] + f"/s{seeds[1]}"))
+        return twins
+
     def relative_pairs(self) -> dict[str, tuple[str, str]]:
         """Each relative-representation store -> two runs that differ only in their seed.
 
-        With ``analyze.relative``: every pretrained and fine-tuned run of the first
-        seed against the same run of the second (none with a single seed).
+        With ``analyze.relative``: the :meth:`seed_twins`.
         """
         if "relative" not in self.config["analyze"]:
             return {}
-        pairs = {}
-        for run in self.pretrain_runs() + self.finetune_runs():
-            stage = self.parse(run)["stage"]
-            seeds = self.config[stage]["seeds"]
-            if len(seeds) > 1 and self.parse(run)["seed"] == seeds[0]:
-                other = run.rsplit("/", 1)[0] + f"/s{seeds[1]}"
-                pairs[self.relative_path(run, seeds[1])] = (run, other)
-        return pairs
+        return {self.relative_path(a, self.parse(b)["seed"]): (a, b) for a, b in self.seed_twins()}
 
     def relative_path(self, run: str, other_seed: int) -> str:
         return f"{self.root}/analyze/relative/{run}/vs_s{other_seed}/analysis.zarr"
@@ -435,14 +487,20 @@ class Study:
         """
         return {name: entries for name, entries in self._summaries().items() if entries}
 
-    def _summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
+    def _coords(self, run: str, dims: tuple[str, ...]) -> dict[str, Any]:
+        """A run's coordinates on the sweep axes ``dims`` (source ``none`` when it has no source)."""
+        r = self.parse(run)
+        return {d: r.get(d, NO_SOURCE) if d == "source" else r[d] for d in dims}
 
-        def coords(run: str, dims: tuple[str, ...]) -> dict[str, Any]:
-            r = self.parse(run)
-            return {d: r.get(d, NO_SOURCE) if d == "source" else r[d] for d in dims}
+    def _summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
+        coords = self._coords
 
         def metrics(runs: list[str], dims: tuple[str, ...]) -> list[tuple[dict[str, Any], str]]:
             return [(coords(r, dims), self.path(r, "metrics.zarr")) for r in runs]
+
+        similarity: dict[str, list[tuple[dict[str, Any], str]]] = {n: [] for n in SIMILARITY_SUMMARIES.values()}
+        for edge, (_, run), where in self._similarity():
+            similarity[SIMILARITY_SUMMARIES[edge]].append((where, self.similarity_path(edge, run)))
 
         return {
             "pretrain": metrics(self.pretrain_runs(), ("source", "seed")),
@@ -461,15 +519,9 @@ class Study:
             "ensemble": [
                 (coords(members[1], ("source", "kind", "seed")), path) for path, members in self.ensembles().items()
             ],
-            "similarity": [
-                (coords(child, ("source", "method", "seed")), self.similarity_path(child))
-                for _, child in self.similarity_edges()
-            ],
+            **similarity,
             "spectra": [(self._model_coords(run), self.spectra_path(run)) for run in self.spectra_runs()],
-            "relative": [
-                ({k: v for k, v in self._model_coords(a).items() if k != "seed"}, path)
-                for path, (a, _) in self.relative_pairs().items()
-            ],
+            "relative": [(self._model_coords(a, seed=False), path) for path, (a, _) in self.relative_pairs().items()],
             "connectivity": [
                 ({"pair": pair, "source": src, "seed": seed}, self.connectivity_path(pair, src, seed))
                 for (pair, src, seed), _ in self._connectivity()
@@ -487,11 +539,12 @@ class Study:
             entries.append((coords, self.path(run, "metrics.zarr")))
         return entries
 
-    def _model_coords(self, run: str) -> dict[str, Any]:
-        """(source, model, seed) of a pretrained ("pretrained") or fine-tuned (its method) run."""
+    def _model_coords(self, run: str, *, seed: bool = True) -> dict[str, Any]:
+        """(source, model, seed) of a pretrained ("pretrained") or fine-tuned (its method) run;
+        without the seed for a comparison of two seeds."""
         r = self.parse(run)
         model = "pretrained" if r["stage"] == "pretrain" else r["method"]
-        return {"source": r.get("source", NO_SOURCE), "model": model, "seed": r["seed"]}
+        return {"source": r.get("source", NO_SOURCE), "model": model, **({"seed": r["seed"]} if seed else {})}
 
     def analysis_spec(self) -> dict[str, Any]:
         """What determines the probe set and the analyses on it."""
@@ -499,8 +552,14 @@ class Study:
         return {"data": self.config["data"]["target"], **{k: analyze[k] for k in ("probe_size", "layers", "conv")}}
 
     def analysis_settings(self, analysis: str) -> dict[str, Any]:
-        """The settings of one analysis (``similarity``, ``spectra``, ``connectivity``) with the probe set's."""
-        return {**self.analysis_spec(), **self.config["analyze"][analysis]}
+        """The settings of one analysis (``similarity``, ``spectra``, ``connectivity``) with the probe set's.
+
+        Without ``similarity.edges``: which edges are compared decides which stores
+        exist, not what is in one, so changing it must not rerun the others.
+        """
+        settings = {**self.analysis_spec(), **self.config["analyze"][analysis]}
+        settings.pop("edges", None)
+        return settings
 
     @staticmethod
     def dumps(spec: Mapping[str, Any]) -> str:

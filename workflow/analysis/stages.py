@@ -90,7 +90,7 @@ def record(
 
 def compare(
     acts_a: PathLike,
-    acts_b: PathLike,
+    acts_b: PathLike | None,
     out: PathLike,
     *,
     model_a: str,
@@ -100,7 +100,8 @@ def compare(
     """Every similarity measure of ``settings["measures"]``, layer x layer, between two activation stores.
 
     Streamed from the stores (see :func:`workflow.analysis.similarity.similarity_matrices`);
-    both must hold the same probe examples.
+    both must hold the same probe examples. Without ``acts_b``, the layers of
+    ``acts_a`` against each other, each read once.
     """
     options = {k: settings[k] for k in ("chunk", "batch", "cca_dims") if k in settings}
     ds = similarity_matrices(acts_a, acts_b, measures=settings["measures"], **options)
