@@ -1,4 +1,8 @@
-from workflow.plots import FIGURES
+from workflow.plots import FIGURES, drawable, figure_summaries
+
+# The summaries this study has, and the figures they are enough for.
+STUDY_SUMMARIES = list(STUDY.summaries())
+STUDY_FIGURES = [f for f in FIGURES if drawable(f, STUDY_SUMMARIES)]
 
 
 localrules:
@@ -9,7 +13,7 @@ localrules:
 rule plot:
     """One figure, drawn from summaries alone, as PNG and PDF."""
     input:
-        unpack(lambda w: {name: STUDY.summary_path(name) for name in FIGURES[w.figure][1]}),
+        unpack(lambda w: {name: STUDY.summary_path(name) for name in figure_summaries(w.figure, STUDY_SUMMARIES)}),
     output:
         png=f"{R}/plots/{{figure}}.png",
         pdf=f"{R}/plots/{{figure}}.pdf",
@@ -23,10 +27,6 @@ rule plot:
         f"{R}/logs/plots/{{figure}}.log",
     shell:
         JOB + " plot {wildcards.figure} {params.summaries} --out {output.png} --out {output.pdf} > {log} 2>&1"
-
-
-# The figures this study has the summaries for.
-STUDY_FIGURES = [f for f, (_, needs) in FIGURES.items() if set(needs) <= set(STUDY.summaries())]
 
 
 rule plots:

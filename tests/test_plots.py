@@ -261,6 +261,70 @@ def _similarity(n_seeds: int) -> xr.Dataset:
     return _only_real_combinations(ds)
 
 
+def _layer_cka(coords: dict[str, object], change: xr.DataArray, seed: int) -> xr.Dataset:
+    """Linear and debiased CKA over ``coords`` x (layer_a, layer_b) between two models:
+    ``change`` (dims: some of ``coords``, and ``layer_a``) lowers each layer's similarity."""
+    rng = np.random.default_rng(seed)
+    n = len(LAYERS)
+    near = xr.DataArray(np.exp(-np.abs(np.subtract.outer(np.arange(n), np.arange(n)))),
+                        dims=("layer_a", "layer_b"), coords={"layer_a": LAYERS, "layer_b": LAYERS})
+    grid = xr.DataArray(np.zeros([len(v) for v in coords.values()]), dims=list(coords), coords=coords)
+    cka = (grid + near * (1 - change)).transpose(*coords, "layer_a", "layer_b")
+    cka = (cka - np.abs(0.02 * rng.standard_normal(cka.shape))).clip(0.0, 1.0)
+    return xr.Dataset({"linear_cka": cka, "debiased_cka": cka**1.4})
+
+
+# How much of each layer's representation changes along an edge, deepest the most.
+DEPTH = xr.DataArray([0.2, 0.4, 0.7, 1.0], dims="layer_a", coords={"layer_a": LAYERS})
+
+
+def _similarity_prune(n_seeds: int) -> xr.Dataset:
+    """Dense vs pruned: IMP keeps the representation longest, a re-initialised mask loses it at once."""
+    levels = np.arange(1, 9)
+    coords = {"method": NETWORK_METHODS, "rewind": [0, 20], "level": levels, "seed": np.arange(n_seeds)}
+    rate = xr.DataArray([0.04, 0.09, 0.5], dims="method", coords={"method": NETWORK_METHODS})
+    level = xr.DataArray(levels, dims="level", coords={"level": levels})
+    return _layer_cka(coords, (rate * level).clip(0.0, 0.9) * DEPTH, seed=10)
+
+
+def _similarity_distill(n_seeds: int) -> xr.Dataset:
+    """Teacher vs student: less data and a smaller alpha, a student less like its teacher."""
+    methods = PRUNING_METHODS[:3]
+    coords = {"method": methods, "fraction": FRACTIONS, "temperature": [4.0], "alpha": [0.5, 0.9],
+              "seed": np.arange(n_seeds)}
+    fraction = xr.DataArray(FRACTIONS, dims="fraction", coords={"fraction": FRACTIONS})
+    alpha = xr.DataArray([0.5, 0.9], dims="alpha", coords={"alpha": [0.5, 0.9]})
+    return _layer_cka(coords, (0.6 - 0.3 * fraction - 0.2 * alpha) * DEPTH, seed=11)
+
+
+def _model_coords_only(ds: xr.Dataset) -> xr.Dataset:
+    """NaN where no model exists: scratch only under "none", every other model only under a source."""
+    return ds.where((ds["source"] == "none") == (ds["model"] == "scratch"))
+
+
+def _similarity_seeds(n_seeds: int) -> xr.Dataset:
+    """Seed 0 vs seed 1 of each model (no seed dim): fine-tuned twins share their pretrained body."""
+    models = ["pretrained", "full", "linear_probe", "scratch"]
+    coords = {"source": FINETUNE_SOURCES, "model": models}
+    apart = xr.DataArray([0.5, 0.4, 0.5, 0.6], dims="model", coords={"model": models})
+    return _model_coords_only(_layer_cka(coords, apart * DEPTH, seed=12))
+
+
+def _similarity_within(n_seeds: int) -> xr.Dataset:
+    """Each model's layers against each other: 1 on the diagonal, symmetric, seeds a little apart."""
+    models = ["full", "linear_probe", "pretrained", "scratch"]  # as collected: sorted
+    coords = {"source": FINETUNE_SOURCES, "model": models, "seed": np.arange(n_seeds)}
+    gap = np.abs(np.subtract.outer(np.arange(len(LAYERS)), np.arange(len(LAYERS))))
+    decay = xr.DataArray([0.5, 0.4, 0.4, 0.8], dims="model", coords={"model": models}) * (1 + 0.1 * xr.DataArray(
+        np.arange(n_seeds), dims="seed", coords={"seed": np.arange(n_seeds)}))
+    cka = np.exp(-decay * xr.DataArray(gap, dims=("layer_a", "layer_b"),
+                                       coords={"layer_a": LAYERS, "layer_b": LAYERS}))
+    grid = xr.DataArray(np.zeros((len(FINETUNE_SOURCES), 1)), dims=("source", "one"),
+                        coords={"source": FINETUNE_SOURCES}).isel(one=0, drop=True)
+    cka = (cka + grid).transpose("source", "model", "seed", "layer_a", "layer_b")
+    return _model_coords_only(xr.Dataset({"linear_cka": cka, "debiased_cka": cka**1.2}))
+
+
 SPECTRA_MODELS = ["pretrained", "full", "linear_probe", "scratch"]
 
 
@@ -341,6 +405,10 @@ BUILDERS = {
     "wiseft": _wiseft,
     "ensemble": _ensemble,
     "similarity": _similarity,
+    "similarity_prune": _similarity_prune,
+    "similarity_distill": _similarity_distill,
+    "similarity_seeds": _similarity_seeds,
+    "similarity_within": _similarity_within,
     "spectra": _spectra,
     "connectivity": _connectivity,
 }
@@ -395,7 +463,7 @@ def test_final_value_keeps_other_dims() -> None:
 def test_render_writes_png_and_pdf(
     figure: str, n_seeds: int, summary_paths: dict[str, Path], tmp_path: Path
 ) -> None:
-    if n_seeds == 1 and all("seed" not in BUILDERS[n](1).dims for n in plots.FIGURES[figure][1]):
+    if n_seeds == 1 and all("seed" not in BUILDERS[n](1).dims for n in plots.figure_summaries(figure, BUILDERS)):
         pytest.skip("its summaries have no seed dim: the same figure as for two seeds")
     png, pdf = tmp_path / "fig" / f"{figure}.png", tmp_path / "fig" / f"{figure}.pdf"
     with warnings.catch_warnings():
@@ -418,11 +486,12 @@ def test_figures_table_matches_signatures() -> None:
     assert set(plots.FIGURES) == {
         "training_curves", "data_pruning", "best_alpha", "network_pruning", "cka",
         "score_distributions", "score_agreement", "finetune_methods", "wiseft", "ensembles",
-        "similarity", "spectra", "connectivity", "weight_distance",
+        "similarity", "spectra", "connectivity", "weight_distance", "lineage", "similarity_within",
     }
     assert plots.FIGURES["data_pruning"][1] == ("data_pruning", "distill")
-    for func, needs in plots.FIGURES.values():
-        fig = func(*(BUILDERS[name](2) for name in needs))
+    for figure, (func, needs) in plots.FIGURES.items():
+        optional = plots.OPTIONAL_SUMMARIES.get(figure, ())
+        fig = func(*(BUILDERS[name](2) for name in needs), **{name: BUILDERS[name](2) for name in optional})
         assert fig.axes
 
 
@@ -694,3 +763,89 @@ def test_weight_distance_from_epoch_one_on_a_log_axis() -> None:
     np.testing.assert_allclose(line.get_ydata(), expected.mean("seed")[1:])
     assert line.get_linestyle() == "--"
     _labelled_line(ax, "from scratch (baseline)")
+
+
+def _diagonal(da: xr.DataArray) -> xr.DataArray:
+    """``da`` at layer_a == layer_b, along ``layer`` in LAYERS order."""
+    index = xr.DataArray(LAYERS, dims="layer")
+    return da.sel({"layer_a": index, "layer_b": index})
+
+
+def test_lineage_draws_a_row_per_edge_kind_present() -> None:
+    summaries = {name: BUILDERS[name](2) for name in plots.OPTIONAL_SUMMARIES["lineage"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all-NaN combinations must not leak RuntimeWarnings
+        fig = plots.lineage(**summaries)
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == [
+        "pretrained → fine-tuned",
+        "dense → pruned, rewound to step 0", "dense → pruned, rewound to step 20",
+        "trained teacher → student (T = 4, α = 0.5)", "trained teacher → student (T = 4, α = 0.9)",
+        "first seed ↔ second seed of the same run",
+    ]
+    # Fine-tuning: each layer with itself, mean over seeds, as in the similarity figure.
+    finetune = summaries["similarity"]["linear_cka"].sel({"source": "mnist1d", "method": "full"})
+    line = _labelled_line(_axis_titled(fig, "pretrained →"), "mnist1d → full")
+    np.testing.assert_allclose(line.get_ydata(), _diagonal(finetune).mean("seed"))
+    # Pruning: the mean over layers of the diagonal, against the level, a line per method.
+    imp = summaries["similarity_prune"]["linear_cka"].sel({"method": "imp", "rewind": 20})
+    line = _labelled_line(_axis_titled(fig, "dense → pruned, rewound to step 20"), "IMP")
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(1, 9))
+    np.testing.assert_allclose(line.get_ydata(), _diagonal(imp).mean("layer").mean("seed"))
+    # Distillation: against the kept fraction, per (temperature, alpha).
+    ax = _axis_titled(fig, "trained teacher → student (T = 4, α = 0.9)")
+    student = summaries["similarity_distill"]["linear_cka"].sel({"method": "el2n-easy", "alpha": 0.9})
+    line = _labelled_line(ax, "el2n-easy")
+    np.testing.assert_allclose(line.get_xdata(), FRACTIONS)
+    np.testing.assert_allclose(line.get_ydata(), _diagonal(student).mean("layer").mean("seed").squeeze())
+    # Seeds: one value per layer (no seed dim), scratch under "none" only.
+    seeds = _axis_titled(fig, "first seed")
+    labels = [t.get_text() for t in seeds.get_legend().get_texts()]
+    assert "from scratch (baseline)" in labels and "pretrained: mnist1d" in labels
+    for ax in fig.axes:
+        if ax.axison:
+            assert ax.get_ylim() == (0.0, 1.05)
+
+
+def test_lineage_draws_the_edges_a_study_has() -> None:
+    # The lottery study: network pruning alone.
+    assert plots.drawable("lineage", {"network_pruning", "similarity_prune"})
+    assert plots.figure_summaries("lineage", {"network_pruning", "similarity_prune"}) == ["similarity_prune"]
+    assert not plots.drawable("lineage", {"network_pruning"})
+    assert not plots.drawable("cka", {"similarity_prune"})
+    fig = plots.lineage(similarity_prune=_similarity_prune(1))
+    assert [ax.get_title() for ax in fig.axes if ax.axison] == [
+        "dense → pruned, rewound to step 0", "dense → pruned, rewound to step 20"]
+    assert "single seed" in fig.get_suptitle()
+    # Without linear CKA among the measures, the row says so.
+    fig = plots.lineage(similarity_seeds=_similarity_seeds(1)[["debiased_cka"]])
+    assert "similarity_seeds: no linear CKA" in _texts(fig)
+
+
+def test_render_refuses_a_figure_without_any_of_its_summaries(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lineage.*one of the summaries.*similarity_prune"):
+        plots.render("lineage", {"finetune": tmp_path / "f.zarr"}, [tmp_path / "x.png"])
+
+
+def test_similarity_within_is_a_heatmap_per_model_of_its_first_seed() -> None:
+    ds = _similarity_within(2)
+    fig = plots.similarity_within(ds)
+    heatmaps = {ax.get_title(): ax for ax in fig.axes if ax.images}
+    assert sorted(heatmaps) == sorted([
+        "pretrained: mnist1d (seed 0)", "mnist1d → full (seed 0)", "mnist1d → linear_probe (seed 0)",
+        "pretrained: synthetic (seed 0)", "synthetic → full (seed 0)", "synthetic → linear_probe (seed 0)",
+        "from scratch (baseline) (seed 0)"])
+    image = heatmaps["synthetic → full (seed 0)"].images[0].get_array()
+    np.testing.assert_allclose(image, ds["linear_cka"].sel({"source": "synthetic", "model": "full", "seed": 0}))
+    np.testing.assert_allclose(np.diag(image), 1.0)
+    # Pretrained first in each row; scratch alone in the last row, of no pretraining.
+    grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert grid[0].get_title() == "pretrained: mnist1d (seed 0)"
+    assert grid[4].get_title() == "pretrained: synthetic (seed 0)"
+    scratch = grid[8 + 3]
+    assert scratch.get_title() == "from scratch (baseline) (seed 0)"
+    assert scratch.get_ylabel() == "layer (no pretraining)"  # the first panel drawn in its row
+    # A model whose first seed did not run shows its second.
+    ds["linear_cka"].loc[{"source": "mnist1d", "model": "full", "seed": 0}] = np.nan
+    titles = [ax.get_title() for ax in plots.similarity_within(ds).axes]
+    assert "mnist1d → full (seed 1)" in titles

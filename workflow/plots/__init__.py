@@ -1,22 +1,31 @@
 """Figures drawn from the tidy summary datasets under ``results/summary/``.
 
-One function per figure; each takes summary datasets and returns a matplotlib
-``Figure``. :func:`render` is the entry point a pipeline rule calls: it opens the
-summaries, draws one figure and saves it in every requested format.
+One function per figure; each takes summary datasets (those :data:`FIGURES` names,
+in order, and those of its :data:`OPTIONAL_SUMMARIES` a study has, by name) and
+returns a matplotlib ``Figure``. :func:`render` is the entry point a pipeline rule
+calls: it opens the summaries, draws one figure and saves it in every requested format.
 
 The figures live in one module per family (data_pruning, network_pruning,
-finetuning); summaries and drawing hold the reductions and drawing they share.
+finetuning, analysis); summaries and drawing hold the reductions and drawing they share.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 from matplotlib.figure import Figure
 
 from workflow import storage
-from workflow.plots.analysis import connectivity, similarity, spectra, weight_distance
+from workflow.plots.analysis import (
+    LINEAGE,
+    connectivity,
+    lineage,
+    similarity,
+    similarity_within,
+    spectra,
+    weight_distance,
+)
 from workflow.plots.data_pruning import (
     KD_STYLES,
     SCORE_LABELS,
@@ -48,15 +57,19 @@ __all__ = [
     "cka_heatmaps",
     "connectivity",
     "data_pruning",
+    "drawable",
     "ensembles",
+    "figure_summaries",
     "final_value",
     "finetune_methods",
+    "lineage",
     "network_pruning",
     "render",
     "score_agreement",
     "score_correlations",
     "score_distributions",
     "similarity",
+    "similarity_within",
     "spectra",
     "training_curves",
     "weight_distance",
@@ -79,7 +92,25 @@ FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "spectra": (spectra, ("spectra",)),
     "connectivity": (connectivity, ("connectivity",)),
     "weight_distance": (weight_distance, ("finetune",)),
+    "lineage": (lineage, ()),
+    "similarity_within": (similarity_within, ("similarity_within",)),
 }
+# Summaries a figure also draws from, passed by name, when the study has them; such a
+# figure is drawn when the study has at least one of them.
+OPTIONAL_SUMMARIES: dict[str, tuple[str, ...]] = {"lineage": tuple(LINEAGE)}
+
+
+def figure_summaries(figure: str, available: Collection[str]) -> list[str]:
+    """The summaries ``figure`` is drawn from in a study with the summaries ``available``:
+    every one it needs, and those of its optional ones the study has."""
+    needs = FIGURES[figure][1]
+    return [*needs, *(name for name in OPTIONAL_SUMMARIES.get(figure, ()) if name in available)]
+
+
+def drawable(figure: str, available: Collection[str]) -> bool:
+    """Whether a study with the summaries ``available`` has what ``figure`` is drawn from."""
+    names = figure_summaries(figure, available)
+    return bool(names) and set(names) <= set(available)
 
 
 def render(
@@ -94,7 +125,11 @@ def render(
     missing = [name for name in needs if name not in summary_paths]
     if missing:
         raise ValueError(f"figure {figure!r} needs summaries {list(needs)}; missing: {missing}")
-    fig = draw(*(storage.open_dataset(summary_paths[name]) for name in needs))
+    optional = [name for name in OPTIONAL_SUMMARIES.get(figure, ()) if name in summary_paths]
+    if not drawable(figure, summary_paths):
+        raise ValueError(f"figure {figure!r} needs one of the summaries {list(OPTIONAL_SUMMARIES[figure])}")
+    fig = draw(*(storage.open_dataset(summary_paths[name]) for name in needs),
+               **{name: storage.open_dataset(summary_paths[name]) for name in optional})
     try:
         for path in outputs:
             storage.save_figure(fig, path)

@@ -4,7 +4,7 @@ fine-tuning method, WiSE-FT interpolation, ensembles and soups."""
 from __future__ import annotations
 
 from itertools import product
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -93,38 +93,67 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     return fig
 
 
-def cka_heatmaps(ds: xr.Dataset) -> Figure:
-    """Linear CKA between pretrained (y) and fine-tuned (x) layers: a row of heatmaps per source, one per method."""
-    sources, methods = coord_values(ds, "source"), coord_values(ds, "method")
-    pairs = set(source_method_pairs(ds, "linear_cka"))
-    n_a, n_b = ds.sizes["layer_a"], ds.sizes["layer_b"]
+def layer_heatmaps(
+    cells: Mapping[tuple[Hashable, Hashable], tuple[str, xr.DataArray]],
+    rows: Sequence[Hashable],
+    columns: Sequence[Hashable],
+    *,
+    xlabel: str,
+    ylabel: Callable[[Hashable], str],
+    label: str,
+) -> Figure:
+    """Annotated layer x layer heatmaps on [0, 1]: a row per source, a column per method or model.
+
+    ``cells``: (row, column) -> (panel title, values with dims ``layer_a``, ``layer_b``);
+    the other panels are left blank. ``ylabel(row)`` labels the first panel drawn in a
+    row; ``label`` is the colour bar's.
+    """
+    if not cells:
+        fig, axes = new_figure(1, 1, (4.0, 3.0))
+        no_data(axes[0, 0])
+        return fig
+    first = next(iter(cells.values()))[1]
+    n_a, n_b = first.sizes["layer_a"], first.sizes["layer_b"]
     # Cells big enough for their annotation; shrink text only for many layers.
     cell = 0.55 if max(n_a, n_b) <= 8 else 0.45
     fig, axes = new_figure(
-        len(sources), len(methods), (max(3.2, cell * n_b + 1.4), max(3.0, cell * n_a + 1.2))
+        len(rows), len(columns), (max(3.2, cell * n_b + 1.4), max(3.0, cell * n_a + 1.2))
     )
     cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     fontsize = 8 if max(n_a, n_b) <= 8 else 6
-    image = None
-    for (row, source), (col, method) in product(enumerate(sources), enumerate(methods)):
-        ax = axes[row, col]
-        if (source, method) not in pairs:
+    image, labelled = None, set()
+    for (i, row), (j, column) in product(enumerate(rows), enumerate(columns)):
+        ax = axes[i, j]
+        if (row, column) not in cells:
             ax.set_axis_off()
             continue
-        mean = over_seeds(ds["linear_cka"].sel({"source": source, "method": method})).mean
-        values = mean.transpose("layer_a", "layer_b").values
+        title, values = cells[(row, column)]
         # Dark text on the bright end of viridis, light text elsewhere.
-        image = heatmap(ax, values, cmap=cmap, vmin=0.0, vmax=1.0, fontsize=fontsize,
-                        text_colour=lambda v: "black" if v > 0.6 else "white")
-        ax.set_xticks(
-            range(n_b), [str(v) for v in ds["layer_b"].values], rotation=45, ha="right"
-        )
-        ax.set_yticks(range(n_a), [str(v) for v in ds["layer_a"].values])
-        ax.set_xlabel("fine-tuned layer")
-        ax.set_ylabel(f"pretrained layer ({source})" if col == 0 else "")
-        ax.set_title(finetune_label(source, method, len(sources)))
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), label="linear CKA", shrink=0.9)
+        image = heatmap(ax, values.transpose("layer_a", "layer_b").values, cmap=cmap, vmin=0.0, vmax=1.0,
+                        fontsize=fontsize, text_colour=lambda v: "black" if v > 0.6 else "white")
+        ax.set_xticks(range(values.sizes["layer_b"]), [str(v) for v in values["layer_b"].values],
+                      rotation=45, ha="right")
+        ax.set_yticks(range(values.sizes["layer_a"]), [str(v) for v in values["layer_a"].values])
+        ax.set_xlabel(xlabel)
+        if row not in labelled:  # the first panel of the row that is drawn
+            ax.set_ylabel(ylabel(row))
+            labelled.add(row)
+        ax.set_title(title)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=label, shrink=0.9)
+    return fig
+
+
+def cka_heatmaps(ds: xr.Dataset) -> Figure:
+    """Linear CKA between pretrained (y) and fine-tuned (x) layers: a row of heatmaps per source, one per method."""
+    sources = coord_values(ds, "source")
+    mean = over_seeds(ds["linear_cka"]).mean
+    cells = {
+        (source, method): (finetune_label(source, method, len(sources)),
+                           mean.sel({"source": source, "method": method}))
+        for source, method in source_method_pairs(ds, "linear_cka")
+    }
+    fig = layer_heatmaps(cells, sources, coord_values(ds, "method"), xlabel="fine-tuned layer",
+                         ylabel=lambda source: f"pretrained layer ({source})", label="linear CKA")
     how = seeds_text("mean", ds)
     fig.suptitle(f"Linear CKA: pretrained vs fine-tuned representations ({how})")
     return fig
