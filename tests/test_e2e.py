@@ -164,7 +164,9 @@ def test_the_report_has_a_table_for_every_summary(study: Study) -> None:
     text = report(study.root)
     for title in ("pretrain (source task)", "finetune (target task)", "data pruning, no distillation",
                   "data pruning with distillation", "network pruning", "WiSE-FT", "ensembles and soups",
-                  "similarity", "spectra", "zero-shot stitching", "mode connectivity"):
+                  "similarity", "spectra", "zero-shot stitching", "mode connectivity",
+                  "similarity, dense vs pruned", "similarity, trained teacher vs student",
+                  "similarity, first vs second seed", "similarity within each model"):
         assert f"{title}" in text, title
     assert "nan" not in text.lower()
 

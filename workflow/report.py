@@ -36,6 +36,21 @@ def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)", 
     return f"{title}: {what}\n{frame.round(digits).to_string(na_rep='-')}\n"
 
 
+def _layer_mean(da: xr.DataArray, *, same: bool = True) -> xr.DataArray:
+    """Mean of a layer x layer similarity over the pairs of a layer with itself (``same``),
+    or over the pairs of different layers."""
+    same_layer = da["layer_a"] == da["layer_b"]
+    return da.where(same_layer if same else ~same_layer).mean(["layer_a", "layer_b"])
+
+
+# The cross-model similarity summaries besides fine-tuning's, and what their two models are.
+LINEAGE_TABLES = {
+    "similarity_prune": "dense vs pruned",
+    "similarity_distill": "trained teacher vs student",
+    "similarity_seeds": "first vs second seed",
+}
+
+
 def report(results: str | Path) -> str:
     """Tables for every summary present under ``results/summary``."""
     summary = Path(results) / "summary"
@@ -69,10 +84,17 @@ def report(results: str | Path) -> str:
         )
         parts.append(_table("ensembles and soups", combined, "test accuracy (%)"))
     if (ds := have("similarity")) is not None:
-        same_layer = ds["layer_a"] == ds["layer_b"]
         for measure in ds.data_vars:
-            matched = ds[measure].where(same_layer).mean(["layer_a", "layer_b"])
-            parts.append(_table("similarity, pretrained vs fine-tuned, mean over matched layers", matched, measure, 3))
+            parts.append(_table("similarity, pretrained vs fine-tuned, mean over matched layers",
+                                _layer_mean(ds[measure]), measure, 3))
+    for name, models in LINEAGE_TABLES.items():
+        if (ds := have(name)) is not None and "linear_cka" in ds:
+            parts.append(_table(f"similarity, {models}, mean over matched layers",
+                                _layer_mean(ds["linear_cka"]), "linear_cka", 3))
+    if (ds := have("similarity_within")) is not None and "linear_cka" in ds:
+        # Each layer with itself is 1 by construction: how alike the different layers are says more.
+        parts.append(_table("similarity within each model, mean over pairs of different layers",
+                            _layer_mean(ds["linear_cka"], same=False), "linear_cka", 3))
     if (ds := have("spectra")) is not None:
         parts.append(_table("spectra", ds["ntk_condition_number"], "NTK condition number"))
         parts.append(_table("spectra", ds["hessian_eigenvalues"].isel(hessian_eig=0), "top Hessian eigenvalue"))

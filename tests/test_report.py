@@ -1,0 +1,45 @@
+"""Tests for workflow.report: the tables of the similarity summaries along the lineage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from workflow import storage
+from workflow.report import report
+
+pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
+
+LAYERS = ["conv1", "conv2", "head"]
+
+
+def _layers(values: np.ndarray, coords: dict[str, list]) -> xr.DataArray:
+    """``values`` (coords..., layer_a, layer_b) as a summary variable."""
+    return xr.DataArray(values, dims=(*coords, "layer_a", "layer_b"),
+                        coords={**coords, "layer_a": LAYERS, "layer_b": LAYERS})
+
+
+def test_lineage_tables_average_matched_layers_and_within_tables_the_others(tmp_path: Path) -> None:
+    matrix = np.array([[0.9, 0.2, 0.1], [0.3, 0.6, 0.2], [0.1, 0.1, 0.3]])  # diagonal mean 0.6
+    within = np.array([[1.0, 0.5, 0.2], [0.5, 1.0, 0.4], [0.2, 0.4, 1.0]])  # off-diagonal mean 0.3667
+    summaries = {
+        "similarity_prune": _layers(np.stack([matrix, matrix - 0.1])[None, None, :, None],
+                                    {"method": ["imp"], "rewind": [20], "level": [1, 2], "seed": [0]}),
+        "similarity_seeds": _layers(matrix[None, None], {"source": ["mnist1d"], "model": ["pretrained"]}),
+        "similarity_within": _layers(within[None, None, None], {"source": ["none"], "model": ["scratch"],
+                                                                "seed": [0]}),
+    }
+    for name, da in summaries.items():
+        storage.write_dataset(xr.Dataset({"linear_cka": da, "procrustes": 1 - da}),
+                              tmp_path / "summary" / f"{name}.zarr")
+    text = report(tmp_path)
+    prune = text.split("similarity, dense vs pruned, mean over matched layers: linear_cka\n")[1].split("\n\n")[0]
+    assert [line.split()[-3] for line in prune.splitlines()[2:]] == ["0.6", "0.5"]  # seed 0 of levels 1, 2
+    seeds = text.split("similarity, first vs second seed, mean over matched layers: linear_cka\n")[1]
+    assert seeds.splitlines()[2].split()[-1] == "0.6"
+    within_table = text.split("similarity within each model, mean over pairs of different layers: linear_cka\n")[1]
+    assert within_table.splitlines()[2].split()[-3] == f"{(0.5 + 0.2 + 0.4) / 3:.3f}"
+    assert "procrustes" not in text  # the lineage tables show linear CKA alone
