@@ -52,11 +52,12 @@ rule similarity:
         run=run_id("pretrain", "finetune", "distill", "prune_network"),
     conda:
         ENV
+    threads: config["threads"]
     log:
         f"{R}/logs/similarity/{{edge}}/{{run}}.log",
     shell:
         JOB + " similarity --a {input.a} --name-a {params.name_a} {params.b} "
-        "--settings {params.settings:q} --out {output} > {log} 2>&1"
+        "--settings {params.settings:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule spectra:

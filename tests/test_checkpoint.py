@@ -4,20 +4,29 @@ stopped by a scheduler's signal (checkpoint after the current step)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import xarray as xr
+import yaml
 
+from workflow import storage
 from workflow.checkpoint import Checkpointing, Preempted
 from workflow.prune_data import RepeatedRandomSubsets
 from workflow.prune_network import magnitude_masks, prunable_parameters
+from workflow.study import Study
 from workflow.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 CFG = TrainConfig(epochs=4, batch_size=50, lr=0.01, optimizer="sgd", weight_decay=1e-4)  # 5 steps per epoch
 STEPS = 20
@@ -139,3 +148,80 @@ def test_checkpointing_refuses_an_on_batch_hook_and_a_zero_interval(make_cnn, ta
               checkpoint=Checkpointing(tmp_path / "c.pt"))
     with pytest.raises(ValueError, match="interval"):
         Checkpointing(tmp_path / "c.pt", every=0)
+
+
+# --- a real process, killed -----------------------------------------------------------
+
+
+def _train_command(spec: dict, out: Path, data: Path, checkpoint: Path | None) -> list[str]:
+    command = [sys.executable, "-m", "workflow", "train", "--spec", json.dumps(spec), "--out", str(out),
+               "--data", str(data), "--device", "cpu", "--threads", "1", "--no-progress"]
+    return command + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+
+
+def _saved_run(out: Path) -> tuple[dict[str, torch.Tensor], xr.Dataset]:
+    return storage.load_torch(out / "model.pt")["state_dict"], storage.open_dataset(out / "metrics.zarr")
+
+
+@pytest.fixture(scope="module")
+def long_run(task_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A pretraining spec of the tiny study that trains for a few seconds, and its uninterrupted result."""
+    config = yaml.safe_load((ROOT / "config" / "studies" / "tiny.yaml").read_text())
+    config["pretrain"]["train"] = {"epochs": 60}
+    spec = Study(config).spec("pretrain/mnist1d/s0")
+    reference = tmp_path_factory.mktemp("reference")
+    subprocess.run(_train_command(spec, reference, task_path, None), check=True, cwd=ROOT)
+    return spec, _saved_run(reference)
+
+
+def _assert_same_saved_run(a, b) -> None:
+    (weights_a, metrics_a), (weights_b, metrics_b) = a, b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    xr.testing.assert_identical(metrics_a.drop_attrs(), metrics_b.drop_attrs())
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, f"no checkpoint at {path}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
+def test_a_job_killed_with_sigkill_and_run_again_ends_as_an_uninterrupted_one(long_run, task_path, tmp_path, delay):
+    spec, reference = long_run
+    out, checkpoint = tmp_path / "run", tmp_path / "checkpoints" / "run.pt"
+    process = subprocess.Popen(_train_command(spec, out, task_path, checkpoint), cwd=ROOT)
+    _wait_for(checkpoint, process)
+    time.sleep(delay)  # somewhere later in training, maybe while a checkpoint is written
+    process.kill()
+    assert process.wait() == -signal.SIGKILL
+    assert not (out / "model.pt").exists()
+    assert checkpoint.exists()  # written aside and renamed: a whole checkpoint, the last one or an earlier one
+    saved_step = storage.load_torch(checkpoint)["step"]
+    subprocess.run(_train_command(spec, out, task_path, checkpoint), check=True, cwd=ROOT)
+    resumed = _saved_run(out)
+    assert resumed[1].attrs["resumed_from_step"] == saved_step > 0  # went on, did not start over
+    _assert_same_saved_run(reference, resumed)
+    assert not checkpoint.exists()  # removed once the outputs are written
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_job_told_to_stop_saves_exits_non_zero_and_resumes(long_run, task_path, tmp_path, sig):
+    spec, reference = long_run
+    out, checkpoint = tmp_path / "run", tmp_path / "checkpoints" / "run.pt"
+    process = subprocess.Popen(_train_command(spec, out, task_path, checkpoint), cwd=ROOT,
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for(checkpoint, process)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig
+    assert "run again to resume" in stderr
+    assert checkpoint.exists() and not (out / "model.pt").exists()
+    saved_step = storage.load_torch(checkpoint)["step"]
+    subprocess.run(_train_command(spec, out, task_path, checkpoint), check=True, cwd=ROOT)
+    resumed = _saved_run(out)
+    assert resumed[1].attrs["resumed_from_step"] == saved_step > 0
+    _assert_same_saved_run(reference, resumed)

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="model.pt of the parent run")
     p.add_argument("--scores", help="scores.zarr (data pruning, distillation)")
     p.add_argument("--teacher", help="model.pt of the teacher (distillation)")
+    p.add_argument("--checkpoint", help="resumable training: the checkpoint file (outside --out)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     _common(p)
 
     p = sub.add_parser("scores", help="score every training example")
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("similarity", help="similarity measures between all layers of two models, or of one")
     _two_models(p, "activations.zarr", "measures, chunk, batch, cca_dims", one=True)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
     p = sub.add_parser("spectra", help="NTK and Hessian spectra and weight ranks of one model")
     p.add_argument("--model", required=True)
@@ -119,13 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         make_data(json.loads(args.spec), args.out)
     elif args.command == "train":
+        from workflow.checkpoint import Preempted
         from workflow.stages import train_run
 
-        train_run(
-            json.loads(args.spec), args.out, data_path=args.data, parent=args.parent,
-            scores=args.scores, teacher=args.teacher, device=args.device,
-            threads=args.threads, progress=not args.no_progress,
-        )
+        try:
+            train_run(
+                json.loads(args.spec), args.out, data_path=args.data, parent=args.parent,
+                scores=args.scores, teacher=args.teacher, device=args.device,
+                threads=args.threads, progress=not args.no_progress, checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every,
+            )
+        except Preempted as stop:
+            print(f"{json.loads(args.spec)['run']}: {stop}", file=sys.stderr)
+            raise
     elif args.command == "scores":
         from workflow.stages import compute_scores
 
@@ -143,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workflow.analysis.stages import compare
 
         compare(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b or args.name_a,
-                settings=json.loads(args.settings))
+                settings=json.loads(args.settings), threads=args.threads)
     elif args.command == "spectra":
         from workflow.analysis.stages import spectra
 

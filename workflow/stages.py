@@ -21,6 +21,7 @@ from torch import nn
 
 from workflow import storage
 from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
+from workflow.checkpoint import Checkpointing
 from workflow.data import TaskData, load_data
 from workflow.distill import kd_loss
 from workflow.finetune import FINETUNE, FinetuneSetup
@@ -111,11 +112,16 @@ def train_run(
     device: str = "auto",
     threads: int | None = None,
     progress: bool = True,
+    checkpoint: PathLike | None = None,
+    checkpoint_every: int = 1,
 ) -> None:
     """Train the run described by ``spec`` (see :meth:`workflow.study.Study.spec`).
 
     Writes ``out/metrics.zarr`` (per-epoch metrics) and then ``out/model.pt``
-    (weights, spec, masks), each atomically.
+    (weights, spec, masks), each atomically. With ``checkpoint`` (a file outside
+    ``out``), training saves its state there every ``checkpoint_every`` epochs and
+    when stopped by SIGTERM or SIGUSR1, resumes from it when run again with the same
+    spec, and deletes it once the outputs are written (see :mod:`workflow.checkpoint`).
     """
     dev = job_device(device, threads)
     stage = spec["stage"]
@@ -175,9 +181,13 @@ def train_run(
         raise ValueError(f"unknown training stage {stage!r}")
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    saving = None
+    if checkpoint is not None:
+        key = Checkpointing.key_of(json.dumps(spec, sort_keys=True, separators=(",", ":")))
+        saving = Checkpointing(Path(checkpoint), every=checkpoint_every, key=key)
     result = train(
         model, data, cfg, seed=seed, loss_fn=loss_fn, masks=masks,
-        snapshot_steps=snapshot_steps, sampler=sampler, progress=progress, desc=spec["run"],
+        snapshot_steps=snapshot_steps, sampler=sampler, progress=progress, desc=spec["run"], checkpoint=saving,
     )
     if stage == "prune_network" and spec["method"] == "dense":
         extra["rewind"] = {step: result.snapshots[step] for step in spec["rewind_steps"]}
@@ -198,6 +208,8 @@ def train_run(
         metrics["kept_size"] = xr.DataArray(kept_size, attrs={"description": "training examples per epoch"})
     attrs = storage.provenance(spec, parent=spec.get("parent"), seed=seed, device=str(dev))
     attrs["steps"] = result.steps
+    if result.resumed_step is not None:
+        attrs["resumed_from_step"] = result.resumed_step
     storage.write_dataset(metrics, Path(out) / "metrics.zarr", attrs)
     storage.save_torch(
         {
@@ -212,6 +224,8 @@ def train_run(
         },
         Path(out) / "model.pt",
     )
+    if saving is not None:
+        saving.remove()
 
 
 def _test_metrics(state: Mapping[str, torch.Tensor], template: nn.Module, data: TaskData) -> tuple[float, float]:

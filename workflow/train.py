@@ -79,6 +79,7 @@ class TrainResult:
     history: xr.Dataset
     snapshots: dict[int, dict[str, torch.Tensor]]
     steps: int
+    resumed_step: int | None = None  # the step of the checkpoint this run went on from
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -318,6 +319,7 @@ def train(
         history, snapshots, start = saved["history"], saved["snapshots"], saved["start"]
         start_norm = _norm(start)
         step, first_epoch, order, done = saved["step"], saved["epoch"] + 1, saved["order"], saved["done"]
+    resumed_step = None if saved is None else step
     bar = tqdm(range(first_epoch, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
     with stop_requests() if checkpoint is not None else contextlib.nullcontext(lambda: None) as stop:
         for epoch in bar:
@@ -357,4 +359,4 @@ def train(
                 checkpoint.save(state(epoch))
                 if (signum := stop()) is not None:
                     raise Preempted(signum)
-    return TrainResult(history_dataset(history), snapshots, step)
+    return TrainResult(history_dataset(history), snapshots, step, resumed_step)

@@ -96,13 +96,15 @@ def compare(
     model_a: str,
     model_b: str,
     settings: Mapping[str, Any],
+    threads: int | None = None,
 ) -> None:
     """Every similarity measure of ``settings["measures"]``, layer x layer, between two activation stores.
 
     Streamed from the stores (see :func:`workflow.analysis.similarity.similarity_matrices`);
     both must hold the same probe examples. Without ``acts_b``, the layers of
-    ``acts_a`` against each other, each read once.
+    ``acts_a`` against each other, each read once. On the CPU, with ``threads`` torch threads.
     """
+    job_device("cpu", threads)
     options = {k: settings[k] for k in ("chunk", "batch", "cca_dims") if k in settings}
     ds = similarity_matrices(acts_a, acts_b, measures=settings["measures"], **options)
     _write_comparison(ds, out, settings, (model_a, model_b))
