@@ -63,7 +63,13 @@ def train_inputs(input):
     return " ".join(f"--{name} {input[name]}" for name in ("parent", "scores", "teacher") if name in input.keys())
 
 
+# Training jobs checkpoint outside their outputs, which Snakemake deletes when a job
+# fails: a rerun (or a retry) goes on from the checkpoint.
+CHECKPOINTS = (
+    f"--checkpoints {R}/checkpoints --checkpoint-every {config['checkpoint_every']}"
+    if config["checkpoint_every"] else ""
+)
 TRAIN_SHELL = (
     JOB + " train --spec {params.spec:q} --data {input.data} --out {params.out} "
-    "{params.inputs} " + RUN_OPTS + " > {log} 2>&1"
+    "{params.inputs} " + RUN_OPTS + " " + CHECKPOINTS + " > {log} 2>&1"
 )

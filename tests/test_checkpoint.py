@@ -153,10 +153,10 @@ def test_checkpointing_refuses_an_on_batch_hook_and_a_zero_interval(make_cnn, ta
 # --- a real process, killed -----------------------------------------------------------
 
 
-def _train_command(spec: dict, out: Path, data: Path, checkpoint: Path | None) -> list[str]:
+def _train_command(spec: dict, out: Path, data: Path, checkpoints: Path | None) -> list[str]:
     command = [sys.executable, "-m", "workflow", "train", "--spec", json.dumps(spec), "--out", str(out),
                "--data", str(data), "--device", "cpu", "--threads", "1", "--no-progress"]
-    return command + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+    return command + (["--checkpoints", str(checkpoints)] if checkpoints else [])
 
 
 def _saved_run(out: Path) -> tuple[dict[str, torch.Tensor], xr.Dataset]:
@@ -192,8 +192,9 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60) -> Non
 @pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
 def test_a_job_killed_with_sigkill_and_run_again_ends_as_an_uninterrupted_one(long_run, task_path, tmp_path, delay):
     spec, reference = long_run
-    out, checkpoint = tmp_path / "run", tmp_path / "checkpoints" / "run.pt"
-    process = subprocess.Popen(_train_command(spec, out, task_path, checkpoint), cwd=ROOT)
+    out, checkpoints = tmp_path / "run", tmp_path / "checkpoints"
+    checkpoint = checkpoints / f"{spec['run']}.pt"
+    process = subprocess.Popen(_train_command(spec, out, task_path, checkpoints), cwd=ROOT)
     _wait_for(checkpoint, process)
     time.sleep(delay)  # somewhere later in training, maybe while a checkpoint is written
     process.kill()
@@ -201,7 +202,7 @@ def test_a_job_killed_with_sigkill_and_run_again_ends_as_an_uninterrupted_one(lo
     assert not (out / "model.pt").exists()
     assert checkpoint.exists()  # written aside and renamed: a whole checkpoint, the last one or an earlier one
     saved_step = storage.load_torch(checkpoint)["step"]
-    subprocess.run(_train_command(spec, out, task_path, checkpoint), check=True, cwd=ROOT)
+    subprocess.run(_train_command(spec, out, task_path, checkpoints), check=True, cwd=ROOT)
     resumed = _saved_run(out)
     assert resumed[1].attrs["resumed_from_step"] == saved_step > 0  # went on, did not start over
     _assert_same_saved_run(reference, resumed)
@@ -211,8 +212,9 @@ def test_a_job_killed_with_sigkill_and_run_again_ends_as_an_uninterrupted_one(lo
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_job_told_to_stop_saves_exits_non_zero_and_resumes(long_run, task_path, tmp_path, sig):
     spec, reference = long_run
-    out, checkpoint = tmp_path / "run", tmp_path / "checkpoints" / "run.pt"
-    process = subprocess.Popen(_train_command(spec, out, task_path, checkpoint), cwd=ROOT,
+    out, checkpoints = tmp_path / "run", tmp_path / "checkpoints"
+    checkpoint = checkpoints / f"{spec['run']}.pt"
+    process = subprocess.Popen(_train_command(spec, out, task_path, checkpoints), cwd=ROOT,
                                stderr=subprocess.PIPE, text=True)
     _wait_for(checkpoint, process)
     process.send_signal(sig)
@@ -221,7 +223,7 @@ def test_a_job_told_to_stop_saves_exits_non_zero_and_resumes(long_run, task_path
     assert "run again to resume" in stderr
     assert checkpoint.exists() and not (out / "model.pt").exists()
     saved_step = storage.load_torch(checkpoint)["step"]
-    subprocess.run(_train_command(spec, out, task_path, checkpoint), check=True, cwd=ROOT)
+    subprocess.run(_train_command(spec, out, task_path, checkpoints), check=True, cwd=ROOT)
     resumed = _saved_run(out)
     assert resumed[1].attrs["resumed_from_step"] == saved_step > 0
     _assert_same_saved_run(reference, resumed)

@@ -55,7 +55,7 @@ def test_loading_a_loaded_config_changes_nothing(tiny_config: Config) -> None:
 ERRORS = {
     "unknown top-level key": (
         lambda c: c.update(epochz=3),
-        ["['epochz']", "allowed keys: analyze, data, device, distill"],
+        ["['epochz']", "allowed keys: analyze, checkpoint_every, data, device, distill"],
     ),
     "unknown nested key": (
         lambda c: c["prune_network"].update(scoep="layer"),
@@ -68,6 +68,10 @@ ERRORS = {
     "unknown dataset generator setting": (
         lambda c: c["data"]["target"]["args"].update(num_sample=10),
         ["['num_sample']", "'data.target.args'", "num_samples"],
+    ),
+    "negative checkpoint interval": (
+        lambda c: c.update(checkpoint_every=-1),
+        ["'checkpoint_every'", "-1"],
     ),
     "wrong type": (
         lambda c: c["train"].update(epochs="ten"),

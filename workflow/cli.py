@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="model.pt of the parent run")
     p.add_argument("--scores", help="scores.zarr (data pruning, distillation)")
     p.add_argument("--teacher", help="model.pt of the teacher (distillation)")
-    p.add_argument("--checkpoint", help="resumable training: the checkpoint file (outside --out)")
+    p.add_argument("--checkpoints", help="resumable training: the folder of checkpoints, <folder>/<run>.pt "
+                   "(outside --out, so a failed job's clean-up keeps it)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     _common(p)
 
@@ -125,15 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from workflow.checkpoint import Preempted
         from workflow.stages import train_run
 
+        spec = json.loads(args.spec)
+        checkpoint = f"{args.checkpoints}/{spec['run']}.pt" if args.checkpoints else None
         try:
             train_run(
-                json.loads(args.spec), args.out, data_path=args.data, parent=args.parent,
-                scores=args.scores, teacher=args.teacher, device=args.device,
-                threads=args.threads, progress=not args.no_progress, checkpoint=args.checkpoint,
-                checkpoint_every=args.checkpoint_every,
+                spec, args.out, data_path=args.data, parent=args.parent, scores=args.scores,
+                teacher=args.teacher, device=args.device, threads=args.threads, progress=not args.no_progress,
+                checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
             )
         except Preempted as stop:
-            print(f"{json.loads(args.spec)['run']}: {stop}", file=sys.stderr)
+            print(f"{spec['run']}: {stop}", file=sys.stderr)
             raise
     elif args.command == "scores":
         from workflow.stages import compute_scores
