@@ -18,12 +18,13 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from workflow import storage
+from workflow.study import Study
 
 # What a scheduler sends before it kills a job: SIGTERM at preemption and at the time
 # limit (then SIGKILL after KillWait), SIGUSR1 when a job asks for a warning
@@ -65,9 +66,9 @@ class Checkpointing:
             raise ValueError(f"checkpoint interval must be >= 1 epoch, got {self.every}")
 
     @staticmethod
-    def key_of(text: str) -> str:
-        """A short key of a canonical description of the run (its spec's JSON)."""
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def key_of(spec: Mapping[str, Any]) -> str:
+        """A short key of a run's spec, from its canonical JSON."""
+        return hashlib.sha256(Study.dumps(spec).encode()).hexdigest()[:16]
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none or it belongs to another run."""

@@ -183,8 +183,7 @@ def train_run(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     saving = None
     if checkpoint is not None:
-        key = Checkpointing.key_of(json.dumps(spec, sort_keys=True, separators=(",", ":")))
-        saving = Checkpointing(Path(checkpoint), every=checkpoint_every, key=key)
+        saving = Checkpointing(Path(checkpoint), every=checkpoint_every, key=Checkpointing.key_of(spec))
     result = train(
         model, data, cfg, seed=seed, loss_fn=loss_fn, masks=masks,
         snapshot_steps=snapshot_steps, sampler=sampler, progress=progress, desc=spec["run"], checkpoint=saving,
