@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -127,6 +130,32 @@ def test_atomic_path_replaces_an_existing_directory_on_success(tmp_path: Path) -
         (tmp / "new").write_text("new")
     assert _names(final) == ["new"]
     assert _names(tmp_path) == ["store"]
+
+
+# A writer killed with SIGKILL the moment its store is complete, before the rename.
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np, xarray as xr
+from workflow import storage
+replace = os.replace  # zarr renames its own files too: kill only at the store's rename
+os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL) if str(dst) == sys.argv[1] else replace(src, dst)
+storage.write_dataset(xr.Dataset({"x": ("a", np.arange(1000.0))}), sys.argv[1])
+"""
+
+
+def test_a_writer_killed_before_the_rename_leaves_no_store_and_the_next_write_clears_its_remains(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "a.zarr"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(store)], cwd=Path(workflow.__file__).parents[1])
+    assert proc.returncode == -signal.SIGKILL
+    assert not store.exists()
+    (remains,) = tmp_path.iterdir()  # the complete temporary: hidden, never at the store's name
+    assert remains.name.startswith(".a.zarr.tmp-") and (remains / "zarr.json").exists()
+    (tmp_path / ".b.zarr.tmp-00000000").mkdir()  # another output's temporary is not touched
+    storage.write_dataset(_dataset(), store)
+    assert _names(tmp_path) == [".b.zarr.tmp-00000000", "a.zarr"]
+    xr.testing.assert_identical(storage.open_dataset(store), _dataset())
 
 
 def test_atomic_path_makes_missing_parent_folders(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import os
 import shutil
@@ -30,10 +31,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
 
     Works for files and directories (Zarr stores). On error the temporary is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was. Temporaries of ``path`` left by a killed
+    writer (SIGKILL runs no clean-up) are removed first: one job owns each output.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        _remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
@@ -41,10 +45,14 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def provenance(
