@@ -63,8 +63,8 @@ def train_inputs(input):
     return " ".join(f"--{name} {input[name]}" for name in ("parent", "scores", "teacher") if name in input.keys())
 
 
-# Training jobs checkpoint outside their outputs, which Snakemake deletes when a job
-# fails: a rerun (or a retry) goes on from the checkpoint.
+# Training and scoring jobs checkpoint outside their outputs, which Snakemake deletes
+# when a job fails: a rerun (or a retry) goes on from the checkpoint.
 CHECKPOINTS = (
     f"--checkpoints {R}/checkpoints --checkpoint-every {config['checkpoint_every']}"
     if config["checkpoint_every"] else ""

@@ -28,7 +28,7 @@ rule scores:
         f"{R}/logs/scores/{{score}}.log",
     shell:
         JOB + " scores --spec {params.spec:q} --data {input.data} {params.model} --out {output} "
-        + RUN_OPTS + " > {log} 2>&1"
+        + RUN_OPTS + " " + CHECKPOINTS + " > {log} 2>&1"
 
 
 rule prune_data:

@@ -13,15 +13,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import xarray as xr
 import yaml
 
-from workflow import storage
+from workflow import scoring, storage
 from workflow.checkpoint import Checkpointing, Preempted
+from workflow.forgetting import ForgettingTracker
 from workflow.prune_data import RepeatedRandomSubsets
 from workflow.prune_network import magnitude_masks, prunable_parameters
+from workflow.stages import compute_scores
 from workflow.study import Study
 from workflow.train import TrainConfig, train
 
@@ -131,6 +134,7 @@ def test_a_signal_saves_after_the_step_and_the_rerun_resumes_from_it(make_cnn, t
     # resumed with a loss that would crash at any step it repeated
     resumed = _run(make_cnn, task, options, checkpoint, _interrupt_at(10**9, _crash))
     _assert_same_run(reference, resumed)
+    assert resumed[1].stopped_by == "SIGTERM"
 
 
 def test_a_checkpoint_of_another_run_is_not_resumed(make_cnn, task, tmp_path):
@@ -142,12 +146,64 @@ def test_a_checkpoint_of_another_run_is_not_resumed(make_cnn, task, tmp_path):
     _assert_same_run(_run(make_cnn, task, {}), _run(make_cnn, task, {}, Checkpointing(path, key="run")))
 
 
-def test_checkpointing_refuses_an_on_batch_hook_and_a_zero_interval(make_cnn, task, tmp_path):
-    with pytest.raises(ValueError, match="on_batch"):
+def test_checkpointing_refuses_a_hook_without_state_and_a_zero_interval(make_cnn, task, tmp_path):
+    with pytest.raises(ValueError, match="on_batch hook's state"):
         train(make_cnn(0), task, CFG, seed=0, progress=False, on_batch=lambda *args: None,
               checkpoint=Checkpointing(tmp_path / "c.pt"))
     with pytest.raises(ValueError, match="interval"):
         Checkpointing(tmp_path / "c.pt", every=0)
+
+
+@pytest.mark.parametrize("crash_step", [4, 6, 17])
+def test_a_forgetting_count_resumes_with_its_training_run(make_cnn, task, tmp_path, crash_step):
+    def counted(checkpoint=None, loss_fn=None):
+        tracker = ForgettingTracker(len(task.y_train))
+        model, result = _run(make_cnn, task, {"on_batch": tracker}, checkpoint, loss_fn)
+        return model, result, tracker
+
+    *reference, ref_tracker = counted()
+    checkpoint = Checkpointing(tmp_path / "ckpt.pt", every=1, key="run")
+    with pytest.raises(Crash):
+        counted(checkpoint, _interrupt_at(crash_step, _crash))
+    *resumed, tracker = counted(checkpoint)
+    _assert_same_run(reference, resumed)
+    assert torch.equal(tracker.presentations, ref_tracker.presentations)  # no batch counted twice or missed
+    np.testing.assert_array_equal(tracker.counts(), ref_tracker.counts())
+
+
+@pytest.mark.parametrize("score", ["el2n", "forgetting"])
+def test_a_scoring_job_resumes_without_repeating_finished_repetitions(task_path, tmp_path, monkeypatch, score):
+    config = yaml.safe_load((ROOT / "config" / "studies" / "tiny.yaml").read_text())
+    config["prune_data"][score] = {"inits": 2, **({"epoch": 2} if score == "el2n" else {})}
+    spec = Study(config).score_spec(score)
+    compute_scores(spec, tmp_path / "reference.zarr", data_path=task_path, device="cpu", progress=False)
+    checkpoint = tmp_path / "checkpoints" / f"{score}.pt"
+    def crash_in_the_second_run(*args, seed, **kwargs):
+        return train(*args, seed=seed, loss_fn=_interrupt_at(7, _crash) if seed == 1 else None, **kwargs)
+
+    monkeypatch.setattr(scoring, "train", crash_in_the_second_run)
+    with pytest.raises(Crash):
+        compute_scores(spec, tmp_path / "scores.zarr", data_path=task_path, device="cpu", progress=False,
+                       checkpoint=checkpoint)
+    assert list(storage.load_torch(checkpoint)["rows"]) == [0]  # the first repetition's row is kept
+    assert (tmp_path / "checkpoints" / f"{score}.init1.pt").exists()  # the second one's training state
+    assert not (tmp_path / "scores.zarr").exists()
+
+    resumed = []
+
+    def record_resumption(*args, seed, **kwargs):
+        result = train(*args, seed=seed, **kwargs)
+        resumed.append((seed, result.resumed_step))
+        return result
+
+    monkeypatch.setattr(scoring, "train", record_resumption)
+    compute_scores(spec, tmp_path / "scores.zarr", data_path=task_path, device="cpu", progress=False,
+                   checkpoint=checkpoint)
+    # the finished repetition was not trained again; the other went on after its first epoch
+    assert resumed == [(1, 5)]
+    xr.testing.assert_identical(storage.open_dataset(tmp_path / "reference.zarr").drop_attrs(),
+                                storage.open_dataset(tmp_path / "scores.zarr").drop_attrs())
+    assert not list((tmp_path / "checkpoints").iterdir())  # every checkpoint removed once the store is written
 
 
 # --- a real process, killed -----------------------------------------------------------
@@ -205,6 +261,7 @@ def test_a_job_killed_with_sigkill_and_run_again_ends_as_an_uninterrupted_one(lo
     subprocess.run(_train_command(spec, out, task_path, checkpoints), check=True, cwd=ROOT)
     resumed = _saved_run(out)
     assert resumed[1].attrs["resumed_from_step"] == saved_step > 0  # went on, did not start over
+    assert resumed[1].attrs["stopped_by"] == "kill"  # from a periodic checkpoint, with no warning
     _assert_same_saved_run(reference, resumed)
     assert not checkpoint.exists()  # removed once the outputs are written
 
@@ -226,4 +283,5 @@ def test_a_job_told_to_stop_saves_exits_non_zero_and_resumes(long_run, task_path
     subprocess.run(_train_command(spec, out, task_path, checkpoints), check=True, cwd=ROOT)
     resumed = _saved_run(out)
     assert resumed[1].attrs["resumed_from_step"] == saved_step > 0
+    assert resumed[1].attrs["stopped_by"] == signal.Signals(sig).name
     _assert_same_saved_run(reference, resumed)

@@ -7,15 +7,34 @@ GPU by hand. Specs are JSON (what :meth:`workflow.study.Study.spec` returns).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _checkpoints(p: argparse.ArgumentParser, file: str) -> None:
+    p.add_argument("--checkpoints", help=f"resumable training: the folder of checkpoints, {file} "
+                   "(outside --out, so a failed job's clean-up keeps it)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+
+
+@contextlib.contextmanager
+def _announce_preemption(what: str) -> Iterator[None]:
+    """Say on stderr that a job stopped by SLURM's signal saved its state (it still exits 128 + signal)."""
+    from workflow.checkpoint import Preempted
+
+    try:
+        yield
+    except Preempted as stop:
+        print(f"{what}: {stop}", file=sys.stderr)
+        raise
 
 
 def _two_models(p: argparse.ArgumentParser, what: str, settings: str, *, one: bool = False) -> None:
@@ -47,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="model.pt of the parent run")
     p.add_argument("--scores", help="scores.zarr (data pruning, distillation)")
     p.add_argument("--teacher", help="model.pt of the teacher (distillation)")
-    p.add_argument("--checkpoints", help="resumable training: the folder of checkpoints, <folder>/<run>.pt "
-                   "(outside --out, so a failed job's clean-up keeps it)")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    _checkpoints(p, "<folder>/<run>.pt")
     _common(p)
 
     p = sub.add_parser("scores", help="score every training example")
@@ -57,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--model", help="model.pt whose embedding is scored (prototypes)")
     p.add_argument("--out", required=True, help="scores.zarr")
+    _checkpoints(p, "<folder>/scores/<score>.pt")
     _common(p)
 
     p = sub.add_parser("activations", help="record a model's activations on the probe set")
@@ -123,27 +141,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         make_data(json.loads(args.spec), args.out)
     elif args.command == "train":
-        from workflow.checkpoint import Preempted
         from workflow.stages import train_run
 
         spec = json.loads(args.spec)
-        checkpoint = f"{args.checkpoints}/{spec['run']}.pt" if args.checkpoints else None
-        try:
+        with _announce_preemption(spec["run"]):
             train_run(
                 spec, args.out, data_path=args.data, parent=args.parent, scores=args.scores,
                 teacher=args.teacher, device=args.device, threads=args.threads, progress=not args.no_progress,
-                checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                checkpoint=f"{args.checkpoints}/{spec['run']}.pt" if args.checkpoints else None,
+                checkpoint_every=args.checkpoint_every,
             )
-        except Preempted as stop:
-            print(f"{spec['run']}: {stop}", file=sys.stderr)
-            raise
     elif args.command == "scores":
         from workflow.stages import compute_scores
 
-        compute_scores(
-            json.loads(args.spec), args.out, data_path=args.data, model_path=args.model, device=args.device,
-            threads=args.threads, progress=not args.no_progress,
-        )
+        spec = json.loads(args.spec)
+        with _announce_preemption(f"scores {spec['score']}"):
+            compute_scores(
+                spec, args.out, data_path=args.data, model_path=args.model, device=args.device,
+                threads=args.threads, progress=not args.no_progress,
+                checkpoint=f"{args.checkpoints}/scores/{spec['score']}.pt" if args.checkpoints else None,
+                checkpoint_every=args.checkpoint_every,
+            )
     elif args.command == "activations":
         from workflow.analysis.stages import record
 

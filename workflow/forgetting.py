@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 
+_STATE = ("prev_correct", "ever_correct", "events", "presentations")
+
+
 class ForgettingTracker:
     """Counts forgetting events of ``n`` training examples over one training run.
 
@@ -54,6 +57,17 @@ class ForgettingTracker:
         self.prev_correct[idx] = correct
         self.ever_correct[idx] |= correct
         self.presentations[idx] += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The counts so far (a copy), for a checkpoint of the training run being tracked."""
+        return {name: getattr(self, name).clone() for name in _STATE}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Go on from :meth:`state_dict` of a tracker of as many examples."""
+        if state["events"].shape != (self.n,):
+            raise ValueError(f"a state of {state['events'].shape[0]} examples, this tracker has {self.n}")
+        for name in _STATE:
+            setattr(self, name, state[name].clone())
 
     def counts(self) -> np.ndarray:
         """Forgetting events per example (float64, (n,)); ``inf`` where never classified correctly."""

@@ -209,6 +209,7 @@ def train_run(
     attrs["steps"] = result.steps
     if result.resumed_step is not None:
         attrs["resumed_from_step"] = result.resumed_step
+        attrs["stopped_by"] = result.stopped_by
     storage.write_dataset(metrics, Path(out) / "metrics.zarr", attrs)
     storage.save_torch(
         {
@@ -288,15 +289,21 @@ def compute_scores(
     device: str = "auto",
     threads: int | None = None,
     progress: bool = True,
+    checkpoint: PathLike | None = None,
+    checkpoint_every: int = 1,
 ) -> None:
     """Score every training example once; write ``score`` over (init, sample) to ``out``.
 
     ``model_path``: the embedding model, for methods that score in a model's
-    representation (prototypes).
+    representation (prototypes). ``checkpoint``: as for :func:`train_run`, for the
+    methods that train (see :mod:`workflow.scoring`).
     """
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
-    ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress)
+    saving = None
+    if checkpoint is not None:
+        saving = Checkpointing(Path(checkpoint), every=checkpoint_every, key=Checkpointing.key_of(spec))
+    ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress, saving)
     rows = SCORERS[spec["score"]](ctx)
     ds = xr.Dataset(
         {
@@ -306,6 +313,8 @@ def compute_scores(
         coords={"init": rows.inits, "sample": np.arange(len(data.y_train))},
     )
     storage.write_dataset(ds, out, storage.provenance(spec, device=str(dev)))
+    if saving is not None:
+        saving.remove()
 
 
 def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -29,7 +30,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits, x_batch, y_batch) -> scalar loss``."""
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
-"""``on_batch(indices, logits, y_batch)``, called after every forward pass in training."""
+"""``on_batch(indices, logits, y_batch)``, called after every forward pass in training.
+A hook that keeps state across batches must have ``state_dict()`` and
+``load_state_dict(state)`` to be used with checkpoints (see :func:`train`)."""
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
@@ -80,6 +83,9 @@ class TrainResult:
     snapshots: dict[int, dict[str, torch.Tensor]]
     steps: int
     resumed_step: int | None = None  # the step of the checkpoint this run went on from
+    # What stopped the run before it was resumed: the signal it saved on (SIGTERM,
+    # SIGUSR1), or "kill" when it died without warning and went on from a periodic checkpoint.
+    stopped_by: str | None = None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -233,12 +239,17 @@ def train(
     * ``checkpoint``: save the whole state of training every ``checkpoint.every``
       epochs, and on SIGTERM or SIGUSR1 after the current step, then raise
       :class:`~workflow.checkpoint.Preempted`; start from a saved state when there is
-      one (see :mod:`workflow.checkpoint`). ``on_batch`` hooks keep their own state,
-      so they are refused with it.
+      one (see :mod:`workflow.checkpoint`). An ``on_batch`` hook's state is saved and
+      restored with it, so the hook needs ``state_dict`` and ``load_state_dict``.
     """
     loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
-    if checkpoint is not None and on_batch is not None:
-        raise ValueError("checkpointing cannot save the state of an on_batch hook; use one or the other")
+    if checkpoint is not None and on_batch is not None and not (
+        hasattr(on_batch, "state_dict") and hasattr(on_batch, "load_state_dict")
+    ):
+        raise ValueError(
+            f"checkpointing needs the on_batch hook's state: give {type(on_batch).__name__} "
+            "state_dict() and load_state_dict(), or train without a checkpoint"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters")
@@ -294,14 +305,15 @@ def train(
                 f"{len(history['train_loss']) - 1}, step {step}; lower the learning rate or check the data"
             )
 
-    def state(epoch: int, order: torch.Tensor | None = None, done: int = 0) -> dict[str, Any]:
+    def state(epoch: int, order: torch.Tensor | None = None, done: int = 0, signum: int | None = None) -> dict[str, Any]:
         """Everything that determines the rest of the run: after ``epoch`` whole epochs,
-        and ``done`` batches of the next one in ``order``."""
+        and ``done`` batches of the next one in ``order``; ``signum``: the signal it stops on."""
         return {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "generator": generator.get_state(), "rng": rng_states(), "epoch": epoch, "step": step,
             "order": order, "done": done, "history": history, "snapshots": snapshots, "start": start,
-            "sampler": sampler.state_dict(),
+            "sampler": sampler.state_dict(), "hook": on_batch.state_dict() if on_batch is not None else None,
+            "signal": signum,
         }
 
     saved = checkpoint.load() if checkpoint is not None else None
@@ -316,10 +328,13 @@ def train(
         generator.set_state(saved["generator"])
         set_rng_states(saved["rng"])
         sampler.load_state_dict(saved["sampler"])
+        if on_batch is not None:
+            on_batch.load_state_dict(saved["hook"])
         history, snapshots, start = saved["history"], saved["snapshots"], saved["start"]
         start_norm = _norm(start)
         step, first_epoch, order, done = saved["step"], saved["epoch"] + 1, saved["order"], saved["done"]
     resumed_step = None if saved is None else step
+    stopped_by = None if saved is None else signal.Signals(saved["signal"]).name if saved.get("signal") else "kill"
     bar = tqdm(range(first_epoch, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
     with stop_requests() if checkpoint is not None else contextlib.nullcontext(lambda: None) as stop:
         for epoch in bar:
@@ -350,13 +365,14 @@ def train(
                 step += 1
                 snapshot(step)
                 if (signum := stop()) is not None and done < len(batches):
-                    checkpoint.save(state(epoch - 1, order, done))
+                    checkpoint.save(state(epoch - 1, order, done, signum))
                     raise Preempted(signum)
             order, done = None, 0
             record()
             bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
             if checkpoint is not None and (epoch % checkpoint.every == 0 or stop() is not None) and epoch < epochs:
-                checkpoint.save(state(epoch))
-                if (signum := stop()) is not None:
+                signum = stop()
+                checkpoint.save(state(epoch, signum=signum))
+                if signum is not None:
                     raise Preempted(signum)
-    return TrainResult(history_dataset(history), snapshots, step, resumed_step)
+    return TrainResult(history_dataset(history), snapshots, step, resumed_step, stopped_by)
