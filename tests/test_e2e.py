@@ -57,7 +57,7 @@ def planned(cwd: Path, *args: str, configfiles: tuple[str, ...] = (TINY,)) -> di
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest)
-    for folder in ("rules", "config", "envs"):
+    for folder in ("rules", "config", "envs", "profiles"):
         shutil.copytree(REPO / folder, dest / folder)
     return dest
 
