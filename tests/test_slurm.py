@@ -3,7 +3,8 @@
 ``tests/slurm/cluster.sh`` installs Debian's slurm-wlm and munge when missing, writes
 a slurm.conf for this host and starts munged, slurmctld and slurmd; the test runs
 ``snakemake --profile profiles/slurm`` on the tiny study until it completes, checks
-that every output is there, and stops the daemons it started. It needs root and
+that every output is there, signals a long training job as SLURM does before a time
+limit and checks that its retry resumes it, and stops the daemons it started. It needs root and
 Debian's packages (CI has both); elsewhere it is skipped, saying why.
 """
 
@@ -13,12 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from test_e2e import REPO, TINY, copy_workflow, planned
+from workflow import storage
 from workflow.study import Study
 
 SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
@@ -38,13 +41,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         subprocess.run(["bash", str(SCRIPT), "stop", str(state)], check=True, timeout=120)
 
 
+# The SLURM profile, polled often: these jobs take seconds or minutes, not hours.
+_SLURM = ["--profile", "profiles/slurm", "--seconds-between-status-checks", "2",
+          "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"]
+
+
 def test_the_tiny_study_runs_to_completion_through_the_slurm_profile(cluster: Path, tmp_path: Path) -> None:
     cwd = copy_workflow(tmp_path / "study")
-    shutil.copytree(REPO / "profiles", cwd / "profiles")
-    # Poll often: the tiny study's jobs take seconds, not hours.
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", TINY,
-           "--seconds-between-status-checks", "2", "--slurm-init-seconds-before-status-checks", "1",
-           "--slurm-keep-successful-logs"]
+    cmd = [sys.executable, "-m", "snakemake", *_SLURM, "--configfile", TINY]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     log = proc.stdout + proc.stderr
@@ -61,3 +65,42 @@ def test_the_tiny_study_runs_to_completion_through_the_slurm_profile(cluster: Pa
     # Training jobs asked for a GPU and got one of the node's stand-in GPUs.
     job_logs = list((cwd / ".snakemake" / "slurm_logs" / "rule_pretrain").rglob("*.log"))
     assert job_logs and all("gpu=1" in path.read_text() for path in job_logs)
+
+
+# Pretraining that runs for a minute or so on one core, long enough to be stopped mid-way.
+LONG = {
+    "data": {"sources": {"mnist1d": {"name": "mnist1d", "args": {"num_samples": 4000}}}},
+    "model": {"name": "cnn1d", "channels": 16},
+    "pretrain": {"seeds": [0], "train": {"epochs": 300}},
+}
+
+
+def test_a_training_job_signalled_by_slurm_saves_and_its_retry_resumes(cluster: Path, tmp_path: Path) -> None:
+    cwd = copy_workflow(tmp_path / "study")
+    (cwd / "long.yaml").write_text(yaml.safe_dump(LONG))
+    run = cwd / "results/tiny/pretrain/mnist1d/s0"
+    checkpoint = cwd / "results/tiny/checkpoints/pretrain/mnist1d/s0.pt"
+    cmd = [sys.executable, "-m", "snakemake", "results/tiny/pretrain/mnist1d/s0/model.pt", *_SLURM,
+           "--configfile", TINY, "long.yaml"]
+    snakemake = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists():  # the job is training and has saved its first epoch
+            assert snakemake.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.5)
+        (job,) = subprocess.run(["squeue", "--noheader", "--states=RUNNING", "--format=%i"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        # What the profile's --signal=TERM@180 has SLURM send 3 minutes before the time
+        # limit: SIGTERM to every process of the job's steps (the batch script is spared).
+        subprocess.run(["scancel", "--signal=TERM", job], check=True)
+        log, _ = snakemake.communicate(timeout=900)
+    finally:
+        if snakemake.poll() is None:
+            snakemake.kill()
+    assert snakemake.returncode == 0, log[-4000:]
+    assert f"SLURM-job '{job}' failed" in log and "Trying to restart job" in log  # the profile's retry
+    metrics = storage.open_dataset(run / "metrics.zarr")
+    assert metrics.sizes["epoch"] == 301  # trained to the end, every epoch recorded once
+    assert 0 < metrics.attrs["resumed_from_step"] < metrics.attrs["steps"]  # went on, did not start over
+    assert metrics.attrs["stopped_by"] == "SIGTERM"  # it saved on the signal, after its current step
+    assert not checkpoint.exists()
