@@ -70,6 +70,11 @@ class Checkpointing:
         """A short key of a run's spec, from its canonical JSON."""
         return hashlib.sha256(Study.dumps(spec).encode()).hexdigest()[:16]
 
+    @classmethod
+    def of_spec(cls, path: str | Path | None, spec: Mapping[str, Any], every: int = 1) -> Checkpointing | None:
+        """Checkpoints at ``path`` of the job described by ``spec`` (None without a path)."""
+        return None if path is None else cls(Path(path), every=every, key=cls.key_of(spec))
+
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None when there is none or it belongs to another run."""
         if not self.path.exists():
@@ -84,6 +89,12 @@ class Checkpointing:
     def remove(self) -> None:
         """Delete the checkpoint once the run's outputs are written."""
         self.path.unlink(missing_ok=True)
+
+
+def stopped_by(state: Mapping[str, Any]) -> str:
+    """What stopped the run that saved ``state``: the signal it saved on, or ``kill``
+    when the state is a periodic checkpoint and the run died without warning."""
+    return signal.Signals(state["signal"]).name if state.get("signal") else "kill"
 
 
 def rng_states() -> dict[str, Any]:

@@ -181,9 +181,7 @@ def train_run(
         raise ValueError(f"unknown training stage {stage!r}")
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    saving = None
-    if checkpoint is not None:
-        saving = Checkpointing(Path(checkpoint), every=checkpoint_every, key=Checkpointing.key_of(spec))
+    saving = Checkpointing.of_spec(checkpoint, spec, checkpoint_every)
     result = train(
         model, data, cfg, seed=seed, loss_fn=loss_fn, masks=masks,
         snapshot_steps=snapshot_steps, sampler=sampler, progress=progress, desc=spec["run"], checkpoint=saving,
@@ -300,9 +298,7 @@ def compute_scores(
     """
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
-    saving = None
-    if checkpoint is not None:
-        saving = Checkpointing(Path(checkpoint), every=checkpoint_every, key=Checkpointing.key_of(spec))
+    saving = Checkpointing.of_spec(checkpoint, spec, checkpoint_every)
     ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress, saving)
     rows = SCORERS[spec["score"]](ctx)
     ds = xr.Dataset(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -22,7 +21,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from workflow.augment import AUGMENTATIONS, compose
-from workflow.checkpoint import Checkpointing, Preempted, rng_states, set_rng_states, stop_requests
+from workflow.checkpoint import Checkpointing, Preempted, rng_states, set_rng_states, stop_requests, stopped_by
 from workflow.data import TaskData
 from workflow.prune_network import apply_masks
 
@@ -333,8 +332,7 @@ def train(
         history, snapshots, start = saved["history"], saved["snapshots"], saved["start"]
         start_norm = _norm(start)
         step, first_epoch, order, done = saved["step"], saved["epoch"] + 1, saved["order"], saved["done"]
-    resumed_step = None if saved is None else step
-    stopped_by = None if saved is None else signal.Signals(saved["signal"]).name if saved.get("signal") else "kill"
+    resumed_step, stopper = (None, None) if saved is None else (step, stopped_by(saved))
     bar = tqdm(range(first_epoch, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
     with stop_requests() if checkpoint is not None else contextlib.nullcontext(lambda: None) as stop:
         for epoch in bar:
@@ -375,4 +373,4 @@ def train(
                 checkpoint.save(state(epoch, signum=signum))
                 if signum is not None:
                     raise Preempted(signum)
-    return TrainResult(history_dataset(history), snapshots, step, resumed_step, stopped_by)
+    return TrainResult(history_dataset(history), snapshots, step, resumed_step, stopper)
