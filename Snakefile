@@ -35,10 +35,9 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/data.smk"
-include: "rules/pretrain.smk"
+include: "rules/train.smk"
 include: "rules/finetune.smk"
 include: "rules/prune.smk"
-include: "rules/distill.smk"
 include: "rules/analyze.smk"
 include: "rules/plot.smk"
 

@@ -16,7 +16,8 @@ from common import setup, timed
 from torch.nn import functional as F
 
 from workflow.models import build_model
-from workflow.train import TrainConfig, seed_everything, train
+from workflow.runtime import seed_everything
+from workflow.train import TrainConfig, train
 
 
 def bare_loop(model, data, cfg: TrainConfig, seed: int) -> None:

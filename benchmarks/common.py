@@ -12,7 +12,7 @@ import torch
 
 from workflow.data import TaskData, load_data
 from workflow.datasets import make_data
-from workflow.train import resolve_device
+from workflow.runtime import resolve_device
 
 
 def setup(doc: str, **options: Any) -> tuple[argparse.Namespace, torch.device, TaskData]:

@@ -10,9 +10,9 @@ rule activations:
     output:
         directory(f"{R}/{{run}}/activations.zarr"),
     params:
-        settings=lambda w: Study.dumps(STUDY.analysis_spec()),
+        settings=lambda w: dumps(STUDY.analysis_spec()),
     wildcard_constraints:
-        run=run_id("pretrain", "finetune", "prune_data", "distill", "prune_network"),
+        run=run_pattern("pretrain", "finetune", "prune_data", "distill", "prune_network"),
     conda:
         ENV
     threads: config["threads"]
@@ -46,10 +46,10 @@ rule similarity:
     params:
         b=lambda w, input: f"--b {input.b} --name-b {w.run}" if "b" in input.keys() else "",
         name_a=lambda w: similarity_runs(w)[0],
-        settings=lambda w: Study.dumps(STUDY.analysis_settings("similarity")),
+        settings=lambda w: dumps(STUDY.analysis_settings("similarity")),
     wildcard_constraints:
         edge="|".join(SIMILARITY_EDGES),
-        run=run_id("pretrain", "finetune", "distill", "prune_network"),
+        run=run_pattern("pretrain", "finetune", "distill", "prune_network"),
     conda:
         ENV
     threads: config["threads"]
@@ -68,9 +68,9 @@ rule spectra:
     output:
         directory(f"{R}/analyze/spectra/{{run}}/analysis.zarr"),
     params:
-        settings=lambda w: Study.dumps(STUDY.analysis_settings("spectra")),
+        settings=lambda w: dumps(STUDY.analysis_settings("spectra")),
     wildcard_constraints:
-        run=run_id("pretrain", "finetune"),
+        run=run_pattern("pretrain", "finetune"),
     conda:
         ENV
     threads: config["threads"]
@@ -95,9 +95,9 @@ rule relative:
         directory(f"{R}/analyze/relative/{{run}}/vs_s{{other}}/analysis.zarr"),
     params:
         names=lambda w: "--name-a {} --name-b {}".format(*relative_runs(w)),
-        settings=lambda w: Study.dumps(STUDY.analysis_settings("relative")),
+        settings=lambda w: dumps(STUDY.analysis_settings("relative")),
     wildcard_constraints:
-        run=run_id("pretrain", "finetune"),
+        run=run_pattern("pretrain", "finetune"),
         other=r"\d+",
     conda:
         ENV
@@ -123,10 +123,9 @@ rule connectivity:
         directory(f"{R}/analyze/connectivity/{{pair}}/{{source}}/s{{seed}}/analysis.zarr"),
     params:
         names=lambda w: "--name-a {} --name-b {}".format(*connectivity_runs(w)),
-        settings=lambda w: Study.dumps(STUDY.analysis_settings("connectivity")),
+        settings=lambda w: dumps(STUDY.analysis_settings("connectivity")),
     wildcard_constraints:
         pair=r"[a-z0-9_]+",
-        source=r"[a-z][a-z0-9_]*",
     conda:
         ENV
     threads: config["threads"]

@@ -4,7 +4,8 @@ import os
 import sys
 
 from workflow.config import ConfigError, load_config
-from workflow.study import ENSEMBLE_KINDS, SIMILARITY_EDGES, Study
+from workflow.runs import WILDCARDS, dumps, layout_regex, run_pattern
+from workflow.study import SIMILARITY_EDGES, Study
 
 # Refuse a bad configuration before any job starts, naming the key and the
 # allowed values (also fills in the schema's defaults).
@@ -27,40 +28,9 @@ JOB = "python -m workflow"
 RUN_OPTS = f"--device {config['device']} --threads {{threads}}"
 
 
+# The wildcards of run ids and stores, written once in the package (workflow.runs).
 wildcard_constraints:
-    seed=r"\d+",
-    source=r"[a-z][a-z0-9_]*",
-    level=r"\d+",
-    rewind=r"\d+",
-    fraction=r"[0-9.]+",
-    temperature=r"[0-9.]+",
-    alpha=r"[0-9.]+",
-    teacher=r"trained|untrained",
-    method=r"[a-z0-9_]+(-[a-z0-9_]+)?",
-    score=r"[a-z0-9_]+",
-
-
-def run_id(*stages):
-    """The wildcard pattern of a run id of one of ``stages``: its folders hold letters, digits,
-    _ and -, and dots only before a digit (f0.25, T4-a0.5), so a run id never takes in a
-    store's name (metrics.zarr)."""
-    return rf"({'|'.join(stages)})(/[\w-]+(\.\d[\w-]*)*)+"
-
-
-def spec_json(run):
-    """The spec of a run as canonical JSON: a changed spec reruns the run."""
-    return Study.dumps(STUDY.spec(run))
-
-
-def parented_inputs(run):
-    """The target task, and the parent's model when the run has a parent."""
-    parent = STUDY.parent(run)
-    return {"data": STUDY.data_path("target"), **({"parent": STUDY.path(parent, "model.pt")} if parent else {})}
-
-
-def train_inputs(input):
-    """Command-line options for the optional inputs of a training job."""
-    return " ".join(f"--{name} {input[name]}" for name in ("parent", "scores", "teacher") if name in input.keys())
+    **WILDCARDS,
 
 
 # Training and scoring jobs checkpoint outside their outputs, which Snakemake deletes
@@ -68,8 +38,4 @@ def train_inputs(input):
 CHECKPOINTS = (
     f"--checkpoints {R}/checkpoints --checkpoint-every {config['checkpoint_every']}"
     if config["checkpoint_every"] else ""
-)
-TRAIN_SHELL = (
-    JOB + " train --spec {params.spec:q} --data {input.data} --out {params.out} "
-    "{params.inputs} " + RUN_OPTS + " " + CHECKPOINTS + " > {log} 2>&1"
 )

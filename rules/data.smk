@@ -8,7 +8,7 @@ rule make_data:
     output:
         f"{R}/data/{{task}}.npz",
     params:
-        spec=lambda w: Study.dumps(STUDY.task_dataset(w.task)),
+        spec=lambda w: dumps(STUDY.task_dataset(w.task)),
     wildcard_constraints:
         task=r"target|sources/[a-z][a-z0-9_]*",
     conda:

@@ -24,7 +24,7 @@ from workflow.checkpoint import Checkpointing, Preempted
 from workflow.forgetting import ForgettingTracker
 from workflow.prune_data import RepeatedRandomSubsets
 from workflow.prune_network import magnitude_masks, prunable_parameters
-from workflow.stages import compute_scores
+from workflow.jobs import compute_scores
 from workflow.study import Study
 from workflow.train import TrainConfig, train
 

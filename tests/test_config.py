@@ -350,7 +350,8 @@ def test_schema_augmentations_are_the_registered_ones(schema) -> None:
 
 
 def test_schema_pruning_scopes_are_those_of_network_pruning(schema) -> None:
-    from workflow.prune_network import PRUNING_METHODS, PRUNING_SCOPES
+    from workflow.prune_network import PRUNING_SCOPES
+    from workflow.stages.network_pruning import PRUNING_METHODS
 
     assert _enum(schema, "properties", "prune_network", "properties", "scope") == sorted(PRUNING_SCOPES)
     methods = _enum(schema, "properties", "prune_network", "properties", "methods", "items")

@@ -13,7 +13,7 @@ from torch import nn
 
 from workflow.analysis.connectivity import DEFAULT_ALPHAS, linear_connectivity, recompute_batchnorm
 from workflow.averaging import interpolate
-from workflow.train import evaluate
+from workflow.runtime import evaluate
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -78,7 +78,7 @@ def test_scratch_leaves_the_fresh_model_as_it_is(make_cnn) -> None:
 
 
 def test_finetune_registry_lists_the_methods() -> None:
-    from workflow.study import LORA_METHODS
+    from workflow.stages.finetune import LORA_METHODS
 
     assert FINETUNE.names() == ["bn_only", "eva", "full", "linear_probe", "lora", "scratch", "stats"]
     assert "full" in FINETUNE and "dora" not in FINETUNE

@@ -16,14 +16,14 @@ import pytest
 import torch
 import xarray as xr
 
-from workflow import stages, storage
+from workflow import jobs, storage
 from workflow.analysis import stages as analysis
 from workflow.finetune import FINETUNE
 from workflow.models import build_model, seeded_model
 from workflow.prune_data import random_scores
 from workflow.prune_network import apply_masks
 from workflow.study import Study
-from workflow.train import evaluate, seed_everything
+from workflow.runtime import evaluate, seed_everything
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -46,7 +46,7 @@ class Pipeline:
         if not out.exists():
             spec = self.study.score_spec(score)
             model = self.run(spec["embedding"]) / "model.pt" if score == "prototypes" else None
-            stages.compute_scores(spec, out, data_path=self.task_path, model_path=model,
+            jobs.compute_scores(spec, out, data_path=self.task_path, model_path=model,
                                   device="cpu", progress=False)
         return out
 
@@ -62,7 +62,7 @@ class Pipeline:
             inputs["scores"] = self.scores(spec["score"]["score"])
         if "teacher_run" in spec:
             inputs["teacher"] = self.run(spec["teacher_run"]) / "model.pt"
-        stages.train_run(spec, out, data_path=self.task_path, device="cpu", progress=False, **inputs)
+        jobs.train_run(spec, out, data_path=self.task_path, device="cpu", progress=False, **inputs)
         return out
 
 
@@ -101,7 +101,7 @@ def test_pretrain_writes_metrics_with_provenance(pipeline: Pipeline) -> None:
 
 def test_load_model_rebuilds_the_trained_model(pipeline: Pipeline, task) -> None:
     folder = pipeline.run("pretrain/mnist1d/s0")
-    model, saved = stages.load_model(folder / "model.pt")
+    model, saved = jobs.load_model(folder / "model.pt")
     assert not model.training
     assert saved["spec"] == pipeline.study.spec("pretrain/mnist1d/s0")
     loss, acc = evaluate(model, task.x_test, task.y_test)
@@ -112,7 +112,7 @@ def test_load_model_rebuilds_the_trained_model(pipeline: Pipeline, task) -> None
 
 def test_a_rerun_of_a_run_gives_the_same_model_and_metrics(pipeline: Pipeline, tmp_path: Path) -> None:
     first = pipeline.run("pretrain/mnist1d/s0")
-    stages.train_run(pipeline.study.spec("pretrain/mnist1d/s0"), tmp_path, data_path=pipeline.task_path,
+    jobs.train_run(pipeline.study.spec("pretrain/mnist1d/s0"), tmp_path, data_path=pipeline.task_path,
                      device="cpu", progress=False)
     a, b = _saved(first)["state_dict"], _saved(tmp_path)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -169,7 +169,7 @@ def test_wiseft_reproduces_the_linear_probe_and_the_fine_tuned_model_at_its_ends
     pairs = pipeline.study.wiseft_pairs()
     assert {ft for _, ft in pairs.values()} == {f"finetune/{src}/{m}/s0" for src in ("mnist1d", "synthetic") for m in ("full", "bn_only", "lora", "eva")}
     start, end = pairs[pipeline.study.wiseft_path("mnist1d", "lora", 0)]
-    stages.wiseft(pipeline.run(start) / "model.pt", pipeline.run(end) / "model.pt", [0.0, 0.5, 1.0],
+    jobs.wiseft(pipeline.run(start) / "model.pt", pipeline.run(end) / "model.pt", [0.0, 0.5, 1.0],
                   tmp_path / "wiseft.zarr", data_path=pipeline.task_path, device="cpu")
     ds = storage.open_dataset(tmp_path / "wiseft.zarr")
     for alpha, run in ((0.0, start), (1.0, end)):
@@ -206,13 +206,13 @@ def test_an_ensemble_store_has_every_member_the_ensemble_and_the_soup(pipeline: 
     members = pipeline.study.ensembles()[pipeline.study.ensemble_path("mnist1d", "seeds", 0)]
     assert members == ["finetune/mnist1d/full/s0", "ensemble/mnist1d/seeds/s0/m1", "ensemble/mnist1d/seeds/s0/m2"]
     paths = [pipeline.run(m) / "model.pt" for m in members]
-    stages.ensemble(paths, tmp_path / "ensemble.zarr", data_path=pipeline.task_path, device="cpu")
+    jobs.ensemble(paths, tmp_path / "ensemble.zarr", data_path=pipeline.task_path, device="cpu")
     ds = storage.open_dataset(tmp_path / "ensemble.zarr")
     finals = [float(_metrics(pipeline.folder(m)).test_acc[-1]) for m in members]
     assert ds["member_acc"].values.tolist() == finals
     assert 0 <= float(ds["ensemble_acc"]) <= 1 and 0 <= float(ds["soup_acc"]) <= 1
     # an ensemble of one model is that model
-    stages.ensemble(paths[:1], tmp_path / "one.zarr", data_path=pipeline.task_path, device="cpu")
+    jobs.ensemble(paths[:1], tmp_path / "one.zarr", data_path=pipeline.task_path, device="cpu")
     one = storage.open_dataset(tmp_path / "one.zarr")
     assert float(one["ensemble_acc"]) == float(one["soup_acc"]) == finals[0]
 
@@ -240,7 +240,7 @@ def test_random_scores_are_one_draw_per_training_seed(pipeline: Pipeline) -> Non
 
 def test_an_unknown_score_is_refused(task_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown score 'nonsense'; allowed: el2n, forgetting, grand"):
-        stages.compute_scores({"score": "nonsense"}, tmp_path / "s.zarr", data_path=task_path, device="cpu")
+        jobs.compute_scores({"score": "nonsense"}, tmp_path / "s.zarr", data_path=task_path, device="cpu")
 
 
 def test_grand_scores_are_per_example_gradient_norms_at_initialisation(pipeline: Pipeline) -> None:
@@ -287,7 +287,7 @@ def test_prune_data_trains_on_exactly_round_f_n_examples(
 ) -> None:
     spec = {**pipeline.study.spec(f"prune_data/{method}/f0.5/s0"), "fraction": fraction}
     scores_path = pipeline.scores(spec["score"]["score"])
-    stages.train_run(spec, tmp_path, data_path=pipeline.task_path, scores=scores_path,
+    jobs.train_run(spec, tmp_path, data_path=pipeline.task_path, scores=scores_path,
                      device="cpu", progress=False)
     kept = _saved(tmp_path)["kept"].numpy()
     assert len(kept) == round(fraction * N_TRAIN)
@@ -548,7 +548,7 @@ def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline,
 
 def test_collect_merges_metrics_stores_over_the_sweep_axes(pipeline: Pipeline, tmp_path: Path) -> None:
     entries = [({"seed": s}, pipeline.run(f"pretrain/mnist1d/s{s}") / "metrics.zarr") for s in (1, 0)]
-    stages.collect(entries, tmp_path / "pretrain.zarr")
+    jobs.collect(entries, tmp_path / "pretrain.zarr")
     summary = storage.open_dataset(tmp_path / "pretrain.zarr")
     assert summary["test_acc"].dims == ("seed", "epoch")
     assert summary["seed"].values.tolist() == [0, 1]  # sorted
@@ -560,7 +560,7 @@ def test_collect_merges_metrics_stores_over_the_sweep_axes(pipeline: Pipeline, t
 def test_collect_of_the_study_finetune_summary_has_source_method_and_seed_axes(pipeline: Pipeline, tmp_path: Path) -> None:
     for run in pipeline.study.finetune_runs():
         pipeline.run(run)
-    stages.collect(pipeline.study.summaries()["finetune"], tmp_path / "finetune.zarr")
+    jobs.collect(pipeline.study.summaries()["finetune"], tmp_path / "finetune.zarr")
     summary = storage.open_dataset(tmp_path / "finetune.zarr")
     assert summary["test_acc"].dims == ("source", "method", "seed", "epoch")
     assert summary["method"].values.tolist() == sorted(pipeline.study.config["finetune"]["methods"])
@@ -573,10 +573,10 @@ def test_collect_of_the_study_finetune_summary_has_source_method_and_seed_axes(p
 
 def test_collect_of_nothing_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="nothing to collect"):
-        stages.collect([], tmp_path / "x.zarr")
+        jobs.collect([], tmp_path / "x.zarr")
 
 
 def test_parse_entries_reads_collect_entries_from_json() -> None:
     text = json.dumps([[{"method": "full", "seed": 0}, "a/metrics.zarr"], [{"method": "full", "seed": 1}, "b"]])
-    assert stages.parse_entries(text) == [({"method": "full", "seed": 0}, "a/metrics.zarr"),
+    assert jobs.parse_entries(text) == [({"method": "full", "seed": 0}, "a/metrics.zarr"),
                                           ({"method": "full", "seed": 1}, "b")]

@@ -9,15 +9,8 @@ import xarray as xr
 from torch import nn
 
 from workflow.prune_network import prunable_parameters
-from workflow.train import (
-    OPTIMIZERS,
-    SCHEDULES,
-    DivergenceError,
-    TrainConfig,
-    evaluate,
-    resolve_device,
-    train,
-)
+from workflow.runtime import evaluate, resolve_device
+from workflow.train import OPTIMIZERS, SCHEDULES, DivergenceError, TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from workflow import storage
-from workflow.study import Study
+from workflow.runs import dumps
 
 # What a scheduler sends before it kills a job: SIGTERM at preemption and at the time
 # limit (then SIGKILL after KillWait), SIGUSR1 when a job asks for a warning
@@ -68,7 +68,7 @@ class Checkpointing:
     @staticmethod
     def key_of(spec: Mapping[str, Any]) -> str:
         """A short key of a run's spec, from its canonical JSON."""
-        return hashlib.sha256(Study.dumps(spec).encode()).hexdigest()[:16]
+        return hashlib.sha256(dumps(spec).encode()).hexdigest()[:16]
 
     @classmethod
     def of_spec(cls, path: str | Path | None, spec: Mapping[str, Any], every: int = 1) -> Checkpointing | None:

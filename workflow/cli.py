@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         make_data(json.loads(args.spec), args.out)
     elif args.command == "train":
-        from workflow.stages import train_run
+        from workflow.jobs import train_run
 
         spec = json.loads(args.spec)
         with _announce_preemption(spec["run"]):
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 checkpoint_every=args.checkpoint_every,
             )
     elif args.command == "scores":
-        from workflow.stages import compute_scores
+        from workflow.jobs import compute_scores
 
         spec = json.loads(args.spec)
         with _announce_preemption(f"scores {spec['score']}"):
@@ -189,16 +189,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         connectivity(args.a, args.b, args.data, args.out, names=(args.name_a, args.name_b),
                      settings=json.loads(args.settings), device=args.device, threads=args.threads)
     elif args.command == "wiseft":
-        from workflow.stages import wiseft
+        from workflow.jobs import wiseft
 
         wiseft(args.start, args.end, json.loads(args.alphas), args.out, data_path=args.data,
                device=args.device, threads=args.threads)
     elif args.command == "ensemble":
-        from workflow.stages import ensemble
+        from workflow.jobs import ensemble
 
         ensemble(args.member, args.out, data_path=args.data, device=args.device, threads=args.threads)
     elif args.command == "collect":
-        from workflow.stages import collect, parse_entries
+        from workflow.jobs import collect, parse_entries
 
         collect(parse_entries(args.entries), args.out)
     elif args.command == "plot":

@@ -100,7 +100,7 @@ def fill_defaults(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -
 def check_semantics(config: Mapping[str, Any]) -> None:
     """What the schema cannot express: cross-references between sections."""
     from workflow.datasets import DATASETS, dataset_settings
-    from workflow.study import Study
+    from workflow.stages.registry import TRAINING_STAGES
 
     problems = []
     stages = [stage for stage in STAGES if stage in config]
@@ -129,8 +129,8 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                     f"config key '{stage}.train.augment' (or 'train.augment') = {augment} needs an image "
                     f"dataset, but data.{task} is {name!r}; image datasets: {', '.join(images)}"
                 )
-    study = Study(config, checked=True)  # the schema holds: the plan's run ids can be listed
-    pretrained, finetuned = study.pretrain_runs(), study.finetune_runs()
+    # the schema holds: the runs a teacher or an embedding may name can be listed
+    pretrained, finetuned = TRAINING_STAGES["pretrain"].runs(config), TRAINING_STAGES["finetune"].runs(config)
     ft = config.get("finetune", {"methods": [], "seeds": []})
     if any(m != "scratch" for m in ft["methods"]):
         have = config["pretrain"]["seeds"] if "pretrain" in stages else []

@@ -24,6 +24,7 @@ from workflow.augment import AUGMENTATIONS, compose
 from workflow.checkpoint import Checkpointing, Preempted, rng_states, set_rng_states, stop_requests, stopped_by
 from workflow.data import TaskData
 from workflow.prune_network import apply_masks
+from workflow.runtime import evaluate
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits, x_batch, y_batch) -> scalar loss``."""
@@ -85,40 +86,6 @@ class TrainResult:
     # What stopped the run before it was resumed: the signal it saved on (SIGTERM,
     # SIGUSR1), or "kill" when it died without warning and went on from a periodic checkpoint.
     stopped_by: str | None = None
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def job_device(device: str = "auto", threads: int | None = None) -> torch.device:
-    """The device of a job (see :func:`resolve_device`), with torch's thread count set first when given."""
-    if threads:
-        torch.set_num_threads(threads)
-    return resolve_device(device)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA) and numpy, e.g. before building a model."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
-    was_training = model.training
-    model.eval()
-    loss = correct = 0.0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        logits = model(xb)
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    model.train(was_training)
-    return loss / len(y), correct / len(y)
 
 
 def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

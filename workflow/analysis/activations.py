@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import numpy as np
 import torch
 import xarray as xr
 from torch import nn
 
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, then restore each one's own mode.
-
-    Modes are saved per module because a model may hold a mix (e.g. a frozen,
-    eval-mode backbone under a training head).
-    """
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.train(training)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (the CPU for a model without any)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
+from workflow.runtime import eval_mode, model_device
 
 
 def record_activations(

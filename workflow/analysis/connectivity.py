@@ -17,9 +17,8 @@ import torch
 import xarray as xr
 from torch import nn
 
-from workflow.analysis.activations import model_device
 from workflow.averaging import interpolate
-from workflow.train import evaluate
+from workflow.runtime import evaluate, model_device
 
 DEFAULT_ALPHAS = np.linspace(0.0, 1.0, 30)
 """30 evenly spaced points of [0, 1], endpoints included (METHODS.md)."""

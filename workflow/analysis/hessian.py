@@ -31,7 +31,7 @@ import xarray as xr
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from workflow.analysis.activations import eval_mode, model_device
+from workflow.runtime import eval_mode, model_device
 from workflow.analysis.ntk import as_inputs, functional_params
 
 HESSIAN_METHODS: tuple[str, ...] = ("lanczos", "power")

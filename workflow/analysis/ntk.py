@@ -29,7 +29,7 @@ import xarray as xr
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from workflow.analysis.activations import eval_mode, model_device
+from workflow.runtime import eval_mode, model_device
 
 NTK_METHODS: tuple[str, ...] = ("jacobian", "ntk_vp")
 NTK_MODES: tuple[str, ...] = ("full", "trace")

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from workflow.analysis.activations import eval_mode, model_device
+from workflow.runtime import eval_mode, model_device
 from workflow.analysis.similarity import Array, as_matrix, linear_cka
 
 

@@ -34,7 +34,7 @@ from workflow.analysis.similarity import similarity_matrices
 from workflow.data import TaskData, load_data
 from workflow.models import load_model
 from workflow.storage import PathLike
-from workflow.train import job_device
+from workflow.runtime import job_device
 
 
 def _two_models(model_a: PathLike, model_b: PathLike, data_path: PathLike, device: str,

@@ -20,7 +20,7 @@ from workflow.plots.drawing import distinct_colours, key, legend, log_axis, new_
 from workflow.plots.finetuning import PRETRAIN_COLOUR, finetune_label, layer_heatmaps, source_styles
 from workflow.plots.network_pruning import PRUNING_LABELS
 from workflow.plots.summaries import coord_values, over_seeds, quiet_mean, seeds_text
-from workflow.study import NO_SOURCE
+from workflow.runs import NO_SOURCE
 
 # The measures of the similarity summary, in drawing order, and their names on the axes.
 SIMILARITY_LABELS = {

@@ -1,0 +1,92 @@
+"""One home per stage family.
+
+Each module here holds everything the pipeline knows about one family of training
+runs: which runs a study has (their ids), what determines each (its spec), which
+run it starts from (its parent), which files its job reads, and how its training
+is prepared (:class:`TrainingStage.prepare`). Methods inside a stage come from
+registries (fine-tuning methods in :mod:`workflow.finetune`, scores in
+:mod:`workflow.scoring`, network-pruning methods in
+:mod:`workflow.stages.network_pruning`).
+
+The planner (:mod:`workflow.study`) lists runs and specs from these homes without
+importing torch: each ``prepare`` imports what it trains with when it runs.
+
+* :mod:`~workflow.stages.pretrain`: pretraining on each source task;
+* :mod:`~workflow.stages.finetune`: fine-tuning methods, scratch, ensemble members,
+  and the WiSE-FT and ensemble evaluations;
+* :mod:`~workflow.stages.data_pruning`: score stores and training on kept subsets;
+* :mod:`~workflow.stages.distill`: students on the same subsets, with a teacher;
+* :mod:`~workflow.stages.network_pruning`: the dense run, IMP and its baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+    import xarray as xr
+    from torch import nn
+
+    from workflow.data import TaskData
+    from workflow.study import Study
+    from workflow.train import EpochSampler, LossFn, TrainConfig
+
+
+@dataclass
+class TrainingSetup:
+    """Everything the training loop is handed for one run, and what the run keeps besides its weights.
+
+    The job builds it with the run's freshly seeded model, its task and its training
+    settings; the stage's :meth:`TrainingStage.prepare` fills in the rest.
+    """
+
+    model: nn.Module  # ready to train once prepared: weights loaded, requires_grad set
+    data: TaskData  # the examples it trains on (a subset, for data pruning)
+    cfg: TrainConfig
+    seed: int  # of its initialisation and data order
+    device: torch.device
+    loss_fn: LossFn | None = None  # default: cross-entropy
+    masks: dict[str, torch.Tensor] | None = None  # held after every optimiser step
+    sampler: EpochSampler | None = None  # default: every example once per epoch
+    snapshot_steps: tuple[int, ...] = ()  # weights kept at these steps, saved as ``rewind``
+    rewind: dict[int, dict[str, torch.Tensor]] | None = None  # saved with the model
+    kept: torch.Tensor | None = None  # the indices of the training examples kept
+    metrics: dict[str, xr.DataArray] = field(default_factory=dict)  # beside the per-epoch history
+
+
+class TrainingStage:
+    """A family of training runs. Subclasses set :attr:`name` and override what differs."""
+
+    name: str = ""  # the stage: the first folder of its run ids
+
+    def runs(self, config: Mapping[str, Any]) -> list[str]:
+        """The runs of this stage in a study (a loaded config), in DAG order: which runs
+        exist depends on the config alone."""
+        raise NotImplementedError
+
+    def task(self, r: Mapping[str, Any]) -> str:
+        """The task a run trains on (``target``, or ``sources/<name>``), from its parsed id."""
+        return "target"
+
+    def parent(self, study: Study, r: Mapping[str, Any]) -> str | None:
+        """The run whose weights this run starts from, if any."""
+        return None
+
+    def spec(self, study: Study, r: Mapping[str, Any]) -> dict[str, Any]:
+        """What the stage adds to (or overrides in) the common spec of a run."""
+        return {}
+
+    def inputs(self, study: Study, spec: Mapping[str, Any]) -> dict[str, str]:
+        """The files a run's job reads besides its task and its parent's model, by role
+        (``scores``, ``teacher``)."""
+        return {}
+
+    def prepare(self, spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mapping[str, Path]) -> None:
+        """Make ``setup`` ready to train the run: load the start, set masks, loss, data and sampler.
+
+        ``inputs``: the files of :meth:`inputs`, and ``parent`` when the run has one.
+        """
