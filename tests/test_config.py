@@ -184,6 +184,32 @@ ERRORS = {
         ["'analyze.similarity.edges[1]' = 'teacher' is not allowed",
          "allowed values: finetune, prune, distill, seeds, within"],
     ),
+    "empty results folder": (
+        lambda c: c.update(results=""),
+        ["config key 'results' = '' is not allowed", "not empty"],
+    ),
+    "epochs written as a float": (
+        lambda c: c["pretrain"]["train"].update(epochs=1e9),
+        ["config key 'pretrain.train.epochs': 1000000000.0 is not of type 'integer'"],
+    ),
+    "no epochs": (
+        lambda c: c["train"].update(epochs=0),
+        ["config key 'train.epochs': 0 is less than the minimum of 1"],
+    ),
+    "seed written as a float": (
+        lambda c: c["finetune"].update(seeds=[0, 1.0]),
+        ["'finetune.seeds[1]': 1.0 is not of type 'integer'"],
+    ),
+    "batch larger than the training set": (
+        lambda c: c["finetune"]["train"].update(batch_size=501),
+        ["config key 'finetune.train.batch_size' (or 'train.batch_size') = 501 exceeds the 500 training "
+         "examples of data.target; allowed: 1 to 500"],
+    ),
+    "batch larger than a source's training set": (
+        lambda c: c["data"]["sources"]["synthetic"]["args"].update(num_train=64),
+        ["'pretrain.train.batch_size' (or 'train.batch_size') = 100 exceeds the 64 training examples of "
+         "data.sources.synthetic"],
+    ),
     "similarity edge named twice": (
         lambda c: c["analyze"]["similarity"].update(edges=["within", "within"]),
         ["'analyze.similarity.edges'", "non-unique elements"],

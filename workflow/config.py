@@ -60,15 +60,27 @@ def _describe(error: jsonschema.ValidationError, root: Mapping[str, Any], config
         )
     if error.validator == "enum":
         return f"config key '{key}' = {error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"config key '{key}' = {error.instance!r} is not allowed: {error.schema['description']}"
     if error.validator == "required":
         return f"config key '{key}' is missing a required entry: {error.message}"
     return f"config key '{key}': {error.message}"
 
 
+# JSON Schema counts 1e9 (a float with no fraction) as an integer; YAML gives it as a
+# float, and an epoch count or a seed must be a whole number as written.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, instance: isinstance(instance, int) and not isinstance(instance, bool)
+    ),
+)
+
+
 def validate(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -> None:
     """Raise :class:`ConfigError` listing every violation of the schema."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e, schema, config) for e in errors))
@@ -99,7 +111,7 @@ def fill_defaults(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -
 
 def check_semantics(config: Mapping[str, Any]) -> None:
     """What the schema cannot express: cross-references between sections."""
-    from workflow.datasets import DATASETS, dataset_settings
+    from workflow.datasets import DATASETS, dataset_settings, train_examples
     from workflow.stages.registry import TRAINING_STAGES
 
     problems = []
@@ -119,6 +131,15 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 f"allowed keys for {spec['name']}: {', '.join(sorted(allowed))}"
             )
         assert spec["name"] in DATASETS
+    for stage in stages:
+        batch = {**config["train"], **config[stage].get("train", {})}["batch_size"]
+        for task in [f"sources.{n}" for n in sources] if stage == "pretrain" else ["target"]:
+            size = train_examples(tasks[task])
+            if size is not None and batch > size:
+                problems.append(
+                    f"config key '{stage}.train.batch_size' (or 'train.batch_size') = {batch} exceeds the "
+                    f"{size} training examples of data.{task}; allowed: 1 to {size}"
+                )
     images = sorted(n for n in DATASETS if DATASETS[n].images)
     for stage in stages:
         augment = {**config["train"], **config[stage].get("train", {})}.get("augment", [])

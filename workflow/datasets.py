@@ -25,6 +25,8 @@ class DatasetSource:
     make: Callable[[dict[str, Any]], Arrays]
     settings: Callable[[], dict[str, Any]]
     images: bool = False  # examples are (channels, height, width): image augmentations apply
+    # The number of training examples the settings make, when it is known before making them.
+    train_count: Callable[[dict[str, Any]], int] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -59,7 +61,12 @@ def _mnist1d(args: dict[str, Any]) -> Arrays:
     }
 
 
-DATASETS.register("mnist1d")(DatasetSource(_mnist1d, _mnist1d_settings))
+def _mnist1d_train_count(settings: dict[str, Any]) -> int:
+    """As mnist1d's make_dataset splits: whole examples per class for its 10 templates."""
+    return int(settings["num_samples"] // 10 * 10 * settings["train_split"])
+
+
+DATASETS.register("mnist1d")(DatasetSource(_mnist1d, _mnist1d_settings, train_count=_mnist1d_train_count))
 
 
 def _synthetic_settings() -> dict[str, Any]:
@@ -103,7 +110,9 @@ def _synthetic(args: dict[str, Any]) -> Arrays:
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
-DATASETS.register("synthetic")(DatasetSource(_synthetic, _synthetic_settings))
+DATASETS.register("synthetic")(
+    DatasetSource(_synthetic, _synthetic_settings, train_count=lambda settings: settings["num_train"])
+)
 
 
 # --- image datasets read by torchvision's own loaders from a local folder -----------------
@@ -197,6 +206,15 @@ def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
 for _name in TORCHVISION_CLASSES:
     DATASETS.register(_name)(DatasetSource(partial(_torchvision, _name), _torchvision_settings, images=True))
 del _name
+
+
+def train_examples(spec: dict[str, Any]) -> int | None:
+    """How many training examples a dataset spec makes, or None when only making it tells
+    (the files of a torchvision dataset) and it sets no ``train_size``."""
+    source = DATASETS[spec["name"]]
+    count = source.train_count({**source.settings(), **(spec.get("args") or {})}) if source.train_count else None
+    sizes = [n for n in (count, spec.get("train_size")) if n is not None]
+    return min(sizes) if sizes else None
 
 
 def dataset_settings(name: str) -> dict[str, Any]:
