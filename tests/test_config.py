@@ -108,7 +108,7 @@ ERRORS = {
     ),
     "unknown network-pruning method": (
         lambda c: c["prune_network"].update(methods=["imp", "snip"]),
-        ["'prune_network.methods[1]' = 'snip'", "allowed values: imp, oneshot, random, reinit, scratch"],
+        ["'prune_network.methods[1]' = 'snip'", "allowed values: erk, imp, oneshot, random, reinit, scratch"],
     ),
     "unknown pruning scope": (
         lambda c: c["prune_network"].update(scope="channel"),

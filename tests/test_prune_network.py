@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,9 @@ from workflow.prune_network import (
     PRUNING_SCOPES,
     apply_masks,
     density,
+    erk_counts,
+    erk_masks,
+    erk_scores,
     layer_densities,
     level_density,
     magnitude_masks,
@@ -186,3 +191,68 @@ def test_multiply_adds_count_each_weight_once_per_output_position() -> None:
     masks["0.weight"][0] = False  # one output channel of conv 1: 6 weights
     assert multiply_adds(model, x, masks) == 12 * 10 + 36 * 4 + 40
     assert model.training  # its mode is restored
+
+
+# --- ERK ------------------------------------------------------------------------------------
+
+
+def test_erk_scores_are_the_sum_of_the_dims_over_their_product() -> None:
+    assert erk_scores({"fc": (10, 96), "conv": (32, 16, 5)}) == {"fc": 106 / 960, "conv": 53 / 2560}
+
+
+def test_erk_densities_are_proportional_to_the_scores_in_closed_form() -> None:
+    # scores 8/16 and 16/64: eps (0.5 * 16 + 0.25 * 64) = 24 gives eps = 1, densities 1/2 and 1/4
+    assert erk_counts({"a": (4, 4), "b": (8, 8)}, 24) == {"a": 8, "b": 16}
+
+
+def test_erk_keeps_a_layer_its_scale_would_overfill_whole_and_solves_again_over_the_rest() -> None:
+    # eps (1 * 4 + 0.2 * 100) = 30 gives eps = 1.25: a's density 1.25 is capped at 1, so a keeps
+    # all 4 and b the other 26 (not 0.2 * 1.25 * 100 = 25)
+    assert erk_counts({"a": (2, 2), "b": (10, 10)}, 30) == {"a": 4, "b": 26}
+
+
+@pytest.mark.parametrize("kept", [0, 1, 37, 300, 612, 1000, 1224])
+def test_erk_counts_add_up_to_the_global_budget_and_fit_each_layer(kept: int) -> None:
+    shapes = {name: tuple(w.shape) for name, w in _weights(_cnn()).items()}
+    counts = erk_counts(shapes, kept)
+    assert sum(counts.values()) == kept
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    assert all(0 <= counts[name] <= sizes[name] for name in shapes)
+    # uncapped layers keep densities proportional to their scores, up to rounding by one weight
+    scores = erk_scores(shapes)
+    free = [name for name in shapes if counts[name] < sizes[name]]
+    for a in free:
+        for b in free:
+            ratio = scores[a] / scores[b]
+            assert counts[a] / sizes[a] <= ratio * (counts[b] + 1) / sizes[b] + 1 / sizes[a]
+
+
+def test_erk_refuses_a_budget_beyond_the_weights() -> None:
+    with pytest.raises(ValueError, match="cannot keep 17 of 16 weights"):
+        erk_counts({"a": (4, 4)}, 17)
+
+
+def test_erk_masks_keep_the_global_count_of_the_imp_mask_at_erk_layer_densities() -> None:
+    weights = _weights(_cnn())
+    imp = magnitude_masks(weights, None, 0.5)
+    for _ in range(3):
+        imp = magnitude_masks(weights, imp, 0.5)
+    masks = erk_masks(imp, torch.Generator().manual_seed(0))
+    assert density(masks) == density(imp)
+    shapes = {name: tuple(m.shape) for name, m in imp.items()}
+    kept = {name: int(m.count_nonzero()) for name, m in masks.items()}
+    assert kept == erk_counts(shapes, sum(int(m.count_nonzero()) for m in imp.values()))
+    again = erk_masks(imp, torch.Generator().manual_seed(0))
+    assert all(torch.equal(masks[name], again[name]) for name in masks)  # seeded
+
+
+def test_erk_is_registered_with_the_imp_run_of_its_level_as_parent(read_config) -> None:
+    from workflow.stages.network_pruning import PRUNING
+    from workflow.study import Study
+
+    assert PRUNING["erk"].parent == "imp" and not PRUNING["erk"].fresh_weights
+    config = read_config("tiny")
+    config["prune_network"]["methods"] = ["imp", "erk"]
+    study = Study(config)
+    assert study.parent("prune_network/erk/k0/s0/level1") == "prune_network/imp/k0/s0/level1"
+    assert "init_seed" not in study.spec("prune_network/erk/k0/s0/level1")

@@ -71,6 +71,7 @@ def pipeline(read_config, task_path: Path, tmp_path_factory: pytest.TempPathFact
     config = read_config("tiny")
     config["results"] = str(tmp_path_factory.mktemp("results"))
     config["prune_network"].update(levels=2, rewind_steps=list(REWIND_STEPS))
+    config["prune_network"]["methods"] += ["erk"]
     config["finetune"]["methods"] += ["bn_only", "lora", "eva"]
     config["finetune"]["lora"] = {"rank": 2, "alpha": 4, "eva_batches": 2}
     config["finetune"]["wiseft"] = {"alphas": [0.0, 0.5, 1.0]}
@@ -389,6 +390,20 @@ def test_random_masks_keep_the_imp_layer_densities_at_other_places(pipeline: Pip
     saved = _saved(folder)
     assert _kept(saved["masks"]) == _kept(imp["masks"])
     assert not all(torch.equal(saved["masks"][n], m) for n, m in imp["masks"].items())
+    dense = _saved(pipeline.run("prune_network/dense/s0"))
+    loss, _ = _start_metrics(saved["spec"]["model"], dense["rewind"][1], saved["masks"], task)
+    assert float(_metrics(folder).test_loss[0]) == pytest.approx(loss, rel=1e-6)
+
+
+def test_erk_trains_at_erk_layer_densities_with_the_imp_global_density(pipeline: Pipeline, task) -> None:
+    from workflow.prune_network import erk_counts
+
+    imp = _saved(pipeline.run("prune_network/imp/k1/s0/level2"))
+    folder = pipeline.run("prune_network/erk/k1/s0/level2")
+    saved = _saved(folder)
+    shapes = {name: tuple(m.shape) for name, m in imp["masks"].items()}
+    assert _kept(saved["masks"]) == erk_counts(shapes, sum(_kept(imp["masks"]).values()))
+    assert float(_metrics(folder)["density"]) == float(_metrics(pipeline.folder("prune_network/imp/k1/s0/level2"))["density"])
     dense = _saved(pipeline.run("prune_network/dense/s0"))
     loss, _ = _start_metrics(saved["spec"]["model"], dense["rewind"][1], saved["masks"], task)
     assert float(_metrics(folder).test_loss[0]) == pytest.approx(loss, rel=1e-6)

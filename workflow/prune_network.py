@@ -5,7 +5,7 @@ A mask is a bool tensor with its weight's shape (True = kept), keyed by the
 parameter's name in ``model.named_parameters()``. The training loop calls
 :func:`apply_masks` after every optimiser step so pruned weights stay exactly zero.
 
-The methods (:data:`PRUNING_METHODS`), each at IMP level n of one rewind step k:
+The methods (registered in :mod:`workflow.stages.network_pruning`), each at IMP level n of one rewind step k:
 
 * ``imp``: prune the smallest ``fraction`` of the remaining weights of level n-1's
   trained model, rewind the survivors to their values at step k of the dense run
@@ -16,19 +16,21 @@ The methods (:data:`PRUNING_METHODS`), each at IMP level n of one rewind step k:
 * ``oneshot``: magnitude pruning of the trained dense model straight to IMP level
   n's density, rewound to step k and retrained;
 * ``scratch``: the IMP mask on fresh weights, trained for as many more epochs as
-  keep its training FLOPs equal to the dense run's (Scratch-B).
+  keep its training FLOPs equal to the dense run's (Scratch-B);
+* ``erk``: a random mask at Erdős–Rényi-Kernel layer densities (each layer's density
+  proportional to the sum of its dims over their product, capped at 1) with IMP level
+  n's global density, on the rewound weights (the random baseline of RigL).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 PRUNING_SCOPES: tuple[str, ...] = ("global", "layer")
-PRUNING_METHODS: tuple[str, ...] = ("imp", "reinit", "random", "oneshot", "scratch")
 _PRUNABLE_MODULES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -120,13 +122,65 @@ def level_density(fraction: float, level: int) -> float:
 
 def random_masks(like: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Masks keeping, in each tensor, as many entries as ``like`` does, at uniformly random places."""
+    return _random_places(like, {name: int(mask.count_nonzero()) for name, mask in like.items()}, generator)
+
+
+def _random_places(
+    like: Mapping[str, torch.Tensor], counts: Mapping[str, int], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Masks of the shapes of ``like`` keeping ``counts[name]`` entries each, uniformly at random."""
     out = {}
     for name, mask in like.items():
-        kept = int(mask.count_nonzero())
         new = torch.zeros(mask.numel(), dtype=torch.bool)
-        new[torch.randperm(mask.numel(), generator=generator)[:kept]] = True
+        new[torch.randperm(mask.numel(), generator=generator)[: counts[name]]] = True
         out[name] = new.view(mask.shape)
     return out
+
+
+def erk_scores(shapes: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """The Erdős–Rényi-Kernel score of each tensor: the sum of its dims over their product.
+
+    A linear layer's (n_in + n_out) / (n_in n_out), a convolution's
+    (c_in + c_out + k...) / (c_in c_out k...): narrow and small layers score high.
+    """
+    return {name: sum(shape) / math.prod(shape) for name, shape in shapes.items()}
+
+
+def erk_counts(shapes: Mapping[str, Sequence[int]], kept: int) -> dict[str, int]:
+    """How many weights ERK keeps in each tensor so that ``kept`` remain in all.
+
+    Each tensor's density is proportional to its :func:`erk_scores` (ε · score), capped at
+    1: a tensor the scale would fill is kept whole, and ε is solved again over the rest.
+    The real-valued counts are rounded by largest remainder, so they add up to ``kept``.
+    """
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    if not 0 <= kept <= sum(sizes.values()):
+        raise ValueError(f"cannot keep {kept} of {sum(sizes.values())} weights")
+    scores = erk_scores(shapes)
+    full: set[str] = set()
+    while True:
+        rest = [name for name in shapes if name not in full]
+        budget = kept - sum(sizes[name] for name in full)
+        weight = sum(scores[name] * sizes[name] for name in rest)
+        eps = budget / weight if weight > 0 else 0.0
+        capped = {name for name in rest if eps * scores[name] > 1}
+        if not capped:
+            break
+        full |= capped
+    exact = {name: float(sizes[name]) if name in full else eps * scores[name] * sizes[name] for name in shapes}
+    counts = {name: min(sizes[name], math.floor(c)) for name, c in exact.items()}
+    # Largest remainder first; ties by order, so the rounding is deterministic.
+    order = sorted(shapes, key=lambda name: counts[name] - exact[name])
+    for name in order[: kept - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def erk_masks(like: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random masks at ERK's layer densities, keeping as many weights in all as ``like`` does."""
+    counts = erk_counts({name: tuple(m.shape) for name, m in like.items()},
+                        sum(int(m.count_nonzero()) for m in like.values()))
+    return _random_places(like, counts, generator)
 
 
 def multiply_adds(model: nn.Module, example: torch.Tensor, masks: Mapping[str, torch.Tensor] | None = None) -> int:

@@ -100,6 +100,17 @@ def _random(trained: Mapping[str, torch.Tensor], masks: Masks | None, spec: Mapp
     return random_masks(masks, torch.Generator().manual_seed(spec["seed"]))
 
 
+@method("erk")
+def _erk(trained: Mapping[str, torch.Tensor], masks: Masks | None, spec: Mapping[str, Any]) -> Masks:
+    """A random mask at Erdős–Rényi-Kernel layer densities with IMP level n's global density."""
+    import torch
+
+    from workflow.prune_network import erk_masks
+
+    assert masks is not None
+    return erk_masks(masks, torch.Generator().manual_seed(spec["seed"]))
+
+
 def _imp_mask(trained: Mapping[str, torch.Tensor], masks: Masks | None, spec: Mapping[str, Any]) -> Masks:
     """IMP level n's mask itself."""
     assert masks is not None
