@@ -7,6 +7,7 @@ import pytest
 import torch
 import xarray as xr
 from torch import nn
+from torch.nn import functional as F
 
 from workflow.prune_network import prunable_parameters
 from workflow.runtime import evaluate, resolve_device
@@ -113,6 +114,20 @@ def test_nan_loss_raises_divergence_error_naming_epoch_and_step(make_cnn, task) 
 
     with pytest.raises(DivergenceError, match=r"epoch 1, step 1\b"):
         _fit(make_cnn, task, loss_fn=nan_loss)
+
+
+def test_a_loss_that_breaks_mid_epoch_is_named_by_its_own_step(make_cnn, task) -> None:
+    # Checked on the device and read at the epoch's end: the error still names step 8
+    # (epoch 2's third), its loss and its learning rate, not the epoch's last step.
+    calls = []
+
+    def breaks_at_step_8(logits, xb, yb):
+        calls.append(None)
+        loss = F.cross_entropy(logits, yb)
+        return loss * float("inf") if len(calls) == 8 else loss
+
+    with pytest.raises(DivergenceError, match=r"loss is inf at epoch 2, step 8 \(lr="):
+        _fit(make_cnn, task, loss_fn=breaks_at_step_8)
 
 
 def test_huge_learning_rate_raises_divergence_error(make_cnn, task) -> None:

@@ -159,6 +159,10 @@ def _norm(tensors: Sequence[torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
 
 
+HISTORY = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_distance", "relative_weight_distance")
+"""The per-epoch metrics of every run."""
+
+
 def history_dataset(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
     """Per-epoch metrics as a Dataset over ``epoch`` (0 = before training)."""
     n = len(next(iter(history.values())))
@@ -166,6 +170,117 @@ def history_dataset(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
         {k: ("epoch", np.asarray(v, dtype=np.float64)) for k, v in history.items()},
         coords={"epoch": np.arange(n)},
     )
+
+
+class TrainingState:
+    """Everything that determines the rest of a run, with ``state_dict`` / ``load_state_dict``.
+
+    Progress is counted as ``epoch`` whole epochs done, then ``done`` batches of the next
+    epoch's ``order``; ``step`` counts optimiser steps. The loss is checked for being
+    finite on the device, without waiting for it: :meth:`check_finite` reads the
+    first bad step at the end of each epoch and before a checkpoint is saved.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: TaskData,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        sampler: EpochSampler,
+        generator: torch.Generator,
+        on_batch: BatchHook | None,
+        snapshot_steps: Sequence[int],
+    ) -> None:
+        self.model, self.data, self.opt, self.sched = model, data, opt, sched
+        self.sampler, self.generator, self.on_batch = sampler, generator, on_batch
+        self.wanted = set(snapshot_steps)
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        self.history: dict[str, list[float]] = {k: [] for k in HISTORY}
+        # Lazy vs rich training: how far the weights travel from where this run started.
+        self.start = [p.detach().to(torch.float64, copy=True) for p in model.parameters()]
+        self.start_norm = _norm(self.start)
+        self.epoch, self.step, self.order, self.done = 0, 0, None, 0
+        self._clear_bad()
+
+    def _clear_bad(self) -> None:
+        device = next(self.model.parameters()).device
+        self._bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss was finite
+        self._bad_loss = torch.zeros((), device=device)
+        self._lrs: dict[int, float] = {}  # step -> its learning rate, since the last check
+
+    def watch(self, loss: torch.Tensor) -> None:
+        """Note, on the device, whether the loss of step ``self.step + 1`` is finite."""
+        loss = loss.detach()
+        first = (self._bad_step == 0) & ~torch.isfinite(loss)
+        self._bad_step = torch.where(first, self.step + 1, self._bad_step)
+        self._bad_loss = torch.where(first, loss.to(self._bad_loss.dtype), self._bad_loss)
+        self._lrs[self.step + 1] = self.sched.get_last_lr()[0]
+
+    def check_finite(self, desc: str, epoch: int) -> None:
+        """Raise :class:`DivergenceError` naming the first step of ``epoch`` whose loss was not finite."""
+        bad = int(self._bad_step)  # the one wait for the device in an epoch
+        if bad:
+            raise DivergenceError(
+                f"{desc}: loss is {float(self._bad_loss)} at epoch {epoch}, step {bad} "
+                f"(lr={self._lrs[bad]:.3g}); lower the learning rate or check the data"
+            )
+        self._clear_bad()
+
+    def snapshot(self) -> None:
+        """Keep a copy of the weights if this step is one of ``snapshot_steps``."""
+        if self.step in self.wanted:
+            self.snapshots[self.step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def record(self, desc: str) -> None:
+        """Append this epoch's metrics to the history."""
+        data, history = self.data, self.history
+        for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+            loss, acc = evaluate(self.model, x, y)
+            history[f"{split}_loss"].append(loss)
+            history[f"{split}_acc"].append(acc)
+        distance = _norm([p.detach().double() - p0 for p, p0 in zip(self.model.parameters(), self.start)])
+        history["weight_distance"].append(distance)
+        history["relative_weight_distance"].append(distance / self.start_norm if self.start_norm > 0 else math.nan)
+        # The last optimiser step can break the weights after its own loss was finite.
+        if not math.isfinite(history["train_loss"][-1]):
+            raise DivergenceError(
+                f"{desc}: the training-set loss is {history['train_loss'][-1]} after epoch "
+                f"{len(history['train_loss']) - 1}, step {self.step}; lower the learning rate or check the data"
+            )
+
+    def state_dict(self, signum: int | None = None) -> dict[str, Any]:
+        """The state to save; ``signum``: the signal the run stops on, if any."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "generator": self.generator.get_state(),
+            "rng": rng_states(), "epoch": self.epoch, "step": self.step, "order": self.order,
+            "done": self.done, "history": self.history, "snapshots": self.snapshots, "start": self.start,
+            "sampler": self.sampler.state_dict(),
+            "hook": self.on_batch.state_dict() if self.on_batch is not None else None,  # type: ignore[attr-defined]
+            "signal": signum,
+        }
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        set_rng_states(saved["rng"])
+        self.sampler.load_state_dict(saved["sampler"])
+        if self.on_batch is not None:
+            self.on_batch.load_state_dict(saved["hook"])  # type: ignore[attr-defined]
+        self.history, self.snapshots, self.start = saved["history"], saved["snapshots"], saved["start"]
+        self.start_norm = _norm(self.start)
+        self.epoch, self.step, self.order, self.done = saved["epoch"], saved["step"], saved["order"], saved["done"]
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
 def train(
@@ -198,7 +313,8 @@ def train(
       e.g. repeated random sampling trains on a fresh subset every epoch.
     * ``cfg.augment`` transforms each training batch (the loss, ``on_batch`` and the
       teacher of a distillation all see the augmented batch); metrics use clean data.
-    * A non-finite loss raises :class:`DivergenceError`.
+    * A non-finite loss raises :class:`DivergenceError` at the end of its epoch, naming
+      the epoch and step it happened at (checked on the device, so steps never wait).
     * Besides loss and accuracy, every epoch records ``weight_distance``, the norm of
       the change of all parameters since the start of this run (lazy vs rich
       training), and ``relative_weight_distance``, that over the starting norm.
@@ -222,12 +338,7 @@ def train(
     opt = _optimizer(params, cfg)
     sampler = sampler or Shuffle(len(data.y_train))
     steps_per_epoch = len(_batches(torch.arange(sampler.size), cfg.batch_size))
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    generator = torch.Generator().manual_seed(seed)
+    sched = _schedule(opt, cfg, total_steps=max(1, cfg.epochs * steps_per_epoch))
     augment = compose(cfg.augment)
     if augment is not None:  # a wrong input shape fails here, before any training
         augment(data.x_train[:2], torch.Generator().manual_seed(0))
@@ -239,86 +350,31 @@ def train(
             f"snapshot steps {beyond} lie beyond the {epochs * steps_per_epoch} steps of training "
             f"({epochs} epochs of {steps_per_epoch} steps)"
         )
-
     if masks:
         apply_masks(model, masks)
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    wanted = set(snapshot_steps)
 
-    def snapshot(step: int) -> None:
-        if step in wanted:
-            snapshots[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    history: dict[str, list[float]] = {
-        k: [] for k in ("train_loss", "train_acc", "test_loss", "test_acc", "weight_distance", "relative_weight_distance")
-    }
-    # Lazy vs rich training: how far the weights travel from where this run started.
-    start = [p.detach().to(torch.float64, copy=True) for p in model.parameters()]
-    start_norm = _norm(start)
-
-    def record() -> None:
-        for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-            loss, acc = evaluate(model, x, y)
-            history[f"{split}_loss"].append(loss)
-            history[f"{split}_acc"].append(acc)
-        distance = _norm([p.detach().double() - p0 for p, p0 in zip(model.parameters(), start)])
-        history["weight_distance"].append(distance)
-        history["relative_weight_distance"].append(distance / start_norm if start_norm > 0 else math.nan)
-        # The last optimiser step can break the weights after its own loss was finite.
-        if not math.isfinite(history["train_loss"][-1]):
-            raise DivergenceError(
-                f"{desc}: the training-set loss is {history['train_loss'][-1]} after epoch "
-                f"{len(history['train_loss']) - 1}, step {step}; lower the learning rate or check the data"
-            )
-
-    def state(epoch: int, order: torch.Tensor | None = None, done: int = 0, signum: int | None = None) -> dict[str, Any]:
-        """Everything that determines the rest of the run: after ``epoch`` whole epochs,
-        and ``done`` batches of the next one in ``order``; ``signum``: the signal it stops on."""
-        return {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "generator": generator.get_state(), "rng": rng_states(), "epoch": epoch, "step": step,
-            "order": order, "done": done, "history": history, "snapshots": snapshots, "start": start,
-            "sampler": sampler.state_dict(), "hook": on_batch.state_dict() if on_batch is not None else None,
-            "signal": signum,
-        }
-
+    run = TrainingState(model, data, opt, sched, sampler, torch.Generator().manual_seed(seed), on_batch, snapshot_steps)
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is None:
-        step, first_epoch, order, done = 0, 1, None, 0
-        record()
-        snapshot(step)
+        run.record(desc)
+        run.snapshot()
     else:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        set_rng_states(saved["rng"])
-        sampler.load_state_dict(saved["sampler"])
-        if on_batch is not None:
-            on_batch.load_state_dict(saved["hook"])
-        history, snapshots, start = saved["history"], saved["snapshots"], saved["start"]
-        start_norm = _norm(start)
-        step, first_epoch, order, done = saved["step"], saved["epoch"] + 1, saved["order"], saved["done"]
-    resumed_step, stopper = (None, None) if saved is None else (step, stopped_by(saved))
-    bar = tqdm(range(first_epoch, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
+        run.load_state_dict(saved)
+    bar = tqdm(range(run.epoch + 1, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
     with stop_requests() if checkpoint is not None else contextlib.nullcontext(lambda: None) as stop:
         for epoch in bar:
             _set_train_mode(model)
-            if order is None:
-                order = sampler(generator)
-            batches = _batches(order, cfg.batch_size)
-            for done, idx in enumerate(batches[done:], start=done + 1):
+            if run.order is None:
+                run.order = sampler(run.generator)
+            batches = _batches(run.order, cfg.batch_size)
+            for idx in batches[run.done:]:
                 idx = idx.to(data.x_train.device)
                 xb, yb = data.x_train[idx], data.y_train[idx]
                 if augment is not None:
-                    xb = augment(xb, generator)
+                    xb = augment(xb, run.generator)
                 logits = model(xb)
                 loss = loss_fn(logits, xb, yb)
-                if not torch.isfinite(loss):
-                    raise DivergenceError(
-                        f"{desc}: loss is {loss.item()} at epoch {epoch}, step {step + 1} "
-                        f"(lr={sched.get_last_lr()[0]:.3g}); lower the learning rate or check the data"
-                    )
+                run.watch(loss)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -327,17 +383,21 @@ def train(
                     apply_masks(model, masks)
                 if on_batch is not None:
                     on_batch(idx, logits.detach(), yb)
-                step += 1
-                snapshot(step)
-                if (signum := stop()) is not None and done < len(batches):
-                    checkpoint.save(state(epoch - 1, order, done, signum))
+                run.step += 1
+                run.done += 1
+                run.snapshot()
+                if (signum := stop()) is not None and run.done < len(batches):
+                    run.check_finite(desc, epoch)
+                    checkpoint.save(run.state_dict(signum))
                     raise Preempted(signum)
-            order, done = None, 0
-            record()
-            bar.set_postfix(test_acc=f"{history['test_acc'][-1]:.3f}")
+            run.check_finite(desc, epoch)
+            run.epoch, run.order, run.done = epoch, None, 0
+            run.record(desc)
+            bar.set_postfix(test_acc=f"{run.history['test_acc'][-1]:.3f}")
             if checkpoint is not None and (epoch % checkpoint.every == 0 or stop() is not None) and epoch < epochs:
                 signum = stop()
-                checkpoint.save(state(epoch, signum=signum))
+                checkpoint.save(run.state_dict(signum))
                 if signum is not None:
                     raise Preempted(signum)
-    return TrainResult(history_dataset(history), snapshots, step, resumed_step, stopper)
+    resumed_step, stopper = (None, None) if saved is None else (saved["step"], stopped_by(saved))
+    return TrainResult(history_dataset(run.history), run.snapshots, run.step, resumed_step, stopper)
