@@ -7,7 +7,7 @@ from pathlib import Path
 import xarray as xr
 
 from workflow import storage
-from workflow.plots import final_value
+from workflow.summaries import final_value
 
 
 def _final_acc(ds: xr.Dataset) -> xr.DataArray:

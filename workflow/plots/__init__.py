@@ -5,8 +5,10 @@ in order, and those of its :data:`OPTIONAL_SUMMARIES` a study has, by name) and
 returns a matplotlib ``Figure``. :func:`render` is the entry point a pipeline rule
 calls: it opens the summaries, draws one figure and saves it in every requested format.
 
-The figures live in one module per family (data_pruning, network_pruning,
-finetuning, analysis); summaries and drawing hold the reductions and drawing they share.
+The figures live in one module per family (finetuning, data_pruning,
+network_pruning, similarity, spectra, connectivity); :mod:`workflow.plots.drawing`
+holds the drawing, labels and styles they share, and :mod:`workflow.summaries` the
+reductions (shared with the report, which draws nothing).
 """
 
 from __future__ import annotations
@@ -17,15 +19,7 @@ from typing import Callable, Collection, Mapping, Sequence
 from matplotlib.figure import Figure
 
 from workflow import storage
-from workflow.plots.analysis import (
-    LINEAGE,
-    connectivity,
-    lineage,
-    similarity,
-    similarity_within,
-    spectra,
-    weight_distance,
-)
+from workflow.plots.connectivity import connectivity
 from workflow.plots.data_pruning import (
     KD_STYLES,
     SCORE_LABELS,
@@ -35,16 +29,19 @@ from workflow.plots.data_pruning import (
     score_correlations,
     score_distributions,
 )
+from workflow.plots.drawing import FINETUNE_LABELS, PRUNING_LABELS
 from workflow.plots.finetuning import (
-    FINETUNE_LABELS,
     cka_heatmaps,
     ensembles,
     finetune_methods,
     training_curves,
+    weight_distance,
     wiseft,
 )
-from workflow.plots.network_pruning import PRUNING_LABELS, network_pruning
-from workflow.plots.summaries import best_over, final_value
+from workflow.plots.network_pruning import network_pruning
+from workflow.plots.similarity import LINEAGE, lineage, similarity, similarity_within
+from workflow.plots.spectra import spectra
+from workflow.summaries import best_over, final_value
 
 __all__ = [
     "FIGURES",

@@ -21,7 +21,7 @@ from workflow.plots.drawing import (
     no_data,
     plot_errorbar,
 )
-from workflow.plots.summaries import (
+from workflow.summaries import (
     best_over,
     best_runs,
     coord_values,

@@ -1,5 +1,6 @@
 """Drawing helpers that the figures share: new figures, colours, seed bands and error
-bars, legends and keys, annotated heatmaps, log axes.
+bars, legends and keys, annotated heatmaps, log axes; and the labels and styles of
+runs that several figure modules draw (sources, fine-tuning and pruning methods).
 
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas rather than
 through ``pyplot``: that never opens a window and leaves the global pyplot state
@@ -8,17 +9,20 @@ through ``pyplot``: that never opens a window and leaves the global pyplot state
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from itertools import product
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
+import xarray as xr
 from matplotlib import colormaps, ticker
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from workflow.plots.summaries import SeedStats
+from workflow.runs import NO_SOURCE
+from workflow.summaries import SeedStats, coord_values
 
 
 def new_figure(
@@ -149,3 +153,134 @@ def log_axis(ax: Axes, which: str, ticks: Sequence[float] | None = None) -> None
     rc = matplotlib.rcParams
     major_pad = rc[f"{which}tick.major.pad"] + rc[f"{which}tick.major.size"]
     axis.set_tick_params(which="minor", pad=major_pad - rc[f"{which}tick.minor.size"])
+
+
+# --- labels and styles of runs, shared by the figure modules ---------------------------
+
+# The colour of pretrained models in every figure that shows them beside fine-tuned ones.
+PRETRAIN_COLOUR = "black"
+
+# "scratch" is not fine-tuned at all: it is the no-pretraining baseline.
+FINETUNE_LABELS = {"scratch": "from scratch (baseline)"}
+
+# The legend text of a source, where it is not its own name.
+SOURCE_LABELS = {NO_SOURCE: "no pretraining"}
+
+# The legend text of each network-pruning method.
+PRUNING_LABELS = {
+    "imp": "IMP",
+    "reinit": "IMP mask, re-initialised",
+    "random": "random mask, same layer densities",
+    "oneshot": "one-shot magnitude",
+    "scratch": "IMP mask from scratch, FLOPs-matched",
+    "erk": "random mask, ERK layer densities",
+}
+
+# Line styles and markers of the pretraining sources, in config order; the last is
+# "none" (scratch) when present.
+SOURCE_STYLES = ("-", "--", ":", "-.")
+SOURCE_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+# The ``model`` of the spectra summary that is the pretrained model of its source.
+PRETRAINED = "pretrained"
+
+# A line of a figure: its selection ({"source": ..., dim: ...}), legend text and style.
+Run = tuple[dict[str, Hashable], str, dict[str, Any]]
+
+
+def finetune_label(source: Hashable, method: Hashable, n_sources: int) -> str:
+    """"from scratch (baseline)", "fine-tune: full", or "synthetic → full" with several sources."""
+    if method in FINETUNE_LABELS:
+        return FINETUNE_LABELS[str(method)]
+    return f"{source} → {method}" if n_sources > 1 else f"fine-tune: {method}"
+
+
+def source_styles(sources: Sequence[Hashable]) -> dict[Hashable, tuple[str, str]]:
+    """Line style and marker of each source (scratch's "none" included)."""
+    return {src: (SOURCE_STYLES[i % len(SOURCE_STYLES)], SOURCE_MARKERS[i % len(SOURCE_MARKERS)])
+            for i, src in enumerate(sources)}
+
+
+def _present(ds: xr.Dataset, variables: Sequence[str], dim: str) -> list[tuple[Hashable, Hashable]]:
+    """The (source, ``dim``) pairs that have a value of any of ``variables`` (those in ``ds``)."""
+    present = [ds[v].notnull().any([d for d in ds[v].dims if d not in ("source", dim)])
+               for v in variables if v in ds]
+    return [(src, m) for src in coord_values(ds, "source") for m in coord_values(ds, dim)
+            if any(bool(p.sel({"source": src, dim: m})) for p in present)]
+
+
+def run_lines(ds: xr.Dataset, variables: Sequence[str], dim: str) -> list[Run]:
+    """One line per (source, method or model) with values, styled as in ``training_curves``.
+
+    Colour: method ("pretrained" black); line style: source ("none": scratch).
+    """
+    sources = coord_values(ds, "source")
+    # "none" (scratch) last, as training_curves orders the sources.
+    styles = source_styles(sorted(sources, key=lambda src: src == NO_SOURCE))
+    colours = {PRETRAINED: PRETRAIN_COLOUR,
+               **distinct_colours(m for m in coord_values(ds, dim) if m != PRETRAINED)}
+    n_sources = sum(src != NO_SOURCE for src in sources)
+    runs = []
+    for src, m in _present(ds, variables, dim):
+        if m == PRETRAINED:
+            label = f"pretrained: {src}" if n_sources > 1 else "pretrained"
+        else:
+            label = finetune_label(src, m, n_sources)
+        runs.append(({"source": src, dim: m}, label, {"color": colours[m], "linestyle": styles[src][0]}))
+    return runs
+
+
+def run_key(fig: Figure, runs: Sequence[Run], title: str) -> None:
+    """The colour and line style of every run, below the panels."""
+    handles = [Line2D([], [], label=label, **style) for _, label, style in runs]
+    key(fig, title, handles, "outside lower center", ncols=min(len(handles), 4) or 1)
+
+
+def layer_heatmaps(
+    cells: Mapping[tuple[Hashable, Hashable], tuple[str, xr.DataArray]],
+    rows: Sequence[Hashable],
+    columns: Sequence[Hashable],
+    *,
+    xlabel: str,
+    ylabel: Callable[[Hashable], str],
+    label: str,
+) -> Figure:
+    """Annotated layer x layer heatmaps on [0, 1]: a row per source, a column per method or model.
+
+    ``cells``: (row, column) -> (panel title, values with dims ``layer_a``, ``layer_b``);
+    the other panels are left blank. ``ylabel(row)`` labels the first panel drawn in a
+    row; ``label`` is the colour bar's.
+    """
+    if not cells:
+        fig, axes = new_figure(1, 1, (4.0, 3.0))
+        no_data(axes[0, 0])
+        return fig
+    first = next(iter(cells.values()))[1]
+    n_a, n_b = first.sizes["layer_a"], first.sizes["layer_b"]
+    # Cells big enough for their annotation; shrink text only for many layers.
+    cell = 0.55 if max(n_a, n_b) <= 8 else 0.45
+    fig, axes = new_figure(
+        len(rows), len(columns), (max(3.2, cell * n_b + 1.4), max(3.0, cell * n_a + 1.2))
+    )
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
+    fontsize = 8 if max(n_a, n_b) <= 8 else 6
+    image, labelled = None, set()
+    for (i, row), (j, column) in product(enumerate(rows), enumerate(columns)):
+        ax = axes[i, j]
+        if (row, column) not in cells:
+            ax.set_axis_off()
+            continue
+        title, values = cells[(row, column)]
+        # Dark text on the bright end of viridis, light text elsewhere.
+        image = heatmap(ax, values.transpose("layer_a", "layer_b").values, cmap=cmap, vmin=0.0, vmax=1.0,
+                        fontsize=fontsize, text_colour=lambda v: "black" if v > 0.6 else "white")
+        ax.set_xticks(range(values.sizes["layer_b"]), [str(v) for v in values["layer_b"].values],
+                      rotation=45, ha="right")
+        ax.set_yticks(range(values.sizes["layer_a"]), [str(v) for v in values["layer_a"].values])
+        ax.set_xlabel(xlabel)
+        if row not in labelled:  # the first panel of the row that is drawn
+            ax.set_ylabel(ylabel(row))
+            labelled.add(row)
+        ax.set_title(title)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=label, shrink=0.9)
+    return fig

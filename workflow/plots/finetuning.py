@@ -1,38 +1,33 @@
 """Figures of pretraining and fine-tuning: training curves, CKA heatmaps, accuracy per
-fine-tuning method, WiSE-FT interpolation, ensembles and soups."""
+fine-tuning method, WiSE-FT interpolation, ensembles and soups, and how far the weights travel."""
 
 from __future__ import annotations
 
-from itertools import product
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any, Hashable
 
 import numpy as np
 import xarray as xr
-from matplotlib import colormaps, ticker
+from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from workflow.plots.drawing import (
+    PRETRAIN_COLOUR,
     distinct_colours,
-    heatmap,
+    finetune_label,
     key,
+    layer_heatmaps,
     legend,
     log_axis,
     new_figure,
     no_data,
     plot_band,
+    run_lines,
+    source_styles,
 )
-from workflow.plots.summaries import coord_values, final_value, over_seeds, seeds_text
-
+from workflow.summaries import coord_values, final_value, over_seeds, seeds_text
 
 LOSS_LABEL = "cross-entropy loss (nats)"
-PRETRAIN_COLOUR = "black"
-# "scratch" is not fine-tuned at all: it is the no-pretraining baseline.
-FINETUNE_LABELS = {"scratch": "from scratch (baseline)"}
-# Line styles and markers of the pretraining sources, in config order; the last is
-# "none" (scratch) when present.
-SOURCE_STYLES = ("-", "--", ":", "-.")
-SOURCE_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def source_method_pairs(ds: xr.Dataset, var: str) -> list[tuple[Hashable, Hashable]]:
@@ -44,19 +39,6 @@ def source_method_pairs(ds: xr.Dataset, var: str) -> list[tuple[Hashable, Hashab
     present = ds[var].notnull().any([d for d in ds[var].dims if d not in ("source", "method")])
     return [(src, m) for src in coord_values(ds, "source") for m in coord_values(ds, "method")
             if bool(present.sel({"source": src, "method": m}))]
-
-
-def finetune_label(source: Hashable, method: Hashable, n_sources: int) -> str:
-    """"from scratch (baseline)", "fine-tune: full", or "synthetic → full" with several sources."""
-    if method in FINETUNE_LABELS:
-        return FINETUNE_LABELS[str(method)]
-    return f"{source} → {method}" if n_sources > 1 else f"fine-tune: {method}"
-
-
-def source_styles(sources: Sequence[Hashable]) -> dict[Hashable, tuple[str, str]]:
-    """Line style and marker of each source (scratch's "none" included)."""
-    return {src: (SOURCE_STYLES[i % len(SOURCE_STYLES)], SOURCE_MARKERS[i % len(SOURCE_MARKERS)])
-            for i, src in enumerate(sources)}
 
 
 def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
@@ -90,56 +72,6 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     legend(axes[0, 0], outside=True)
     how = seeds_text("mean line, min–max band", pretrain, finetune)
     fig.suptitle(f"Training curves: pretraining and fine-tuning ({how})")
-    return fig
-
-
-def layer_heatmaps(
-    cells: Mapping[tuple[Hashable, Hashable], tuple[str, xr.DataArray]],
-    rows: Sequence[Hashable],
-    columns: Sequence[Hashable],
-    *,
-    xlabel: str,
-    ylabel: Callable[[Hashable], str],
-    label: str,
-) -> Figure:
-    """Annotated layer x layer heatmaps on [0, 1]: a row per source, a column per method or model.
-
-    ``cells``: (row, column) -> (panel title, values with dims ``layer_a``, ``layer_b``);
-    the other panels are left blank. ``ylabel(row)`` labels the first panel drawn in a
-    row; ``label`` is the colour bar's.
-    """
-    if not cells:
-        fig, axes = new_figure(1, 1, (4.0, 3.0))
-        no_data(axes[0, 0])
-        return fig
-    first = next(iter(cells.values()))[1]
-    n_a, n_b = first.sizes["layer_a"], first.sizes["layer_b"]
-    # Cells big enough for their annotation; shrink text only for many layers.
-    cell = 0.55 if max(n_a, n_b) <= 8 else 0.45
-    fig, axes = new_figure(
-        len(rows), len(columns), (max(3.2, cell * n_b + 1.4), max(3.0, cell * n_a + 1.2))
-    )
-    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
-    fontsize = 8 if max(n_a, n_b) <= 8 else 6
-    image, labelled = None, set()
-    for (i, row), (j, column) in product(enumerate(rows), enumerate(columns)):
-        ax = axes[i, j]
-        if (row, column) not in cells:
-            ax.set_axis_off()
-            continue
-        title, values = cells[(row, column)]
-        # Dark text on the bright end of viridis, light text elsewhere.
-        image = heatmap(ax, values.transpose("layer_a", "layer_b").values, cmap=cmap, vmin=0.0, vmax=1.0,
-                        fontsize=fontsize, text_colour=lambda v: "black" if v > 0.6 else "white")
-        ax.set_xticks(range(values.sizes["layer_b"]), [str(v) for v in values["layer_b"].values],
-                      rotation=45, ha="right")
-        ax.set_yticks(range(values.sizes["layer_a"]), [str(v) for v in values["layer_a"].values])
-        ax.set_xlabel(xlabel)
-        if row not in labelled:  # the first panel of the row that is drawn
-            ax.set_ylabel(ylabel(row))
-            labelled.add(row)
-        ax.set_title(title)
-    fig.colorbar(image, ax=axes.ravel().tolist(), label=label, shrink=0.9)
     return fig
 
 
@@ -242,5 +174,29 @@ def ensembles(ds: xr.Dataset) -> Figure:
     ax.grid(axis="y", alpha=0.3)
     legend(ax, fontsize="small")
     ax.set_title(f"Ensembles and soups from one pretrained checkpoint ({seeds_text('mean ± std', ds)})",
+                 fontsize="medium")
+    return fig
+
+
+def weight_distance(finetune: xr.Dataset) -> Figure:
+    """How far fine-tuning moves the weights: relative distance from the start against epoch (log)."""
+    fig, axes = new_figure(1, 1, (6.4, 4.4))
+    ax = axes[0, 0]
+    var = "relative_weight_distance"
+    runs = run_lines(finetune, [var], "method") if var in finetune else []
+    # Epoch 0 is the start (distance 0), which a log axis cannot show.
+    after = finetune.isel(epoch=finetune["epoch"].values >= 1)
+    epochs = after["epoch"].values
+    for where, label, style in runs:
+        plot_band(ax, epochs, over_seeds(after[var].sel(where)), label=label, **style)
+    if epochs.size:
+        log_axis(ax, "x", ticks=epochs if epochs.size <= 8 else None)
+    ax.set_xlabel("epoch (log scale)")
+    ax.set_ylabel("relative weight distance  ‖θₜ − θ₀‖ / ‖θ₀‖")
+    ax.grid(which="both", alpha=0.3)
+    legend(ax, outside=True)
+    how = seeds_text("mean line, min–max band", finetune)
+    ax.set_title(f"How far fine-tuning moves the weights (all parameters)\n"
+                 f"(θ₀: where the run started, scratch: its initialisation; {how})",
                  fontsize="medium")
     return fig

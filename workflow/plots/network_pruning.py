@@ -8,17 +8,15 @@ from typing import Any, Hashable
 import xarray as xr
 from matplotlib.figure import Figure
 
-from workflow.plots.drawing import distinct_colours, legend, log_axis, new_figure, plot_band
-from workflow.plots.summaries import coord_values, final_value, over_seeds, seeds_text
-
-
-PRUNING_LABELS = {
-    "imp": "IMP",
-    "reinit": "IMP mask, re-initialised",
-    "random": "random mask, same layer densities",
-    "oneshot": "one-shot magnitude",
-    "scratch": "IMP mask from scratch, FLOPs-matched",
-}
+from workflow.plots.drawing import (
+    PRUNING_LABELS,
+    distinct_colours,
+    legend,
+    log_axis,
+    new_figure,
+    plot_band,
+)
+from workflow.summaries import coord_values, final_value, over_seeds, seeds_text
 
 
 def _select(obj: Any, **indexers: Hashable) -> Any:

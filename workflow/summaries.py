@@ -1,5 +1,7 @@
-"""Reductions of the summary datasets that the figures share: final values, statistics
-over seeds, the best hyperparameters, coordinate values and title text."""
+"""Reductions of the summary datasets shared by the figures and the report: final values,
+statistics over seeds, the best hyperparameters, coordinate values and title text.
+
+No matplotlib here: the report reads the summaries without drawing anything."""
 
 from __future__ import annotations
 

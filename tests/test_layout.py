@@ -1,0 +1,36 @@
+"""Tests of the package's shape: which modules a job loads, so that the job side stays
+free of the planner, the report of matplotlib, and the analyses of the training loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# module -> modules it must not load, directly or through anything it imports.
+MUST_NOT_LOAD = {
+    "workflow.config": ["workflow.study"],
+    "workflow.report": ["matplotlib", "workflow.study", "workflow.plots"],
+    "workflow.checkpoint": ["workflow.study", "workflow.analysis.plan"],
+    "workflow.stages.registry": ["workflow.study", "workflow.analysis.plan", "torch", "matplotlib"],
+    "workflow.jobs": ["workflow.study", "workflow.analysis.plan", "matplotlib"],
+    "workflow.analysis.stages": ["workflow.study", "workflow.train", "matplotlib"],
+    "workflow.cli": ["torch", "matplotlib", "workflow.study"],
+}
+
+
+def _loaded(module: str) -> set[str]:
+    """The modules a fresh interpreter holds after importing ``module``."""
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return set(json.loads(out))
+
+
+@pytest.mark.parametrize("module", sorted(MUST_NOT_LOAD))
+def test_a_module_loads_only_what_its_side_needs(module: str) -> None:
+    loaded = _loaded(module)
+    assert module in loaded
+    unwanted = [m for m in MUST_NOT_LOAD[module] if m in loaded]
+    assert not unwanted, f"importing {module} loads {unwanted}"
