@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from workflow import storage
 from workflow.analysis.activations import activations_dataset
-from workflow.analysis import similarity
+from workflow.analysis import hsic as hsic_module
 from workflow.analysis.similarity import (
     MEASURES,
     debiased_cka,
@@ -304,7 +304,7 @@ def test_both_forms_of_the_minibatch_hsic_match_song_s_estimator(monkeypatch, n)
               "b3": np.tanh(base @ rng.normal(size=(4, 5)))}
     results = {}
     for features in (True, False):
-        monkeypatch.setattr(similarity, "_prefers_features", lambda *args, features=features: features)
+        monkeypatch.setattr(hsic_module, "_prefers_features", lambda *args, features=features: features)
         results[features] = [
             similarity_matrices(*sources, measures=("debiased_cka",), chunk=32, batch=16)["debiased_cka"].values
             for sources in ((acts_a, acts_b), (acts_b,))

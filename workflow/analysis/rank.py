@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workflow.analysis.similarity import Array, as_matrix
+from workflow.analysis.cka import Array, as_matrix
 
 State = Mapping[str, torch.Tensor]
 

@@ -17,7 +17,7 @@ import xarray as xr
 from torch import nn
 
 from workflow.runtime import eval_mode, model_device
-from workflow.analysis.similarity import Array, as_matrix, linear_cka
+from workflow.analysis.cka import Array, as_matrix, linear_cka
 
 
 def _labels(y: Array) -> np.ndarray:
