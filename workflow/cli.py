@@ -10,7 +10,36 @@ import argparse
 import contextlib
 import json
 import sys
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, what it adds to its parser, and what it runs."""
+
+    help: str
+    options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+# Each command is registered once, by `command`, with its options beside its handler.
+# Handlers import what they need, so that `--help` is instant and plotting needs no torch.
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, help: str, options: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Callable[[argparse.Namespace], None]], Callable[[argparse.Namespace], None]]:
+    """Register the decorated handler as the subcommand ``name`` with the options ``options`` adds."""
+
+    def register(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+        if name in COMMANDS:
+            raise ValueError(f"command {name!r} registered twice")
+        COMMANDS[name] = Command(help, options, run)
+        return run
+
+    return register
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,15 +80,22 @@ def _two_models(p: argparse.ArgumentParser, what: str, settings: str, *, one: bo
     p.add_argument("--out", required=True, help="analysis.zarr")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# --- the commands, in the order --help lists them ---------------------------------------------
 
-    p = sub.add_parser("data", help="make a dataset file")
+
+def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="JSON: name, args, train_size")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("train", help="train one run (any training stage)")
+
+@command("data", "make a dataset file", _data_options)
+def _data(args: argparse.Namespace) -> None:
+    from workflow.datasets import make_data
+
+    make_data(json.loads(args.spec), args.out)
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, help="JSON spec of the run")
     p.add_argument("--out", required=True, help="the run's folder")
     p.add_argument("--data", required=True, help="the task's .npz file")
@@ -69,7 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoints(p, "<folder>/<run>.pt")
     _common(p)
 
-    p = sub.add_parser("scores", help="score every training example")
+
+@command("train", "train one run (any training stage)", _train_options)
+def _train(args: argparse.Namespace) -> None:
+    from workflow.jobs import train_run
+
+    spec = json.loads(args.spec)
+    with _announce_preemption(spec["run"]):
+        train_run(
+            spec, args.out, data_path=args.data, parent=args.parent, scores=args.scores,
+            teacher=args.teacher, device=args.device, threads=args.threads, progress=not args.no_progress,
+            checkpoint=f"{args.checkpoints}/{spec['run']}.pt" if args.checkpoints else None,
+            checkpoint_every=args.checkpoint_every,
+        )
+
+
+def _scores_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--model", help="model.pt whose embedding is scored (prototypes)")
@@ -77,35 +128,97 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoints(p, "<folder>/scores/<score>.pt")
     _common(p)
 
-    p = sub.add_parser("activations", help="record a model's activations on the probe set")
+
+@command("scores", "score every training example", _scores_options)
+def _scores(args: argparse.Namespace) -> None:
+    from workflow.jobs import compute_scores
+
+    spec = json.loads(args.spec)
+    with _announce_preemption(f"scores {spec['score']}"):
+        compute_scores(
+            spec, args.out, data_path=args.data, model_path=args.model, device=args.device,
+            threads=args.threads, progress=not args.no_progress,
+            checkpoint=f"{args.checkpoints}/scores/{spec['score']}.pt" if args.checkpoints else None,
+            checkpoint_every=args.checkpoint_every,
+        )
+
+
+def _activations_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--settings", required=True, help="JSON: probe_size, layers (null: the model's), conv (flatten | pool)")
     p.add_argument("--out", required=True, help="activations.zarr")
     _common(p)
 
-    p = sub.add_parser("similarity", help="similarity measures between all layers of two models, or of one")
+
+@command("activations", "record a model's activations on the probe set", _activations_options)
+def _activations(args: argparse.Namespace) -> None:
+    from workflow.analysis.stages import record
+
+    settings = json.loads(args.settings)
+    record(args.model, args.data, args.out, probe_size=settings["probe_size"], layers=settings.get("layers"),
+           conv=settings.get("conv", "flatten"), device=args.device, threads=args.threads)
+
+
+def _similarity_options(p: argparse.ArgumentParser) -> None:
     _two_models(p, "activations.zarr", "measures, chunk, batch, cca_dims", one=True)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
-    p = sub.add_parser("spectra", help="NTK and Hessian spectra and weight ranks of one model")
+
+@command("similarity", "similarity measures between all layers of two models, or of one", _similarity_options)
+def _similarity(args: argparse.Namespace) -> None:
+    from workflow.analysis.stages import compare
+
+    compare(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b or args.name_a,
+            settings=json.loads(args.settings), threads=args.threads)
+
+
+def _spectra_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--settings", required=True, help="JSON: the analyze.spectra settings and probe_size")
     p.add_argument("--out", required=True, help="analysis.zarr")
     _common(p)
 
-    p = sub.add_parser("relative", help="relative vs absolute representations of two models, and stitching")
-    _two_models(p, "model.pt", "anchors, seed")
-    p.add_argument("--data", required=True)
-    _common(p)
 
-    p = sub.add_parser("connectivity", help="loss and error on the line between two models (a at alpha = 0)")
-    _two_models(p, "model.pt", "alphas, bn_batches")
-    p.add_argument("--data", required=True)
-    _common(p)
+@command("spectra", "NTK and Hessian spectra and weight ranks of one model", _spectra_options)
+def _spectra(args: argparse.Namespace) -> None:
+    from workflow.analysis.stages import spectra
 
-    p = sub.add_parser("wiseft", help="WiSE-FT: evaluate weights interpolated between two models")
+    spectra(args.model, args.data, args.out, settings=json.loads(args.settings), device=args.device,
+            threads=args.threads)
+
+
+def _pair_of_models_options(settings: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The options of an analysis that loads two models and the data."""
+
+    def options(p: argparse.ArgumentParser) -> None:
+        _two_models(p, "model.pt", settings)
+        p.add_argument("--data", required=True)
+        _common(p)
+
+    return options
+
+
+@command("relative", "relative vs absolute representations of two models, and stitching",
+         _pair_of_models_options("anchors, seed"))
+def _relative(args: argparse.Namespace) -> None:
+    from workflow.analysis.stages import relative
+
+    relative(args.a, args.b, args.data, args.out, names=(args.name_a, args.name_b),
+             settings=json.loads(args.settings), device=args.device, threads=args.threads)
+
+
+@command("connectivity", "loss and error on the line between two models (a at alpha = 0)",
+         _pair_of_models_options("alphas, bn_batches"))
+def _connectivity(args: argparse.Namespace) -> None:
+    from workflow.analysis.stages import connectivity
+
+    connectivity(args.a, args.b, args.data, args.out, names=(args.name_a, args.name_b),
+                 settings=json.loads(args.settings), device=args.device, threads=args.threads)
+
+
+def _wiseft_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", required=True, help="model.pt at alpha = 0 (the linear probe)")
     p.add_argument("--end", required=True, help="model.pt at alpha = 1 (the fine-tuned model)")
     p.add_argument("--alphas", required=True, help="JSON list of alphas in [0, 1]")
@@ -113,103 +226,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="wiseft.zarr")
     _common(p)
 
-    p = sub.add_parser("ensemble", help="evaluate models, their ensemble and their uniform soup")
+
+@command("wiseft", "WiSE-FT: evaluate weights interpolated between two models", _wiseft_options)
+def _wiseft(args: argparse.Namespace) -> None:
+    from workflow.jobs import wiseft
+
+    wiseft(args.start, args.end, json.loads(args.alphas), args.out, data_path=args.data,
+           device=args.device, threads=args.threads)
+
+
+def _ensemble_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--member", action="append", required=True, help="model.pt of a member; repeatable")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="ensemble.zarr")
     _common(p)
 
-    p = sub.add_parser("collect", help="gather per-run stores into one summary")
+
+@command("ensemble", "evaluate models, their ensemble and their uniform soup", _ensemble_options)
+def _ensemble(args: argparse.Namespace) -> None:
+    from workflow.jobs import ensemble
+
+    ensemble(args.member, args.out, data_path=args.data, device=args.device, threads=args.threads)
+
+
+def _collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entries", required=True, help='JSON: [[{"seed": 0}, "path/metrics.zarr"], ...]')
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("plot", help="draw one figure from summaries")
+
+@command("collect", "gather per-run stores into one summary", _collect_options)
+def _collect(args: argparse.Namespace) -> None:
+    from workflow.jobs import collect, parse_entries
+
+    collect(parse_entries(args.entries), args.out)
+
+
+def _plot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("figure")
     p.add_argument("--summary", action="append", default=[], metavar="NAME=PATH", required=True)
     p.add_argument("--out", action="append", required=True, help="output file (.png, .pdf, .svg); repeatable")
 
-    p = sub.add_parser("report", help="print the headline numbers of a study from its summaries")
+
+@command("plot", "draw one figure from summaries", _plot_options)
+def _plot(args: argparse.Namespace) -> None:
+    from workflow.plots import render
+
+    render(args.figure, dict(s.split("=", 1) for s in args.summary), args.out)
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="?", default="results", help="the study's results folder")
+
+
+@command("report", "print the headline numbers of a study from its summaries", _report_options)
+def _report(args: argparse.Namespace) -> None:
+    from workflow.report import report
+
+    print(report(args.results))
+
+
+# --- the entry point ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every registered command."""
+    parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in COMMANDS.items():
+        cmd.options(sub.add_parser(name, help=cmd.help))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Imported here so that `--help` is instant and plotting needs no torch.
-    if args.command == "data":
-        from workflow.datasets import make_data
-
-        make_data(json.loads(args.spec), args.out)
-    elif args.command == "train":
-        from workflow.jobs import train_run
-
-        spec = json.loads(args.spec)
-        with _announce_preemption(spec["run"]):
-            train_run(
-                spec, args.out, data_path=args.data, parent=args.parent, scores=args.scores,
-                teacher=args.teacher, device=args.device, threads=args.threads, progress=not args.no_progress,
-                checkpoint=f"{args.checkpoints}/{spec['run']}.pt" if args.checkpoints else None,
-                checkpoint_every=args.checkpoint_every,
-            )
-    elif args.command == "scores":
-        from workflow.jobs import compute_scores
-
-        spec = json.loads(args.spec)
-        with _announce_preemption(f"scores {spec['score']}"):
-            compute_scores(
-                spec, args.out, data_path=args.data, model_path=args.model, device=args.device,
-                threads=args.threads, progress=not args.no_progress,
-                checkpoint=f"{args.checkpoints}/scores/{spec['score']}.pt" if args.checkpoints else None,
-                checkpoint_every=args.checkpoint_every,
-            )
-    elif args.command == "activations":
-        from workflow.analysis.stages import record
-
-        settings = json.loads(args.settings)
-        record(args.model, args.data, args.out, probe_size=settings["probe_size"], layers=settings.get("layers"),
-               conv=settings.get("conv", "flatten"), device=args.device, threads=args.threads)
-    elif args.command == "similarity":
-        from workflow.analysis.stages import compare
-
-        compare(args.a, args.b, args.out, model_a=args.name_a, model_b=args.name_b or args.name_a,
-                settings=json.loads(args.settings), threads=args.threads)
-    elif args.command == "spectra":
-        from workflow.analysis.stages import spectra
-
-        spectra(args.model, args.data, args.out, settings=json.loads(args.settings), device=args.device,
-                threads=args.threads)
-    elif args.command == "relative":
-        from workflow.analysis.stages import relative
-
-        relative(args.a, args.b, args.data, args.out, names=(args.name_a, args.name_b),
-                 settings=json.loads(args.settings), device=args.device, threads=args.threads)
-    elif args.command == "connectivity":
-        from workflow.analysis.stages import connectivity
-
-        connectivity(args.a, args.b, args.data, args.out, names=(args.name_a, args.name_b),
-                     settings=json.loads(args.settings), device=args.device, threads=args.threads)
-    elif args.command == "wiseft":
-        from workflow.jobs import wiseft
-
-        wiseft(args.start, args.end, json.loads(args.alphas), args.out, data_path=args.data,
-               device=args.device, threads=args.threads)
-    elif args.command == "ensemble":
-        from workflow.jobs import ensemble
-
-        ensemble(args.member, args.out, data_path=args.data, device=args.device, threads=args.threads)
-    elif args.command == "collect":
-        from workflow.jobs import collect, parse_entries
-
-        collect(parse_entries(args.entries), args.out)
-    elif args.command == "plot":
-        from workflow.plots import render
-
-        summaries = dict(s.split("=", 1) for s in args.summary)
-        render(args.figure, summaries, args.out)
-    elif args.command == "report":
-        from workflow.report import report
-
-        print(report(args.results))
+    COMMANDS[args.command].run(args)
     return 0
 
 
