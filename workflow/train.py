@@ -186,7 +186,7 @@ class TrainingState:
         model: nn.Module,
         data: TaskData,
         opt: torch.optim.Optimizer,
-        sched: torch.optim.lr_scheduler.LRScheduler,
+        sched: torch.optim.lr_scheduler.LambdaLR,
         sampler: EpochSampler,
         generator: torch.Generator,
         on_batch: BatchHook | None,
@@ -207,7 +207,6 @@ class TrainingState:
         device = next(self.model.parameters()).device
         self._bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss was finite
         self._bad_loss = torch.zeros((), device=device)
-        self._lrs: dict[int, float] = {}  # step -> its learning rate, since the last check
 
     def watch(self, loss: torch.Tensor) -> None:
         """Note, on the device, whether the loss of step ``self.step + 1`` is finite."""
@@ -215,15 +214,15 @@ class TrainingState:
         first = (self._bad_step == 0) & ~torch.isfinite(loss)
         self._bad_step = torch.where(first, self.step + 1, self._bad_step)
         self._bad_loss = torch.where(first, loss.to(self._bad_loss.dtype), self._bad_loss)
-        self._lrs[self.step + 1] = self.sched.get_last_lr()[0]
 
     def check_finite(self, desc: str, epoch: int) -> None:
         """Raise :class:`DivergenceError` naming the first step of ``epoch`` whose loss was not finite."""
         bad = int(self._bad_step)  # the one wait for the device in an epoch
         if bad:
+            lr = self.sched.base_lrs[0] * self.sched.lr_lambdas[0](bad - 1)  # what step `bad` trained with
             raise DivergenceError(
                 f"{desc}: loss is {float(self._bad_loss)} at epoch {epoch}, step {bad} "
-                f"(lr={self._lrs[bad]:.3g}); lower the learning rate or check the data"
+                f"(lr={lr:.3g}); lower the learning rate or check the data"
             )
         self._clear_bad()
 

@@ -201,8 +201,12 @@ def source_styles(sources: Sequence[Hashable]) -> dict[Hashable, tuple[str, str]
             for i, src in enumerate(sources)}
 
 
-def _present(ds: xr.Dataset, variables: Sequence[str], dim: str) -> list[tuple[Hashable, Hashable]]:
-    """The (source, ``dim``) pairs that have a value of any of ``variables`` (those in ``ds``)."""
+def present_pairs(ds: xr.Dataset, variables: Sequence[str], dim: str) -> list[tuple[Hashable, Hashable]]:
+    """The (source, ``dim``) pairs that have a value of any of ``variables`` (those in ``ds``).
+
+    A summary holds every source x method combination; scratch exists only under
+    source "none", and the other methods only under real sources.
+    """
     present = [ds[v].notnull().any([d for d in ds[v].dims if d not in ("source", dim)])
                for v in variables if v in ds]
     return [(src, m) for src in coord_values(ds, "source") for m in coord_values(ds, dim)
@@ -221,7 +225,7 @@ def run_lines(ds: xr.Dataset, variables: Sequence[str], dim: str) -> list[Run]:
                **distinct_colours(m for m in coord_values(ds, dim) if m != PRETRAINED)}
     n_sources = sum(src != NO_SOURCE for src in sources)
     runs = []
-    for src, m in _present(ds, variables, dim):
+    for src, m in present_pairs(ds, variables, dim):
         if m == PRETRAINED:
             label = f"pretrained: {src}" if n_sources > 1 else "pretrained"
         else:

@@ -3,7 +3,7 @@ fine-tuning method, WiSE-FT interpolation, ensembles and soups, and how far the 
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -22,23 +22,13 @@ from workflow.plots.drawing import (
     new_figure,
     no_data,
     plot_band,
+    present_pairs,
     run_lines,
     source_styles,
 )
 from workflow.summaries import coord_values, final_value, over_seeds, seeds_text
 
 LOSS_LABEL = "cross-entropy loss (nats)"
-
-
-def source_method_pairs(ds: xr.Dataset, var: str) -> list[tuple[Hashable, Hashable]]:
-    """The (source, method) pairs of a fine-tuning summary that have values of ``var``.
-
-    A summary holds every source x method combination; scratch exists only under
-    source "none", and the other methods only under real sources.
-    """
-    present = ds[var].notnull().any([d for d in ds[var].dims if d not in ("source", "method")])
-    return [(src, m) for src in coord_values(ds, "source") for m in coord_values(ds, "method")
-            if bool(present.sel({"source": src, "method": m}))]
 
 
 def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
@@ -53,7 +43,7 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     colours = distinct_colours(coord_values(finetune, "method"))
     runs += [
         (finetune_label(src, m, len(sources)), finetune.sel({"source": src, "method": m}), colours[m], styles[src][0])
-        for src, m in source_method_pairs(finetune, "test_acc")
+        for src, m in present_pairs(finetune, ["test_acc"], "method")
     ]
 
     fig, axes = new_figure(2, 2, (4.6, 3.2))
@@ -82,7 +72,7 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
     cells = {
         (source, method): (finetune_label(source, method, len(sources)),
                            mean.sel({"source": source, "method": method}))
-        for source, method in source_method_pairs(ds, "linear_cka")
+        for source, method in present_pairs(ds, ["linear_cka"], "method")
     }
     fig = layer_heatmaps(cells, sources, coord_values(ds, "method"), xlabel="fine-tuned layer",
                          ylabel=lambda source: f"pretrained layer ({source})", label="linear CKA")
@@ -101,7 +91,7 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
     acc = 100.0 * final_value(finetune["test_acc"])
     methods, sources = coord_values(finetune, "method"), coord_values(finetune, "source")
     colours, styles = distinct_colours(methods), source_styles(sources)
-    pairs = source_method_pairs(finetune, "test_acc")
+    pairs = present_pairs(finetune, ["test_acc"], "method")
     for source, method in pairs:
         where = {"source": source, "method": method}
         stats = over_seeds(acc.sel(where))
