@@ -26,7 +26,7 @@ from workflow.prune_data import RepeatedRandomSubsets
 from workflow.prune_network import magnitude_masks, prunable_parameters
 from workflow.jobs import compute_scores
 from workflow.study import Study
-from workflow.train import TrainConfig, train
+from workflow.train import TrainConfig, train, train_pack
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,38 +172,40 @@ def test_a_forgetting_count_resumes_with_its_training_run(make_cnn, task, tmp_pa
 
 
 @pytest.mark.parametrize("score", ["el2n", "forgetting"])
-def test_a_scoring_job_resumes_without_repeating_finished_repetitions(task_path, tmp_path, monkeypatch, score):
+def test_a_scoring_job_resumes_its_pack_of_repetitions(task_path, tmp_path, monkeypatch, score):
+    """The repetitions train as one pack: a crash in the second one's 7th step (epoch 2) leaves
+    the pack's checkpoint of epoch 1, and the rerun goes on from it to the same scores."""
     config = yaml.safe_load((ROOT / "config" / "studies" / "tiny.yaml").read_text())
     config["prune_data"][score] = {"inits": 2, **({"epoch": 2} if score == "el2n" else {})}
     spec = Study(config).score_spec(score)
     compute_scores(spec, tmp_path / "reference.zarr", data_path=task_path, device="cpu", progress=False)
     checkpoint = tmp_path / "checkpoints" / f"{score}.pt"
-    def crash_in_the_second_run(*args, seed, **kwargs):
-        return train(*args, seed=seed, loss_fn=_interrupt_at(7, _crash) if seed == 1 else None, **kwargs)
 
-    monkeypatch.setattr(scoring, "train", crash_in_the_second_run)
+    def crash_in_the_second_run(members, *args, **kwargs):
+        members[1].loss_fn = _interrupt_at(7, _crash)
+        return train_pack(members, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "train_pack", crash_in_the_second_run)
     with pytest.raises(Crash):
         compute_scores(spec, tmp_path / "scores.zarr", data_path=task_path, device="cpu", progress=False,
                        checkpoint=checkpoint)
-    assert list(storage.load_torch(checkpoint)["rows"]) == [0]  # the first repetition's row is kept
-    assert (tmp_path / "checkpoints" / f"{score}.init1.pt").exists()  # the second one's training state
+    assert storage.load_torch(checkpoint)["epoch"] == 1
     assert not (tmp_path / "scores.zarr").exists()
 
     resumed = []
 
-    def record_resumption(*args, seed, **kwargs):
-        result = train(*args, seed=seed, **kwargs)
-        resumed.append((seed, result.resumed_step))
-        return result
+    def record_resumption(*args, **kwargs):
+        results = train_pack(*args, **kwargs)
+        resumed.extend(r.resumed_step for r in results)
+        return results
 
-    monkeypatch.setattr(scoring, "train", record_resumption)
+    monkeypatch.setattr(scoring, "train_pack", record_resumption)
     compute_scores(spec, tmp_path / "scores.zarr", data_path=task_path, device="cpu", progress=False,
                    checkpoint=checkpoint)
-    # the finished repetition was not trained again; the other went on after its first epoch
-    assert resumed == [(1, 5)]
+    assert resumed == [5, 5]  # both went on after their first epoch (5 steps)
     xr.testing.assert_identical(storage.open_dataset(tmp_path / "reference.zarr").drop_attrs(),
                                 storage.open_dataset(tmp_path / "scores.zarr").drop_attrs())
-    assert not list((tmp_path / "checkpoints").iterdir())  # every checkpoint removed once the store is written
+    assert not list((tmp_path / "checkpoints").iterdir())  # the checkpoint removed once the store is written
 
 
 # --- a real process, killed -----------------------------------------------------------

@@ -5,15 +5,15 @@ initialisation, a training run, or a k-means seed); the data-pruning stage
 averages them over ``init``. High scores mean hard examples. Scores are computed
 once per (dataset, model, setting) and reused by every kept fraction.
 
-Scorers that train (EL2N, GraNd, forgetting) are resumable like any training run:
-with a checkpoint, each repetition's training saves its state beside it, and the
-rows already finished are kept in it, so a rerun of a killed job goes on where it
-stopped and ends with the same scores.
+Scorers that train (EL2N, GraNd, forgetting) train their repetitions together, as
+one pack (:func:`workflow.train.train_pack`), and are resumable like any training
+run: with a checkpoint, a rerun of a killed job goes on where the pack stopped and
+ends with the same scores.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -28,13 +28,13 @@ from workflow.models import load_model, seeded_model
 from workflow.prototypes import prototype_scores
 from workflow.prune_data import el2n, random_scores
 from workflow.registry import Registry
-from workflow.train import TrainConfig, train
+from workflow.train import Member, TrainConfig, train_pack
 
 
 @dataclass
 class ScoreContext:
     """What a scorer may use: its spec, the task, the device, an optional model file,
-    and where the job checkpoints (None: it does not)."""
+    where the job checkpoints (None: it does not) and how a pack of repetitions steps."""
 
     spec: Mapping[str, Any]
     data: TaskData
@@ -42,6 +42,7 @@ class ScoreContext:
     model_path: str | None = None
     progress: bool = True
     checkpoint: Checkpointing | None = None
+    stack: str = "sequential"  # how the repetitions of a scorer that trains step (execution.stack)
 
 
 @dataclass
@@ -57,77 +58,48 @@ Scorer = Callable[[ScoreContext], ScoreRows]
 SCORERS: Registry[Scorer] = Registry("score")
 
 
-def _per_init(ctx: ScoreContext, row: Callable[[int, Checkpointing | None], np.ndarray]) -> np.ndarray:
-    """``row(init, checkpoint)`` for every repetition, stacked over ``init``.
-
-    With ``ctx.checkpoint``, repetition ``init`` trains with a checkpoint of its own
-    (``<name>.init<k>.pt`` beside it), and each finished row is saved in
-    ``ctx.checkpoint``, so a rerun recomputes neither finished rows nor finished epochs.
-    """
+def _trained(ctx: ScoreContext, *, epochs: int | None = None, hooks: bool = False) -> list[tuple[nn.Module, Any]]:
+    """One model of the spec per repetition (initialised with seed ``init``), trained
+    together as one pack: ``epochs`` epochs of the full schedule (None: all of it; 0:
+    the initialisations themselves). With ``hooks``, each trains with a
+    :class:`ForgettingTracker`. Returns (model in eval mode, its tracker or None)."""
     inits = range(ctx.spec["inits"])
-    saved = ctx.checkpoint.load() if ctx.checkpoint is not None else None
-    rows: dict[int, np.ndarray] = saved["rows"] if saved is not None else {}
-    for init in inits:
-        if init in rows:
-            continue
-        own = None
-        if ctx.checkpoint is not None:
-            path = ctx.checkpoint.path
-            own = replace(ctx.checkpoint, path=path.with_name(f"{path.stem}.init{init}{path.suffix}"),
-                          key=f"{ctx.checkpoint.key}/init{init}")
-        rows[init] = row(init, own)
-        if own is not None:
-            ctx.checkpoint.save({"rows": rows})
-            own.remove()
-    return np.stack([rows[i] for i in inits])
-
-
-def _early_model(ctx: ScoreContext, init: int, checkpoint: Checkpointing | None) -> nn.Module:
-    """A model of the spec, initialised with seed ``init`` and trained ``spec["epoch"]``
-    epochs of the full schedule (epoch 0: the initialisation itself)."""
-    model = seeded_model(ctx.spec["model"], ctx.data.in_length, ctx.data.num_classes, init, ctx.device)
-    if ctx.spec["epoch"] > 0:
-        cfg = TrainConfig.from_dict(ctx.spec["train"])
-        train(model, ctx.data, cfg, seed=init, stop_after=ctx.spec["epoch"], progress=ctx.progress,
-              desc=f"{ctx.spec['score']} init {init}", checkpoint=checkpoint)
-    return model.eval()
+    trackers = [ForgettingTracker(len(ctx.data.y_train)) if hooks else None for _ in inits]
+    members = [
+        Member(seeded_model(ctx.spec["model"], ctx.data.in_length, ctx.data.num_classes, init, ctx.device),
+               ctx.data, seed=init, on_batch=tracker, desc=f"{ctx.spec['score']} init {init}")
+        for init, tracker in zip(inits, trackers)
+    ]
+    if epochs != 0:
+        train_pack(members, TrainConfig.from_dict(ctx.spec["train"]), stack=ctx.stack, stop_after=epochs,
+                   progress=ctx.progress, desc=f"{ctx.spec['score']} x{len(members)}", checkpoint=ctx.checkpoint)
+    return [(m.model.eval(), tracker) for m, tracker in zip(members, trackers)]
 
 
 @SCORERS.register("el2n")
 def _el2n(ctx: ScoreContext) -> ScoreRows:
-    def row(init: int, checkpoint: Checkpointing | None) -> np.ndarray:
-        model = _early_model(ctx, init, checkpoint)
+    rows = []
+    for model, _ in _trained(ctx, epochs=ctx.spec["epoch"]):
         with torch.no_grad():
             logits = torch.cat([model(xb) for xb in ctx.data.x_train.split(1024)])
-        return el2n(logits, ctx.data.y_train).cpu().numpy()
-
-    return ScoreRows(_per_init(ctx, row), list(range(ctx.spec["inits"])),
+        rows.append(el2n(logits, ctx.data.y_train).cpu().numpy())
+    return ScoreRows(np.stack(rows), list(range(ctx.spec["inits"])),
                      f"EL2N at epoch {ctx.spec['epoch']}, one row per initialisation")
 
 
 @SCORERS.register("grand")
 def _grand(ctx: ScoreContext) -> ScoreRows:
-    def row(init: int, checkpoint: Checkpointing | None) -> np.ndarray:
-        model = _early_model(ctx, init, checkpoint)
-        return grand(model, ctx.data.x_train, ctx.data.y_train, params=ctx.spec["params"]).cpu().numpy()
-
+    rows = [grand(model, ctx.data.x_train, ctx.data.y_train, params=ctx.spec["params"]).cpu().numpy()
+            for model, _ in _trained(ctx, epochs=ctx.spec["epoch"])]
     scope = "all parameters" if ctx.spec["params"] == "all" else "the head only (an approximation of GraNd)"
-    return ScoreRows(_per_init(ctx, row), list(range(ctx.spec["inits"])),
+    return ScoreRows(np.stack(rows), list(range(ctx.spec["inits"])),
                      f"GraNd over {scope} at epoch {ctx.spec['epoch']}, one row per initialisation")
 
 
 @SCORERS.register("forgetting")
 def _forgetting(ctx: ScoreContext) -> ScoreRows:
-    cfg = TrainConfig.from_dict(ctx.spec["train"])
-
-    def row(init: int, checkpoint: Checkpointing | None) -> np.ndarray:
-        model = seeded_model(ctx.spec["model"], ctx.data.in_length, ctx.data.num_classes, init, ctx.device)
-        tracker = ForgettingTracker(len(ctx.data.y_train))
-        train(model, ctx.data, cfg, seed=init, on_batch=tracker, progress=ctx.progress,
-              desc=f"forgetting run {init}", checkpoint=checkpoint)
-        return tracker.counts()
-
-    return ScoreRows(_per_init(ctx, row), list(range(ctx.spec["inits"])),
+    rows = [tracker.counts() for _, tracker in _trained(ctx, hooks=True)]
+    return ScoreRows(np.stack(rows), list(range(ctx.spec["inits"])),
                      "forgetting events over a full training run (inf: never learned), one row per run")
 
 

@@ -1,9 +1,15 @@
 """The one training loop, used by every stage that trains a model.
 
-Stages differ only in what they hand to :func:`train`: the trainable parameters
-(``requires_grad``), the loss (cross-entropy, or distillation), masks to hold at
-zero, and hooks to read the model during training. Runs are seeded: on the CPU
-the same seed gives bit-identical weights and metrics.
+:func:`train_pack` trains a pack of K >= 1 models in lockstep; :func:`train` is a
+pack of one. Stages differ only in what they hand over per model (a
+:class:`Member`): the trainable parameters (``requires_grad``), the loss
+(cross-entropy, or distillation), masks to hold at zero, the examples and their
+order, and hooks to read the model during training. How the models step, one
+after another or stacked, is the engine's business (:mod:`workflow.engines`).
+Runs are seeded: on the CPU the same seed gives bit-identical weights and metrics,
+alone or in a sequential pack. Training draws no global random numbers (data
+order and augmentation come from each run's own generator), so the members of a
+pack cannot disturb each other.
 """
 
 from __future__ import annotations
@@ -17,17 +23,21 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from workflow.augment import AUGMENTATIONS, compose
-from workflow.checkpoint import Checkpointing, Preempted, rng_states, set_rng_states, stop_requests, stopped_by
+from workflow.checkpoint import (
+    Checkpointing,
+    Preempted,
+    rng_states,
+    set_rng_states,
+    stop_requests,
+    stopped_by,
+)
 from workflow.data import TaskData
+from workflow.engines import ENGINES, LossFn, cross_entropy, resolve_stack
 from workflow.prune_network import apply_masks
 from workflow.runtime import evaluate
-
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss_fn(logits, x_batch, y_batch) -> scalar loss``."""
 
 BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 """``on_batch(indices, logits, y_batch)``, called after every forward pass in training.
@@ -86,30 +96,6 @@ class TrainResult:
     # What stopped the run before it was resumed: the signal it saved on (SIGTERM,
     # SIGUSR1), or "kill" when it died without warning and went on from a periodic checkpoint.
     stopped_by: str | None = None
-
-
-def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _set_train_mode(model: nn.Module) -> None:
-    """Train mode, except frozen BatchNorm layers keep their statistics.
-
-    A linear probe freezes the body; its BatchNorm statistics are part of the
-    frozen features and must not drift with the target data. A BatchNorm is frozen
-    when it has affine parameters and none of them trains (one without affine
-    parameters follows the model).
-    """
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                m.eval()
 
 
 class EpochSampler(Protocol):
@@ -172,114 +158,96 @@ def history_dataset(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
     )
 
 
-class TrainingState:
-    """Everything that determines the rest of a run, with ``state_dict`` / ``load_state_dict``.
 
-    Progress is counted as ``epoch`` whole epochs done, then ``done`` batches of the next
-    epoch's ``order``; ``step`` counts optimiser steps. The loss is checked for being
-    finite on the device, without waiting for it: :meth:`check_finite` reads the
-    first bad step at the end of each epoch and before a checkpoint is saved.
-    """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        data: TaskData,
-        opt: torch.optim.Optimizer,
-        sched: torch.optim.lr_scheduler.LambdaLR,
-        sampler: EpochSampler,
-        generator: torch.Generator,
-        on_batch: BatchHook | None,
-        snapshot_steps: Sequence[int],
-    ) -> None:
-        self.model, self.data, self.opt, self.sched = model, data, opt, sched
-        self.sampler, self.generator, self.on_batch = sampler, generator, on_batch
-        self.wanted = set(snapshot_steps)
+@dataclass
+class Member:
+    """One model of a pack and what it trains on: the arguments of :func:`train` for one run."""
+
+    model: nn.Module
+    data: TaskData
+    seed: int  # of its data order (and augmentation draws)
+    loss_fn: LossFn | None = None  # default: cross-entropy
+    masks: Mapping[str, torch.Tensor] | None = None
+    sampler: EpochSampler | None = None
+    snapshot_steps: Sequence[int] = ()
+    on_batch: BatchHook | None = None
+    desc: str = "train"  # names the run in errors
+
+
+class RunState:
+    """What one run of a pack carries from step to step besides its weights, with
+    ``state_dict`` / ``load_state_dict``: its data order, snapshots and history."""
+
+    def __init__(self, member: Member, sampler: EpochSampler) -> None:
+        self.member, self.sampler = member, sampler
+        self.generator = torch.Generator().manual_seed(member.seed)
+        self.wanted = set(member.snapshot_steps)
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
         self.history: dict[str, list[float]] = {k: [] for k in HISTORY}
         # Lazy vs rich training: how far the weights travel from where this run started.
-        self.start = [p.detach().to(torch.float64, copy=True) for p in model.parameters()]
+        self.start = [p.detach().to(torch.float64, copy=True) for p in member.model.parameters()]
         self.start_norm = _norm(self.start)
-        self.epoch, self.step, self.order, self.done = 0, 0, None, 0
-        self._clear_bad()
+        self.order: torch.Tensor | None = None  # this epoch's examples, in order (CPU)
 
-    def _clear_bad(self) -> None:
-        device = next(self.model.parameters()).device
-        self._bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: every loss was finite
-        self._bad_loss = torch.zeros((), device=device)
-
-    def watch(self, loss: torch.Tensor) -> None:
-        """Note, on the device, whether the loss of step ``self.step + 1`` is finite."""
-        loss = loss.detach()
-        first = (self._bad_step == 0) & ~torch.isfinite(loss)
-        self._bad_step = torch.where(first, self.step + 1, self._bad_step)
-        self._bad_loss = torch.where(first, loss.to(self._bad_loss.dtype), self._bad_loss)
-
-    def check_finite(self, desc: str, epoch: int) -> None:
-        """Raise :class:`DivergenceError` naming the first step of ``epoch`` whose loss was not finite."""
-        bad = int(self._bad_step)  # the one wait for the device in an epoch
-        if bad:
-            lr = self.sched.base_lrs[0] * self.sched.lr_lambdas[0](bad - 1)  # what step `bad` trained with
-            raise DivergenceError(
-                f"{desc}: loss is {float(self._bad_loss)} at epoch {epoch}, step {bad} "
-                f"(lr={lr:.3g}); lower the learning rate or check the data"
-            )
-        self._clear_bad()
-
-    def snapshot(self) -> None:
-        """Keep a copy of the weights if this step is one of ``snapshot_steps``."""
-        if self.step in self.wanted:
-            self.snapshots[self.step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
-    def record(self, desc: str) -> None:
-        """Append this epoch's metrics to the history."""
-        data, history = self.data, self.history
+    def record(self) -> None:
+        """Append this epoch's metrics to the history (the member's module holds its weights)."""
+        model, data, history = self.member.model, self.member.data, self.history
         for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-            loss, acc = evaluate(self.model, x, y)
+            loss, acc = evaluate(model, x, y)
             history[f"{split}_loss"].append(loss)
             history[f"{split}_acc"].append(acc)
-        distance = _norm([p.detach().double() - p0 for p, p0 in zip(self.model.parameters(), self.start)])
+        distance = _norm([p.detach().double() - p0 for p, p0 in zip(model.parameters(), self.start)])
         history["weight_distance"].append(distance)
         history["relative_weight_distance"].append(distance / self.start_norm if self.start_norm > 0 else math.nan)
-        # The last optimiser step can break the weights after its own loss was finite.
-        if not math.isfinite(history["train_loss"][-1]):
-            raise DivergenceError(
-                f"{desc}: the training-set loss is {history['train_loss'][-1]} after epoch "
-                f"{len(history['train_loss']) - 1}, step {self.step}; lower the learning rate or check the data"
-            )
 
-    def state_dict(self, signum: int | None = None) -> dict[str, Any]:
-        """The state to save; ``signum``: the signal the run stops on, if any."""
+    def state_dict(self) -> dict[str, Any]:
+        hook = self.member.on_batch
         return {
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(), "generator": self.generator.get_state(),
-            "rng": rng_states(), "epoch": self.epoch, "step": self.step, "order": self.order,
-            "done": self.done, "history": self.history, "snapshots": self.snapshots, "start": self.start,
-            "sampler": self.sampler.state_dict(),
-            "hook": self.on_batch.state_dict() if self.on_batch is not None else None,  # type: ignore[attr-defined]
-            "signal": signum,
+            "generator": self.generator.get_state(), "order": self.order, "history": self.history,
+            "snapshots": self.snapshots, "start": self.start, "sampler": self.sampler.state_dict(),
+            "hook": hook.state_dict() if hook is not None else None,  # type: ignore[attr-defined]
         }
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.opt.load_state_dict(saved["optimizer"])
-        self.sched.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])
-        set_rng_states(saved["rng"])
         self.sampler.load_state_dict(saved["sampler"])
-        if self.on_batch is not None:
-            self.on_batch.load_state_dict(saved["hook"])  # type: ignore[attr-defined]
+        if self.member.on_batch is not None:
+            self.member.on_batch.load_state_dict(saved["hook"])  # type: ignore[attr-defined]
         self.history, self.snapshots, self.start = saved["history"], saved["snapshots"], saved["start"]
         self.start_norm = _norm(self.start)
-        self.epoch, self.step, self.order, self.done = saved["epoch"], saved["step"], saved["order"], saved["done"]
+        self.order = saved["order"]
 
 
-def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-        )
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+class Finite:
+    """Whether every member's loss stayed finite, noted on the device without waiting for it:
+    :meth:`check` reads the first bad step of each member once per epoch, and before a
+    checkpoint is saved."""
+
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.k, self.device = k, device
+        self.clear()
+
+    def clear(self) -> None:
+        self.bad_step = torch.zeros(self.k, dtype=torch.long, device=self.device)  # 0: every loss was finite
+        self.bad_loss = torch.zeros(self.k, device=self.device)
+
+    def watch(self, losses: torch.Tensor, step: int) -> None:
+        """Note which members' losses (K,) at optimiser step ``step`` are not finite."""
+        first = (self.bad_step == 0) & ~torch.isfinite(losses)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_loss = torch.where(first, losses.to(self.bad_loss.dtype), self.bad_loss)
+
+    def check(self, members: Sequence[Member], epoch: int, lr: Callable[[int], float]) -> None:
+        """Raise :class:`DivergenceError` naming the first member whose loss was not finite."""
+        bad = self.bad_step.tolist()  # the one wait for the device in an epoch
+        for k, step in enumerate(bad):
+            if step:
+                raise DivergenceError(
+                    f"{members[k].desc}: loss is {float(self.bad_loss[k])} at epoch {epoch}, step {step} "
+                    f"(lr={lr(step):.3g}); lower the learning rate or check the data"
+                )
+        self.clear()
 
 
 def train(
@@ -298,7 +266,29 @@ def train(
     desc: str = "train",
     checkpoint: Checkpointing | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data`` and return its per-epoch metrics.
+    """Train ``model`` in place on ``data`` and return its per-epoch metrics: a pack of one
+    (see :func:`train_pack` for every argument)."""
+    member = Member(model, data, seed, loss_fn, masks, sampler, snapshot_steps, on_batch, desc)
+    return train_pack([member], cfg, stop_after=stop_after, progress=progress, desc=desc, checkpoint=checkpoint)[0]
+
+
+def train_pack(
+    members: Sequence[Member],
+    cfg: TrainConfig,
+    *,
+    stack: str = "sequential",
+    stop_after: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    checkpoint: Checkpointing | None = None,
+) -> list[TrainResult]:
+    """Train every member's model in place, in lockstep, and return each one's metrics.
+
+    The members share the training config and the number of steps per epoch; each
+    has its own data, data order, loss, masks, snapshots and metrics (:class:`Member`).
+    ``stack`` (:data:`~workflow.engines.STACK_MODES`) says how they step
+    (:mod:`workflow.engines`): ``sequential`` gives each run exactly the numbers it
+    would have alone.
 
     * Parameters with ``requires_grad=False`` are not trained.
     * ``loss_fn`` defaults to cross-entropy; metrics are always cross-entropy.
@@ -313,7 +303,8 @@ def train(
     * ``cfg.augment`` transforms each training batch (the loss, ``on_batch`` and the
       teacher of a distillation all see the augmented batch); metrics use clean data.
     * A non-finite loss raises :class:`DivergenceError` at the end of its epoch, naming
-      the epoch and step it happened at (checked on the device, so steps never wait).
+      the run (its ``desc``), the epoch and the step (checked on the device, so steps
+      never wait).
     * Besides loss and accuracy, every epoch records ``weight_distance``, the norm of
       the change of all parameters since the start of this run (lazy vs rich
       training), and ``relative_weight_distance``, that over the starting norm.
@@ -323,80 +314,117 @@ def train(
       one (see :mod:`workflow.checkpoint`). An ``on_batch`` hook's state is saved and
       restored with it, so the hook needs ``state_dict`` and ``load_state_dict``.
     """
-    loss_fn = loss_fn or (lambda logits, xb, yb: F.cross_entropy(logits, yb))
-    if checkpoint is not None and on_batch is not None and not (
-        hasattr(on_batch, "state_dict") and hasattr(on_batch, "load_state_dict")
-    ):
-        raise ValueError(
-            f"checkpointing needs the on_batch hook's state: give {type(on_batch).__name__} "
-            "state_dict() and load_state_dict(), or train without a checkpoint"
-        )
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("no trainable parameters")
-    opt = _optimizer(params, cfg)
-    sampler = sampler or Shuffle(len(data.y_train))
-    steps_per_epoch = len(_batches(torch.arange(sampler.size), cfg.batch_size))
-    sched = _schedule(opt, cfg, total_steps=max(1, cfg.epochs * steps_per_epoch))
+    if not members:
+        raise ValueError("a pack needs at least one member")
+    for m in members:
+        if checkpoint is not None and m.on_batch is not None and not (
+            hasattr(m.on_batch, "state_dict") and hasattr(m.on_batch, "load_state_dict")
+        ):
+            raise ValueError(
+                f"checkpointing needs the on_batch hook's state: give {type(m.on_batch).__name__} "
+                "state_dict() and load_state_dict(), or train without a checkpoint"
+            )
+        if not any(p.requires_grad for p in m.model.parameters()):
+            raise ValueError(f"{m.desc}: no trainable parameters")
+    samplers = [m.sampler or Shuffle(len(m.data.y_train)) for m in members]
+    steps = {len(_batches(torch.arange(s.size), cfg.batch_size)) for s in samplers}
+    if len(steps) > 1:
+        raise ValueError(f"the runs of a pack must take as many steps per epoch; these take {sorted(steps)}")
+    steps_per_epoch = steps.pop()
     augment = compose(cfg.augment)
     if augment is not None:  # a wrong input shape fails here, before any training
-        augment(data.x_train[:2], torch.Generator().manual_seed(0))
+        augment(members[0].data.x_train[:2], torch.Generator().manual_seed(0))
     epochs = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
-    # Refuse before training, not after: a rewind point past the end is a config error.
-    beyond = sorted(s for s in snapshot_steps if not 0 <= s <= epochs * steps_per_epoch)
-    if beyond:
-        raise ValueError(
-            f"snapshot steps {beyond} lie beyond the {epochs * steps_per_epoch} steps of training "
-            f"({epochs} epochs of {steps_per_epoch} steps)"
-        )
-    if masks:
-        apply_masks(model, masks)
+    for m in members:
+        # Refuse before training, not after: a rewind point past the end is a config error.
+        beyond = sorted(s for s in m.snapshot_steps if not 0 <= s <= epochs * steps_per_epoch)
+        if beyond:
+            raise ValueError(
+                f"snapshot steps {beyond} lie beyond the {epochs * steps_per_epoch} steps of training "
+                f"({epochs} epochs of {steps_per_epoch} steps)"
+            )
+        if m.masks:
+            apply_masks(m.model, m.masks)
 
-    run = TrainingState(model, data, opt, sched, sampler, torch.Generator().manual_seed(seed), on_batch, snapshot_steps)
+    device = members[0].data.x_train.device
+    engine = ENGINES[resolve_stack(stack, device)]([m.model for m in members], [m.masks for m in members], cfg,
+                            max(1, cfg.epochs * steps_per_epoch))
+    runs = [RunState(m, s) for m, s in zip(members, samplers)]
+    loss_fns = [m.loss_fn or cross_entropy for m in members]
+    finite = Finite(len(members), device)
+    epoch_done, step, done = 0, 0, 0  # whole epochs done; optimiser steps; batches of the next epoch done
+
+    def snapshot() -> None:
+        wanted = [run for run in runs if step in run.wanted]
+        if wanted:
+            engine.sync()
+            for run in wanted:
+                run.snapshots[step] = {k: v.detach().clone() for k, v in run.member.model.state_dict().items()}
+
+    def record() -> None:
+        engine.sync()
+        for run in runs:
+            run.record()
+            # The last optimiser step can break the weights after its own loss was finite.
+            loss = run.history["train_loss"][-1]
+            if not math.isfinite(loss):
+                raise DivergenceError(
+                    f"{run.member.desc}: the training-set loss is {loss} after epoch "
+                    f"{len(run.history['train_loss']) - 1}, step {step}; lower the learning rate or check the data"
+                )
+
+    def state(signum: int | None) -> dict[str, Any]:
+        return {"engine": engine.state_dict(), "runs": [run.state_dict() for run in runs], "rng": rng_states(),
+                "epoch": epoch_done, "step": step, "done": done, "signal": signum}
+
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is None:
-        run.record(desc)
-        run.snapshot()
+        record()
+        snapshot()
     else:
-        run.load_state_dict(saved)
-    bar = tqdm(range(run.epoch + 1, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
+        engine.load_state_dict(saved["engine"])
+        for run, s in zip(runs, saved["runs"]):
+            run.load_state_dict(s)
+        set_rng_states(saved["rng"])
+        epoch_done, step, done = saved["epoch"], saved["step"], saved["done"]
+    bar = tqdm(range(epoch_done + 1, epochs + 1), desc=desc, disable=not progress, mininterval=2.0, leave=False)
     with stop_requests() if checkpoint is not None else contextlib.nullcontext(lambda: None) as stop:
         for epoch in bar:
-            _set_train_mode(model)
-            if run.order is None:
-                run.order = sampler(run.generator)
-            batches = _batches(run.order, cfg.batch_size)
-            for idx in batches[run.done:]:
-                idx = idx.to(data.x_train.device)
-                xb, yb = data.x_train[idx], data.y_train[idx]
+            engine.train_mode()
+            for run in runs:
+                if run.order is None:
+                    run.order = run.sampler(run.generator)
+            # One copy of each order to the device per epoch; the steps then never wait for the host.
+            batches = [_batches(run.order.to(device), cfg.batch_size) for run in runs]
+            for i in range(done, steps_per_epoch):
+                idx = [b[i] for b in batches]
+                xbs = [m.data.x_train[j] for m, j in zip(members, idx)]
+                ybs = [m.data.y_train[j] for m, j in zip(members, idx)]
                 if augment is not None:
-                    xb = augment(xb, run.generator)
-                logits = model(xb)
-                loss = loss_fn(logits, xb, yb)
-                run.watch(loss)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if masks:
-                    apply_masks(model, masks)
-                if on_batch is not None:
-                    on_batch(idx, logits.detach(), yb)
-                run.step += 1
-                run.done += 1
-                run.snapshot()
-                if (signum := stop()) is not None and run.done < len(batches):
-                    run.check_finite(desc, epoch)
-                    checkpoint.save(run.state_dict(signum))
+                    xbs = [augment(xb, run.generator) for xb, run in zip(xbs, runs)]
+                losses, logits = engine.step(xbs, ybs, loss_fns)
+                step += 1
+                done += 1
+                finite.watch(losses, step)
+                for m, j, lg, yb in zip(members, idx, logits, ybs):
+                    if m.on_batch is not None:
+                        m.on_batch(j, lg, yb)
+                snapshot()
+                if (signum := stop()) is not None and done < steps_per_epoch:
+                    finite.check(members, epoch, engine.lr)
+                    checkpoint.save(state(signum))  # type: ignore[union-attr]
                     raise Preempted(signum)
-            run.check_finite(desc, epoch)
-            run.epoch, run.order, run.done = epoch, None, 0
-            run.record(desc)
-            bar.set_postfix(test_acc=f"{run.history['test_acc'][-1]:.3f}")
+            finite.check(members, epoch, engine.lr)
+            epoch_done, done = epoch, 0
+            for run in runs:
+                run.order = None
+            record()
+            bar.set_postfix(test_acc=f"{runs[0].history['test_acc'][-1]:.3f}")
             if checkpoint is not None and (epoch % checkpoint.every == 0 or stop() is not None) and epoch < epochs:
                 signum = stop()
-                checkpoint.save(run.state_dict(signum))
+                checkpoint.save(state(signum))
                 if signum is not None:
                     raise Preempted(signum)
+    engine.sync()
     resumed_step, stopper = (None, None) if saved is None else (saved["step"], stopped_by(saved))
-    return TrainResult(history_dataset(run.history), run.snapshots, run.step, resumed_step, stopper)
+    return [TrainResult(history_dataset(run.history), run.snapshots, step, resumed_step, stopper) for run in runs]

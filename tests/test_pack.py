@@ -1,0 +1,165 @@
+"""Packs: the training loop trains K models in lockstep, one after another or stacked.
+
+A sequential pack gives every run bitwise what it gets trained alone; a stacked
+pack agrees with that to float rounding; reruns and resumed packs are bitwise
+identical; a diverging member stops the pack naming itself."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+import xarray as xr
+
+from workflow.checkpoint import Checkpointing
+from workflow.distill import kd_loss
+from workflow.engines import resolve_stack
+from workflow.forgetting import ForgettingTracker
+from workflow.prune_network import magnitude_masks, prunable_parameters
+from workflow.train import DivergenceError, Member, TrainConfig, train, train_pack
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+CFG = TrainConfig(epochs=2, batch_size=40, lr=0.01, optimizer="adam", weight_decay=1e-4)  # 3 steps per epoch on 120
+
+
+def _members(make_cnn, task) -> list[Member]:
+    """Four runs that differ in every way a pack allows: seed, examples, masks, loss, hooks."""
+    teacher = make_cnn(seed=9).eval().requires_grad_(False)
+
+    def kd(logits, xb, yb):
+        with torch.no_grad():
+            t = teacher(xb)
+        return kd_loss(logits, t, yb, 4.0, 0.5)
+
+    pruned = make_cnn(seed=3)
+    masks = magnitude_masks({n: p.detach() for n, p in prunable_parameters(pruned).items()}, None, 0.5, "global")
+    return [
+        Member(make_cnn(seed=0), task.subset(range(0, 120)), seed=0, desc="a"),
+        Member(make_cnn(seed=1), task.subset(range(120, 240)), seed=1, loss_fn=kd, desc="b"),
+        Member(make_cnn(seed=2), task.subset(range(60, 180)), seed=5, snapshot_steps=(0, 2),
+               on_batch=ForgettingTracker(120), desc="c"),
+        Member(pruned, task.subset(range(0, 240, 2)), seed=3, masks=masks, desc="d"),
+    ]
+
+
+def _alone(m: Member, cfg: TrainConfig = CFG):
+    return train(m.model, m.data, cfg, seed=m.seed, loss_fn=m.loss_fn, masks=m.masks,
+                 snapshot_steps=m.snapshot_steps, on_batch=m.on_batch, progress=False, desc=m.desc)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_bitwise(model_a, result_a, model_b, result_b) -> None:
+    a, b = _state(model_a), _state(model_b)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    xr.testing.assert_identical(result_a.history, result_b.history)
+    assert result_a.snapshots.keys() == result_b.snapshots.keys()
+    for step in result_a.snapshots:
+        assert all(torch.equal(result_a.snapshots[step][k], result_b.snapshots[step][k]) for k in a)
+
+
+def test_a_sequential_pack_trains_each_run_bitwise_as_alone(make_cnn, task) -> None:
+    pack = _members(make_cnn, task)
+    alone = copy.deepcopy(pack)
+    results = train_pack(pack, CFG, stack="sequential", progress=False)
+    for m, r, solo in zip(pack, results, alone):
+        _assert_bitwise(m.model, r, solo.model, _alone(solo))
+    assert torch.equal(pack[2].on_batch.events, alone[2].on_batch.events)
+    assert all((p[~mask] == 0).all() for name, mask in pack[3].masks.items()
+               for p in [dict(pack[3].model.named_parameters())[name]])
+
+
+def test_a_stacked_pack_agrees_with_each_run_alone(make_cnn, task) -> None:
+    """Every weight, BatchNorm statistic and metric within 1e-5 relative after one epoch (and two)."""
+    for epochs in (1, 2):
+        cfg = replace(CFG, epochs=epochs)
+        pack = _members(make_cnn, task)
+        alone = copy.deepcopy(pack)
+        results = train_pack(pack, cfg, stack="stacked", progress=False)
+        for m, r, solo in zip(pack, results, alone):
+            ref = _alone(solo, cfg)
+            a, b = _state(m.model), _state(solo.model)
+            for k in a:
+                if a[k].is_floating_point():
+                    err = (a[k].double() - b[k].double()).norm() / b[k].double().norm().clamp_min(1e-30)
+                    assert err <= 1e-5, (m.desc, k, float(err))
+                else:
+                    assert torch.equal(a[k], b[k]), k  # num_batches_tracked
+            for name in ("train_loss", "test_acc", "weight_distance"):
+                assert abs(r.history[name] - ref.history[name]).max() <= 1e-5 * max(1.0, float(abs(ref.history[name]).max()))
+        assert all((dict(pack[3].model.named_parameters())[n][~mask] == 0).all() for n, mask in pack[3].masks.items())
+
+
+@pytest.mark.parametrize("stack", ["sequential", "stacked"])
+def test_a_rerun_of_a_pack_is_bitwise_identical(make_cnn, task, stack) -> None:
+    first, second = _members(make_cnn, task), _members(make_cnn, task)
+    r1 = train_pack(first, CFG, stack=stack, progress=False)
+    r2 = train_pack(second, CFG, stack=stack, progress=False)
+    for a, ra, b, rb in zip(first, r1, second, r2):
+        _assert_bitwise(a.model, ra, b.model, rb)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("stack", ["sequential", "stacked"])
+def test_a_pack_killed_mid_training_resumes_to_the_uninterrupted_pack(make_cnn, task, tmp_path, stack) -> None:
+    """Killed at step 5 (epoch 2), the rerun goes on from the checkpoint of epoch 1."""
+    cfg = replace(CFG, epochs=3)
+    whole = _members(make_cnn, task)
+    expected = train_pack(whole, cfg, stack=stack, progress=False)
+
+    calls = {"n": 0}
+
+    def crash_at_step_5(logits, xb, yb):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Crash()
+        return torch.nn.functional.cross_entropy(logits, yb)
+
+    saving = Checkpointing(tmp_path / "pack.pt", every=1, key="pack")
+    killed = _members(make_cnn, task)
+    killed[0].loss_fn = crash_at_step_5
+    with pytest.raises(Crash):
+        train_pack(killed, cfg, stack=stack, progress=False, checkpoint=saving)
+    assert saving.path.exists()
+    again = _members(make_cnn, task)
+    resumed = train_pack(again, cfg, stack=stack, progress=False, checkpoint=saving)
+    assert all(r.resumed_step == 3 and r.stopped_by == "kill" for r in resumed)
+    for a, ra, b, rb in zip(whole, expected, again, resumed):
+        _assert_bitwise(a.model, ra, b.model, rb)
+
+
+@pytest.mark.parametrize("stack", ["sequential", "stacked"])
+def test_a_diverging_member_stops_the_pack_naming_it(make_cnn, task, stack) -> None:
+    pack = _members(make_cnn, task)[:3]
+    pack[1].loss_fn = lambda logits, xb, yb: torch.nn.functional.cross_entropy(logits, yb) * float("nan")
+    with pytest.raises(DivergenceError, match=r"^b: loss is nan at epoch 1, step 1 "):
+        train_pack(pack, CFG, stack=stack, progress=False)
+
+
+def test_a_pack_refuses_members_of_different_lengths_and_stacking_different_models(make_cnn, task) -> None:
+    uneven = [Member(make_cnn(0), task.subset(range(120)), 0), Member(make_cnn(1), task.subset(range(200)), 1)]
+    with pytest.raises(ValueError, match=r"as many steps per epoch; these take \[3, 5\]"):
+        train_pack(uneven, CFG, progress=False)
+    wide = [Member(make_cnn(0), task, 0), Member(make_cnn(1, channels=8), task, 1)]
+    with pytest.raises(ValueError, match="member 1 differs from member 0"):
+        train_pack(wide, CFG, stack="stacked", progress=False)
+    frozen = [Member(make_cnn(0), task, 0), Member(make_cnn(1), task, 1)]
+    frozen[1].model.head.requires_grad_(False)
+    with pytest.raises(ValueError, match="one set of trainable parameters"):
+        train_pack(frozen, CFG, stack="stacked", progress=False)
+
+
+def test_auto_stacks_on_a_gpu_only() -> None:
+    assert resolve_stack("auto", torch.device("cpu")) == "sequential"
+    assert resolve_stack("auto", torch.device("cuda", 0)) == "stacked"
+    assert resolve_stack("stacked", torch.device("cpu")) == "stacked"
+    with pytest.raises(ValueError, match="allowed: auto, stacked, sequential"):
+        resolve_stack("vmap", torch.device("cpu"))
