@@ -7,11 +7,12 @@ rule scores:
     params:
         spec=lambda w: STUDY.score_job(w.score).specs["scores"],
         model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
+        stack=config["execution"]["stack"],  # its repetitions train as one pack
     conda:
         ENV
     threads: config["threads"]
     log:
         f"{R}/logs/scores/{{score}}.log",
     shell:
-        JOB + " scores --spec {params.spec:q} --data {input.data} {params.model} --out {output} "
+        JOB + " scores --spec {params.spec:q} --data {input.data} {params.model} --out {output} --stack {params.stack} "
         + RUN_OPTS + " " + CHECKPOINTS + " > {log} 2>&1"

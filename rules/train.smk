@@ -1,7 +1,13 @@
-# Every training run, whatever its stage: one rule body. The jobs come from the planner
-# (STUDY.training_job): its inputs by role (data, parent, scores, teacher), the spec its
-# outputs are keyed on. One rule name per layout of a stage's run ids, so that
-# `--forcerun finetune`, a profile's set-resources and the job stats name the stage.
+# Every training run is trained by its pack's job (workflow.packs): one rule per pack,
+# whose outputs are its runs' model.pt and metrics.zarr, each in the run's own folder.
+# Asking for one run's file runs its pack. A pack's rule is named for the layout of its
+# stage's run ids and the pack, e.g. finetune_595252e4_0 (`snakemake --list-rules`);
+# `--set-resources finetune:...` (or a profile's set-resources) names the layout and
+# applies to each of its packs.
+import re
+
+from workflow.checkpoint import Checkpointing
+
 TRAIN_RULES = {
     "pretrain": ("pretrain", 0),
     "scratch": ("finetune", 0),  # finetune/scratch/s<seed>: no source
@@ -14,32 +20,49 @@ TRAIN_RULES = {
 }
 
 
-def train_options(input):
-    """Command-line options for the inputs of a training job besides its task."""
-    return " ".join(f"--{name} {input[name]}" for name in ("parent", "scores", "teacher") if name in input.keys())
+def layout_rule(run):
+    """The rule name of a run's layout: its stage, and whether its id has the stage's optional part."""
+    stage = run.split("/", 1)[0]
+    return next(name for name, (s, layout) in TRAIN_RULES.items()
+                if s == stage and re.fullmatch(layout_regex(s, layout), run))
 
 
-for _name, (_stage, _layout) in TRAIN_RULES.items():
+def stage_resources(name):
+    """The resources a profile or --set-resources gives the layout rule `name`. Snakemake
+    applies those by rule name, and a pack's rule has its own name."""
+    parsed = getattr(workflow.resource_settings, "_parsed_overwrite_resources", {})
+    return {key: resource.value for key, resource in parsed.get(name, {}).items()}
+
+
+PACK_OPTS = f"--device {config['device']} --threads {{threads}}" + (
+    f" --checkpoint-every {config['checkpoint_every']}" if config["checkpoint_every"] else ""
+)
+
+for _pack in STUDY.packs():
+    _job = STUDY.pack_job(_pack)
+    _base = layout_rule(_pack.runs[0])
 
     rule:
         name:
-            _name
+            _base + "_" + re.sub(r"\W", "_", _pack.id.split("/", 1)[1])
         input:
-            unpack(lambda w: STUDY.training_job(w.run).inputs),
+            list(dict.fromkeys(_job.inputs.values())),
         output:
-            model=f"{R}/{{run}}/model.pt",
-            metrics=directory(f"{R}/{{run}}/metrics.zarr"),
-        params:
-            spec=lambda w: STUDY.training_job(w.run).specs["model"],
-            out=lambda w: STUDY.path(w.run),
-            inputs=lambda w, input: train_options(input),
-        wildcard_constraints:
-            run=layout_regex(_stage, _layout),
+            [STUDY.path(run, "model.pt") for run in _pack.runs]
+            + [directory(STUDY.path(run, "metrics.zarr")) for run in _pack.runs],
+        params:  # functions, bound now: params given as strings are formatted with wildcards
+            pack=lambda w, pack=_pack.id: pack,
+            # What the job is keyed on: a digest of every member's spec and the stack mode
+            # (the whole description would fill a dry run's reasons; it is beside the log).
+            spec=lambda w, key=Checkpointing.key_of(STUDY.pack_description(_pack)): key,
+            checkpoint=lambda w, path=STUDY.pack_checkpoint(_pack): path if config["checkpoint_every"] else None,
+            options=lambda w: PACK_OPTS,
         conda:
             ENV
         threads: config["threads"]
+        resources:
+            **stage_resources(_base),
         log:
-            f"{R}/logs/{{run}}.log",
-        shell:
-            JOB + " train --spec {params.spec:q} --data {input.data} --out {params.out} "
-            "{params.inputs} " + RUN_OPTS + " " + CHECKPOINTS + " > {log} 2>&1"
+            f"{R}/logs/packs/{_pack.id}.log",
+        script:
+            "scripts/train_pack.py"

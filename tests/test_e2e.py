@@ -38,20 +38,34 @@ def snakemake(
     return proc
 
 
+# A pack's rule: the layout rule of its stage, then the pack (rules/train.smk).
+PACK_RULE = re.compile(r"^(\w+?)_[0-9a-f]{8}_\d+(?:_\d+)?$")
+
+
 def planned(cwd: Path, *args: str, configfiles: tuple[str, ...] = (TINY,)) -> dict[str, int]:
-    """Jobs per rule that a dry run would execute (empty when nothing is to be done)."""
+    """What a dry run would execute (empty when nothing is to be done): jobs per rule, and for
+    training, runs per layout rule (``pretrain``, ``finetune``, ...) whatever pack trains them."""
     proc = snakemake(cwd, "--dry-run", *args, configfiles=configfiles)
     out = proc.stdout + proc.stderr
     if "Job stats:" not in out:
         return {}
-    table = out.split("Job stats:", 1)[1]
-    jobs = {}
-    for line in table.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m or m.group(1) == "total":
-            break
-        jobs[m.group(1)] = int(m.group(2))
+    jobs: dict[str, int] = {}
+    for block in re.split(r"\n\[[^\n]*\]\n", out.split("Job stats:", 1)[1]):
+        rule = re.search(r"^(?:local)?rule (\w+):$", block, re.M)
+        if not rule:
+            continue
+        rule, output = rule.group(1), re.search(r"^    output: (.*)$", block, re.M)
+        outputs = output.group(1) if output else ""
+        pack = PACK_RULE.match(rule)
+        count = sum(path.endswith("/model.pt") for path in outputs.split(", ")) if pack else 1
+        jobs[pack.group(1) if pack else rule] = jobs.get(pack.group(1) if pack else rule, 0) + count
     return jobs
+
+
+def stage_rules(cwd: Path, layout: str) -> list[str]:
+    """The rules of a layout's packs, as ``snakemake --list-rules`` names them."""
+    proc = snakemake(cwd, "--list-rules")
+    return [name for name in proc.stdout.split() if (m := PACK_RULE.match(name)) and m.group(1) == layout]
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -190,24 +204,27 @@ def test_a_finished_study_has_nothing_to_do(study_dir: Path) -> None:
 
 
 def test_forcerun_reruns_the_stage_and_only_what_depends_on_it(study_dir: Path) -> None:
-    jobs = planned(study_dir, "--forcerun", "pretrain")
+    jobs = planned(study_dir, "--forcerun", *stage_rules(study_dir, "pretrain"))
     assert jobs["pretrain"] == 4  # 2 sources x 2 seeds
     assert jobs["finetune"] == 4  # full and linear_probe from each source start from pretrain
     # every ensemble member descends from a pretrained model: 2 sources x 3 kinds x 1 extra member
     assert jobs["ensemble_member"] == 6 and jobs["ensemble"] == 6
-    # prototype scores cluster pretrain/mnist1d/s0's embedding: that store and its runs
-    assert jobs["scores"] == 1 and jobs["prune_data"] == 1 and jobs["distill"] == 2
+    # prototype scores cluster pretrain/mnist1d/s0's embedding: that store, and the packs of
+    # its runs (every score-based method at f0.5 shares the prototype run's pack)
+    assert jobs["scores"] == 1 and jobs["prune_data"] == 5 and jobs["distill"] == 10
     for untouched in ("make_data", "scratch", "prune_network_dense", "prune_network"):
         assert untouched not in jobs
 
 
-def test_asking_for_one_output_reruns_that_run_alone(study_dir: Path, study: Study) -> None:
+def test_asking_for_one_output_reruns_that_runs_pack_alone(study_dir: Path, study: Study) -> None:
     run = "finetune/synthetic/full/s0"
+    mates = study.pack_of(run).runs
+    assert mates == ("finetune/mnist1d/full/s0", run)  # full fine-tuning from either source, stacked
     target = Path(study.path(run, "model.pt"))  # absolute; snakemake wants it relative
-    others = [Path(study.path(r, "model.pt")) for r in study.training_runs() if r != run]
+    others = [Path(study.path(r, "model.pt")) for r in study.training_runs() if r not in mates]
     before = {p: p.stat().st_mtime_ns for p in others}
     old = target.stat().st_mtime_ns
-    snakemake(study_dir, str(target.relative_to(study_dir)), "--forcerun", "finetune")
+    snakemake(study_dir, str(target.relative_to(study_dir)), "--forcerun", *stage_rules(study_dir, "finetune"))
     assert target.stat().st_mtime_ns > old
     assert {p: p.stat().st_mtime_ns for p in others} == before
     # the downstream of that run is now out of date, and nothing else
@@ -267,7 +284,8 @@ def test_a_diverging_run_fails_loudly_and_leaves_no_result(tmp_path: Path) -> No
     bad.write_text(yaml.safe_dump({"pretrain": {"seeds": [0], "train": {"lr": 1e30, "optimizer": "sgd"}}}))
     proc = snakemake(cwd, "results/tiny/pretrain/mnist1d/s0/model.pt", configfiles=(TINY, str(bad)), check=False)
     assert proc.returncode != 0
-    log = (cwd / "results/tiny/logs/pretrain/mnist1d/s0.log").read_text()
+    (log,) = [p.read_text() for p in (cwd / "results/tiny/logs/packs/pretrain").glob("*.log")
+              if "mnist1d/s0" in p.with_suffix(".json").read_text()]  # its pack's log, beside its description
     assert "DivergenceError" in log and "lower the learning rate" in log
     assert not (cwd / "results/tiny/pretrain/mnist1d/s0/model.pt").exists()
     assert not (cwd / "results/tiny/pretrain/mnist1d/s0/metrics.zarr").exists()

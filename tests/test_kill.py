@@ -23,8 +23,12 @@ import pytest
 import torch
 import xarray as xr
 
-from test_e2e import TINY, copy_workflow, planned
+import yaml
+from snakemake.utils import update_config
+
+from test_e2e import REPO, TINY, copy_workflow, planned
 from workflow import storage
+from workflow.study import Study
 
 pytestmark = pytest.mark.e2e
 RESULTS = "results/tiny"
@@ -65,23 +69,39 @@ SMALLER = {
     "analyze": {"similarity": {"edges": ["within", "seeds"]}},
 }
 
-# Jobs killed while Snakemake goes on (--keep-going): a training job after its first
-# checkpoint, a fine-tuning job between its two outputs, a scoring job during its first
-# training run, a similarity job writing its store.
+
+
+def _study() -> Study:
+    """The smaller tiny study, as Snakemake merges its two config files."""
+    config = yaml.safe_load((REPO / TINY).read_text())
+    update_config(config, SMALLER)
+    return Study(config)
+
+
+def _pack_checkpoint(run: str) -> str:
+    study = _study()
+    return study.pack_checkpoint(study.pack_of(run)).removeprefix(f"{RESULTS}/")
+
+
+# Jobs killed while Snakemake goes on (--keep-going): a training pack after its first
+# checkpoint, a fine-tuning pack between the outputs of its first run, a scoring job
+# after the first checkpoint of its pack of training runs, a similarity job writing its store.
 JOB_KILLS = [
-    ("checkpoints/pretrain/mnist1d/s1.pt", "after"),
+    (_pack_checkpoint("pretrain/mnist1d/s1"), "after"),
     ("finetune/mnist1d/full/s0/model.pt", "before"),
-    ("checkpoints/scores/forgetting.init0.pt", "after"),
+    ("checkpoints/scores/forgetting.pt", "after"),
     ("analyze/similarity/within/pretrain/synthetic/s0/analysis.zarr", "before"),
 ]
-KILLED_OUTPUTS = [
+KILLED_OUTPUTS = [  # the killed jobs' outputs: those of every run of the killed packs
+    "pretrain/mnist1d/s0/model.pt", "pretrain/mnist1d/s0/metrics.zarr",
     "pretrain/mnist1d/s1/model.pt", "pretrain/mnist1d/s1/metrics.zarr",
     "finetune/mnist1d/full/s0/model.pt", "finetune/mnist1d/full/s0/metrics.zarr",
+    "finetune/synthetic/full/s0/model.pt", "finetune/synthetic/full/s0/metrics.zarr",
     "prune_data/scores/forgetting/scores.zarr",
     "analyze/similarity/within/pretrain/synthetic/s0/analysis.zarr",
 ]
-# Snakemake killed, with its running jobs, right after the resumed pretraining job
-# renamed its model into place and before Snakemake recorded the job as finished.
+# Snakemake killed, with its running jobs, right after the resumed pretraining pack
+# renamed its last run's model into place and before Snakemake recorded the job as finished.
 SNAKEMAKE_KILL = ("pretrain/mnist1d/s1/model.pt", "after")
 
 
@@ -177,8 +197,8 @@ def test_killed_jobs_and_a_killed_snakemake_lose_nothing_and_redo_only_unfinishe
     for rel in KILLED_OUTPUTS:  # Snakemake removed the killed jobs' outputs, complete or not
         assert rel not in done, rel
     checkpoints = cwd / RESULTS / "checkpoints"
-    assert (checkpoints / "pretrain/mnist1d/s1.pt").exists()  # kept for the rerun to go on from
-    assert (checkpoints / "scores/forgetting.init0.pt").exists()
+    assert (cwd / RESULTS / JOB_KILLS[0][0]).exists()  # kept for the rerun to go on from
+    assert (checkpoints / "scores/forgetting.pt").exists()
     assert "prune_data/scores/el2n/scores.zarr" in done  # the rest of the study went on
 
     # 2. Plain snakemake, killed with all its jobs just after a job renamed its model into place.

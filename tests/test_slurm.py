@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from test_e2e import REPO, TINY, copy_workflow, planned
 from workflow import storage
@@ -63,7 +64,8 @@ def test_the_tiny_study_runs_to_completion_through_the_slurm_profile(cluster: Pa
     for name in study.summaries():
         assert Path(study.summary_path(name)).is_dir(), name
     # Training jobs asked for a GPU and got one of the node's stand-in GPUs.
-    job_logs = list((cwd / ".snakemake" / "slurm_logs" / "rule_pretrain").rglob("*.log"))
+    job_logs = [log for folder in (cwd / ".snakemake" / "slurm_logs").glob("rule_pretrain_*")
+                for log in folder.rglob("*.log")]  # one rule per pack, named for its layout
     assert job_logs and all("gpu=1" in path.read_text() for path in job_logs)
 
 
@@ -79,7 +81,10 @@ def test_a_training_job_signalled_by_slurm_saves_and_its_retry_resumes(cluster: 
     cwd = copy_workflow(tmp_path / "study")
     (cwd / "long.yaml").write_text(yaml.safe_dump(LONG))
     run = cwd / "results/tiny/pretrain/mnist1d/s0"
-    checkpoint = cwd / "results/tiny/checkpoints/pretrain/mnist1d/s0.pt"
+    config = yaml.safe_load((cwd / TINY).read_text())
+    update_config(config, LONG)
+    study = Study({**config, "results": str(cwd / config["results"])})
+    checkpoint = Path(study.pack_checkpoint(study.pack_of("pretrain/mnist1d/s0")))
     cmd = [sys.executable, "-m", "snakemake", "results/tiny/pretrain/mnist1d/s0/model.pt", *_SLURM,
            "--configfile", TINY, "long.yaml"]
     snakemake = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -355,8 +355,9 @@ def test_spec_says_how_a_run_is_made(study: Study) -> None:
     assert untrained["teacher_seed"] != untrained["seed"]  # the student never starts at its teacher
     assert (distill["fraction"], distill["keep"], distill["score"]["score"]) == (0.5, "hard", "el2n")
     random = study.spec("prune_data/random/f0.25/s0")
-    assert random["score"] == {"stage": "scores", "score": "random", "data": study.config["data"]["target"],
-                               "seeds": [0, 1]}
+    # its own seed's random draw: not the other seeds, nor the store (adding a seed retrains no random run)
+    assert random["score"] == {"stage": "scores", "score": "random", "data": study.config["data"]["target"]}
+    assert "scores" not in study.training_job("prune_data/random/f0.25/s0").inputs
     level = study.spec("prune_network/imp/k20/s0/level2")
     assert (level["level"], level["fraction"], level["scope"], level["rewind"]) == (2, 0.2, "global", 20)
     assert "init_seed" not in level  # rewound, not re-initialised

@@ -54,6 +54,12 @@ def _checkpoints(p: argparse.ArgumentParser, file: str) -> None:
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
 
 
+def _stack(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stack", default="sequential", choices=("auto", "stacked", "sequential"),
+                   help="how the models of a pack step: one after another (sequential), as one "
+                   "vmapped model (stacked), or stacked on CUDA and sequential elsewhere (auto)")
+
+
 @contextlib.contextmanager
 def _announce_preemption(what: str) -> Iterator[None]:
     """Say on stderr that a job stopped by SLURM's signal saved its state (it still exits 128 + signal)."""
@@ -120,12 +126,34 @@ def _train(args: argparse.Namespace) -> None:
         )
 
 
+def _train_pack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pack", required=True, help="JSON file: the pack's runs (spec, folder, input files), "
+                   "data and stack mode, as the workflow writes it beside the pack's log")
+    p.add_argument("--checkpoint", help="resumable training: the pack's checkpoint file "
+                   "(outside every run's folder, so a failed job's clean-up keeps it)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    _common(p)
+
+
+@command("train-pack", "train a pack of runs in one loop (any training stage)", _train_pack_options)
+def _train_pack(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from workflow.jobs import train_pack_job
+
+    pack = json.loads(Path(args.pack).read_text())
+    with _announce_preemption(f"pack {pack['pack']}"):
+        train_pack_job(pack, device=args.device, threads=args.threads, progress=not args.no_progress,
+                       checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+
+
 def _scores_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--model", help="model.pt whose embedding is scored (prototypes)")
     p.add_argument("--out", required=True, help="scores.zarr")
     _checkpoints(p, "<folder>/scores/<score>.pt")
+    _stack(p)
     _common(p)
 
 
@@ -139,7 +167,7 @@ def _scores(args: argparse.Namespace) -> None:
             spec, args.out, data_path=args.data, model_path=args.model, device=args.device,
             threads=args.threads, progress=not args.no_progress,
             checkpoint=f"{args.checkpoints}/scores/{spec['score']}.pt" if args.checkpoints else None,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.checkpoint_every, stack=args.stack,
         )
 
 

@@ -22,13 +22,14 @@ from workflow import storage
 from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
 from workflow.checkpoint import Checkpointing
 from workflow.data import TaskData, load_data
+from workflow.engines import resolve_stack
 from workflow.lora import merge_lora
 from workflow.models import load_model, seeded_model
 from workflow.runtime import evaluate, job_device, seed_everything
 from workflow.scoring import SCORERS, ScoreContext
 from workflow.stages import TrainingSetup
 from workflow.stages.registry import TRAINING_STAGES
-from workflow.train import TrainConfig, train
+from workflow.train import Member, TrainConfig, train_pack
 
 PathLike = str | Path
 
@@ -47,58 +48,85 @@ def train_run(
     checkpoint: PathLike | None = None,
     checkpoint_every: int = 1,
 ) -> None:
-    """Train the run described by ``spec`` (see :meth:`workflow.study.Study.spec`).
+    """Train the one run described by ``spec`` (see :meth:`workflow.study.Study.spec`): a pack of one
+    (see :func:`train_pack_job`)."""
+    inputs = {role: str(path) for role, path in (("parent", parent), ("scores", scores), ("teacher", teacher)) if path}
+    pack = {"pack": spec["run"], "stack": "sequential", "data": str(data_path),
+            "runs": [{"spec": dict(spec), "out": str(out), "inputs": inputs}]}
+    train_pack_job(pack, device=device, threads=threads, progress=progress, checkpoint=checkpoint,
+                   checkpoint_every=checkpoint_every)
 
-    The run's stage (:data:`workflow.stages.registry.TRAINING_STAGES`) prepares its
-    training from the input files; then the one training loop runs. Writes
-    ``out/metrics.zarr`` (per-epoch metrics) and then ``out/model.pt`` (weights,
-    spec, masks), each atomically. With ``checkpoint`` (a file outside ``out``),
-    training saves its state there every ``checkpoint_every`` epochs and when stopped
-    by SIGTERM or SIGUSR1, resumes from it when run again with the same spec, and
-    deletes it once the outputs are written (see :mod:`workflow.checkpoint`).
+
+def train_pack_job(
+    pack: Mapping[str, Any],
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+    checkpoint: PathLike | None = None,
+    checkpoint_every: int = 1,
+) -> None:
+    """Train every run of a pack (see :meth:`workflow.study.Study.pack_description`) in one loop.
+
+    Each run's stage (:data:`workflow.stages.registry.TRAINING_STAGES`) prepares its
+    training from its input files, in the order of the pack; then the one training
+    loop trains them together, stepped as ``pack["stack"]`` says. Writes each run's
+    ``metrics.zarr`` (per-epoch metrics) and then ``model.pt`` (weights, spec, masks),
+    each atomically, into its own folder. With ``checkpoint`` (a file outside every
+    run's folder), training saves the pack's state there every ``checkpoint_every``
+    epochs and when stopped by SIGTERM or SIGUSR1, resumes from it when run again with
+    the same pack, and deletes it once every output is written (see
+    :mod:`workflow.checkpoint`).
     """
     dev = job_device(device, threads)
-    seed = spec.get("train_seed", spec["seed"])  # ensemble members: their own initialisation and data order
-    data = load_data(data_path, dev)
-    seed_everything(seed)
-    model = seeded_model(spec["model"], data.in_length, data.num_classes, seed, dev)
-    setup = TrainingSetup(model, data, TrainConfig.from_dict(spec["train"]), seed, dev)
-    inputs = {role: Path(path) for role, path in (("parent", parent), ("scores", scores), ("teacher", teacher)) if path}
-    TRAINING_STAGES[spec["stage"]].prepare(spec, setup, inputs)
+    data = load_data(pack["data"], dev)
+    setups, members = [], []
+    for run in pack["runs"]:
+        spec = run["spec"]
+        seed = spec.get("train_seed", spec["seed"])  # ensemble members: their own initialisation and data order
+        seed_everything(seed)
+        model = seeded_model(spec["model"], data.in_length, data.num_classes, seed, dev)
+        setup = TrainingSetup(model, data, TrainConfig.from_dict(spec["train"]), seed, dev)
+        TRAINING_STAGES[spec["stage"]].prepare(spec, setup, {role: Path(path) for role, path in run["inputs"].items()})
+        setups.append(setup)
+        members.append(Member(model, setup.data, seed, setup.loss_fn, setup.masks, setup.sampler,
+                              setup.snapshot_steps, desc=spec["run"]))
+    cfgs = {setup.cfg for setup in setups}
+    if len(cfgs) > 1:
+        raise ValueError(f"the runs of pack {pack['pack']} train with different settings: {sorted(map(str, cfgs))}")
+    trainable = [sum(p.numel() for p in m.model.parameters() if p.requires_grad) for m in members]
+    stack = resolve_stack(pack["stack"], dev)
+    saving = Checkpointing.of_spec(checkpoint, pack, checkpoint_every)
+    results = train_pack(members, cfgs.pop(), stack=stack, progress=progress, desc=pack["pack"], checkpoint=saving)
 
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    saving = Checkpointing.of_spec(checkpoint, spec, checkpoint_every)
-    result = train(
-        model, setup.data, setup.cfg, seed=seed, loss_fn=setup.loss_fn, masks=setup.masks,
-        snapshot_steps=setup.snapshot_steps, sampler=setup.sampler, progress=progress, desc=spec["run"],
-        checkpoint=saving,
-    )
-    if setup.snapshot_steps:  # the dense run of network pruning: its rewind points
-        setup.rewind = {step: result.snapshots[step] for step in setup.snapshot_steps}
-
-    merge_lora(model)  # adapters folded in: what is saved is a plain model of the study's architecture
-    metrics = result.history
-    metrics["trainable_params"] = xr.DataArray(trainable, attrs={"description": "parameters the run trained"})
-    metrics.update(setup.metrics)
-    attrs = storage.provenance(spec, parent=spec.get("parent"), seed=seed, device=str(dev))
-    attrs["steps"] = result.steps
-    if result.resumed_step is not None:
-        attrs["resumed_from_step"] = result.resumed_step
-        attrs["stopped_by"] = result.stopped_by
-    storage.write_dataset(metrics, Path(out) / "metrics.zarr", attrs)
-    storage.save_torch(
-        {
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "spec": dict(spec),
-            "in_length": data.in_length,
-            "num_classes": data.num_classes,
-            "masks": setup.masks,
-            "rewind": setup.rewind,
-            "kept": setup.kept,
-            "provenance": attrs,
-        },
-        Path(out) / "model.pt",
-    )
+    names = [run["spec"]["run"] for run in pack["runs"]]
+    for run, setup, result, n_trainable in zip(pack["runs"], setups, results, trainable):
+        spec, model, out = run["spec"], setup.model, Path(run["out"])
+        if setup.snapshot_steps:  # the dense run of network pruning: its rewind points
+            setup.rewind = {step: result.snapshots[step] for step in setup.snapshot_steps}
+        merge_lora(model)  # adapters folded in: what is saved is a plain model of the study's architecture
+        metrics = result.history
+        metrics["trainable_params"] = xr.DataArray(n_trainable, attrs={"description": "parameters the run trained"})
+        metrics.update(setup.metrics)
+        attrs = storage.provenance(spec, parent=spec.get("parent"), seed=setup.seed, device=str(dev))
+        attrs.update(steps=result.steps, pack=pack["pack"], pack_runs=names, stack=stack)
+        if result.resumed_step is not None:
+            attrs["resumed_from_step"] = result.resumed_step
+            attrs["stopped_by"] = result.stopped_by
+        storage.write_dataset(metrics, out / "metrics.zarr", attrs)
+        storage.save_torch(
+            {
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "spec": dict(spec),
+                "in_length": data.in_length,
+                "num_classes": data.num_classes,
+                "masks": setup.masks,
+                "rewind": setup.rewind,
+                "kept": setup.kept,
+                "provenance": attrs,
+            },
+            out / "model.pt",
+        )
     if saving is not None:
         saving.remove()
 
@@ -166,17 +194,21 @@ def compute_scores(
     progress: bool = True,
     checkpoint: PathLike | None = None,
     checkpoint_every: int = 1,
+    stack: str = "sequential",
 ) -> None:
     """Score every training example once; write ``score`` over (init, sample) to ``out``.
 
     ``model_path``: the embedding model, for methods that score in a model's
-    representation (prototypes). ``checkpoint``: as for :func:`train_run`, for the
-    methods that train (see :mod:`workflow.scoring`).
+    representation (prototypes). ``checkpoint``: as for :func:`train_pack_job`, for the
+    methods that train (see :mod:`workflow.scoring`), whose repetitions train as one
+    pack, stepped as ``stack`` says (:data:`workflow.engines.STACK_MODES`).
     """
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
-    saving = Checkpointing.of_spec(checkpoint, spec, checkpoint_every)
-    ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress, saving)
+    stack = resolve_stack(stack, dev)
+    saving = Checkpointing.of_spec(checkpoint, {**spec, "stack": stack} if stack != "sequential" else spec,
+                                   checkpoint_every)
+    ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress, saving, stack)
     rows = SCORERS[spec["score"]](ctx)
     ds = xr.Dataset(
         {
@@ -185,7 +217,9 @@ def compute_scores(
         },
         coords={"init": rows.inits, "sample": np.arange(len(data.y_train))},
     )
-    storage.write_dataset(ds, out, storage.provenance(spec, device=str(dev)))
+    attrs = storage.provenance(spec, device=str(dev))
+    attrs["stack"] = stack
+    storage.write_dataset(ds, out, attrs)
     if saving is not None:
         saving.remove()
 

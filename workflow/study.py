@@ -15,14 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from workflow import runs
+from workflow import packs, runs
 from workflow.analysis.plan import SIMILARITY_EDGES, SIMILARITY_SUMMARIES, AnalysisPlan
 from workflow.config import STAGES, load_config
+from workflow.packs import Pack
 from workflow.runs import ENSEMBLE_KINDS, NO_SOURCE, number_label
 from workflow.stages import data_pruning, finetune, pretrain
 from workflow.stages.registry import TRAINING_STAGES
 
-__all__ = ["ENSEMBLE_KINDS", "NO_SOURCE", "SIMILARITY_EDGES", "STAGES", "Job", "Study", "number_label"]
+__all__ = ["ENSEMBLE_KINDS", "NO_SOURCE", "SIMILARITY_EDGES", "STAGES", "Job", "Pack", "Study", "number_label"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Job:
     """
 
     kind: str  # the command of ``python -m workflow`` that runs it
-    runs: tuple[str, ...]  # the runs it trains (none for scores and analyses)
+    runs: tuple[str, ...]  # the runs it trains (none for scores and analyses; a pack's, for a pack)
     inputs: Mapping[str, str]  # role -> file it reads
     outputs: Mapping[str, str]  # name -> file or folder it writes
     specs: Mapping[str, str]
@@ -46,6 +47,8 @@ class Study(AnalysisPlan):
     def __init__(self, config: Mapping[str, Any], *, checked: bool = False) -> None:
         self.config = dict(config) if checked else load_config(config)
         self.root = self.config["results"].rstrip("/")
+        self._packs: list[Pack] | None = None
+        self._pack_of: Mapping[str, Pack] = {}
 
     # --- paths ---------------------------------------------------------------
     def path(self, run: str, name: str = "") -> str:
@@ -79,6 +82,10 @@ class Study(AnalysisPlan):
     def sources(self) -> list[str]:
         """The names of the pretraining tasks, in config order (none without a pretrain stage)."""
         return pretrain.sources(self.config)
+
+    def training_stages(self) -> list[str]:
+        """The names of the training stages, in DAG order."""
+        return list(TRAINING_STAGES)
 
     def stage_runs(self, stage: str) -> list[str]:
         """The study's runs of one training stage (see :data:`workflow.stages.registry.TRAINING_STAGES`)."""
@@ -174,6 +181,53 @@ class Study(AnalysisPlan):
         }
         spec.update(stage.spec(self, r))
         return spec
+
+    def pack_key(self, run: str) -> dict[str, Any]:
+        """What ``run`` must share with the other runs of its pack (see :mod:`workflow.packs`)."""
+        spec = self.spec(run)
+        return TRAINING_STAGES[spec["stage"]].pack_key(spec)
+
+    # --- packs -------------------------------------------------------------------
+    def packs(self) -> list[Pack]:
+        """Every training run in one pack of at most ``execution.pack_size`` runs (computed once)."""
+        if self._packs is None:
+            self._packs = packs.plan(self, self.config["execution"]["pack_size"])
+            self._pack_of = packs.index(self._packs)
+        return self._packs
+
+    def pack_of(self, run: str) -> Pack:
+        """The pack that trains ``run``."""
+        self.packs()
+        return self._pack_of[run]
+
+    def pack_job(self, pack: Pack) -> Job:
+        """The job that trains a pack: what each member's :meth:`training_job` reads and writes.
+
+        Its ``specs`` key every output on the whole pack's description (every member's
+        spec and the stack mode), so that changing one run retrains its pack.
+        """
+        jobs = [self.training_job(run) for run in pack.runs]
+        inputs = {"data": jobs[0].inputs["data"]}
+        for job in jobs:
+            inputs.update({f"{role}:{job.runs[0]}": path for role, path in job.inputs.items() if role != "data"})
+        outputs = {f"{name}:{job.runs[0]}": path for job in jobs for name, path in job.outputs.items()}
+        keyed = runs.dumps(self.pack_description(pack))
+        return Job("train", pack.runs, inputs, outputs, {name: keyed for name in outputs})
+
+    def pack_description(self, pack: Pack) -> dict[str, Any]:
+        """What the job of a pack is handed (:func:`workflow.jobs.train_pack_job`): each run's
+        spec, folder and input files by role, and how the pack steps."""
+        members = []
+        for run in pack.runs:
+            job = self.training_job(run)
+            members.append({"spec": self.spec(run), "out": self.path(run),
+                            "inputs": {role: path for role, path in job.inputs.items() if role != "data"}})
+        return {"pack": pack.id, "stack": self.config["execution"]["stack"],
+                "data": self.data_path(self.task(pack.runs[0])), "runs": members}
+
+    def pack_checkpoint(self, pack: Pack) -> str:
+        """Where the job of a pack saves its state (outside every run's folder)."""
+        return f"{self.root}/checkpoints/packs/{pack.id}.pt"
 
     # --- jobs --------------------------------------------------------------------
     def training_job(self, run: str) -> Job:

@@ -58,10 +58,22 @@ class TrainingSetup:
     metrics: dict[str, xr.DataArray] = field(default_factory=dict)  # beside the per-epoch history
 
 
+# What every run's spec has that may differ between the runs of one pack (see :meth:`TrainingStage.pack_key`).
+STACKABLE = ("run", "seed", "parent", "train_seed")
+
+
 class TrainingStage:
     """A family of training runs. Subclasses set :attr:`name` and override what differs."""
 
     name: str = ""  # the stage: the first folder of its run ids
+    # The spec's keys, besides STACKABLE, in which runs of one pack may differ: what a
+    # training loop can step side by side (examples, masks, teacher), not what changes
+    # the architecture, the trainable parameters or the number of steps.
+    stackable: tuple[str, ...] = ()
+
+    def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """What runs must share to train in one pack: the spec without what may differ."""
+        return {k: v for k, v in spec.items() if k not in STACKABLE + self.stackable}
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         """The runs of this stage in a study (a loaded config), in DAG order: which runs

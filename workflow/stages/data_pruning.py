@@ -90,11 +90,18 @@ def subset_runs(config: Mapping[str, Any], stage: str) -> list[str]:
 
 
 def subset_spec(study: Study, r: Mapping[str, Any]) -> dict[str, Any]:
-    """What determines the examples a subset run trains on."""
+    """What determines the examples a subset run trains on.
+
+    A random subset is its own seed's draw of the random scores: it depends on neither
+    the score store nor the other seeds, so adding a seed retrains no random run.
+    """
     score, _, keep = r["method"].partition("-")
+    scored = score_spec(study, score)
+    if score == "random":
+        scored.pop("seeds")
     return {
         "method": r["method"],
-        "score": score_spec(study, score),
+        "score": scored,
         "keep": keep or "hard",
         "fraction": r["fraction"],
         "class_balanced": study.config["prune_data"]["class_balanced"],
@@ -102,9 +109,15 @@ def subset_spec(study: Study, r: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def subset_inputs(study: Study, spec: Mapping[str, Any]) -> dict[str, str]:
-    """The score store the run's method selects with (rs2 has none)."""
+    """The score store the run's method selects with (random and rs2 have none)."""
     store = score_path(study, spec["method"])
-    return {"scores": store} if store else {}
+    return {"scores": store} if store and spec["method"] != "random" else {}
+
+
+def subset_pack_key(stage: TrainingStage, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Subsets of one fraction share packs; RS2's fresh subset per epoch is drawn without
+    class balance, so it may differ in size from the others and packs apart."""
+    return {**TrainingStage.pack_key(stage, spec), "rs2": spec["method"] == "rs2"}
 
 
 def prepare_subset(spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mapping[str, Path]) -> None:
@@ -113,17 +126,20 @@ def prepare_subset(spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mappin
     import xarray as xr
 
     from workflow import storage
-    from workflow.prune_data import RepeatedRandomSubsets, select
+    from workflow.prune_data import RepeatedRandomSubsets, random_scores, select
 
     if spec["score"]["score"] == "rs2":
         setup.sampler = RepeatedRandomSubsets(len(setup.data.y_train), spec["fraction"])
         kept_size = setup.sampler.size
     else:
-        scores = storage.open_dataset(inputs["scores"])["score"]
-        # Random pruning draws a fresh subset per seed; score-based methods average
-        # their scores over initialisations and so keep the same subset for every seed.
-        values = scores.sel(init=spec["seed"]) if spec["score"]["score"] == "random" else scores.mean("init")
-        kept = select(values.values, spec["fraction"], keep=spec["keep"], labels=setup.data.y_train.cpu().numpy(),
+        # Random pruning draws a fresh subset per seed (the row of the random score store for
+        # that seed); score-based methods average their scores over initialisations and so
+        # keep the same subset for every seed.
+        if spec["score"]["score"] == "random":
+            values = random_scores(len(setup.data.y_train), spec["seed"])
+        else:
+            values = storage.open_dataset(inputs["scores"])["score"].mean("init").values
+        kept = select(values, spec["fraction"], keep=spec["keep"], labels=setup.data.y_train.cpu().numpy(),
                       class_balanced=spec["class_balanced"])
         setup.data = setup.data.subset(kept)
         setup.kept = torch.as_tensor(kept)
@@ -135,6 +151,10 @@ class PruneData(TrainingStage):
     """A model trained from scratch on the kept subset of each method, fraction and seed."""
 
     name = "prune_data"
+    stackable = ("method", "score", "keep")  # equal-size subsets of one fraction
+
+    def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return subset_pack_key(self, spec)
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         return subset_runs(config, "prune_data")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from workflow.stages import TrainingSetup, TrainingStage
-from workflow.stages.data_pruning import prepare_subset, subset_inputs, subset_runs, subset_spec
+from workflow.stages.data_pruning import prepare_subset, subset_inputs, subset_pack_key, subset_runs, subset_spec
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -21,6 +21,12 @@ UNTRAINED_TEACHER_SEED = 10_000
 
 class Distill(TrainingStage):
     name = "distill"
+    # the subsets of one fraction, and every teacher, temperature and alpha
+    stackable = ("method", "score", "keep", "teacher", "temperature", "alpha", "teacher_run", "teacher_spec",
+                 "teacher_seed")
+
+    def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        return subset_pack_key(self, spec)
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         return subset_runs(config, "distill")

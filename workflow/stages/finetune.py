@@ -64,6 +64,7 @@ class EnsembleMember(TrainingStage):
     cycle (``sse``) or from the fine-tuned model (``starsse``)."""
 
     name = "ensemble"
+    stackable = ("member",)
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         return [run for members in ensemble_members(config).values() for run in members[1:]]

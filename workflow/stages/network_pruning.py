@@ -127,6 +127,13 @@ class NetworkPruning(TrainingStage):
     """The dense run of each seed (level 0), then every method x rewind step x seed x level."""
 
     name = "prune_network"
+    stackable = ("method", "level", "rewind", "init_seed")  # masks and start weights
+
+    def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        key = super().pack_key(spec)
+        if spec["method"] != "dense" and PRUNING[spec["method"]].flops_matched:  # its epochs depend on its masks
+            key.update(method=spec["method"], level=spec["level"])
+        return key
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         if "prune_network" not in config:

@@ -1,0 +1,114 @@
+"""The planner's packs: which runs one job trains, and that packs stay put as a study grows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from workflow.study import Study
+
+
+def _study(config: dict, pack_size: int | None = None) -> Study:
+    config = copy.deepcopy(config)
+    if pack_size is not None:
+        config["execution"] = {**config.get("execution", {}), "pack_size": pack_size}
+    return Study(config)
+
+
+@pytest.mark.parametrize("pack_size", [1, 3, 16])
+def test_every_run_is_in_one_pack_of_runs_that_can_train_together(default_config, pack_size) -> None:
+    study = _study(default_config, pack_size)
+    packs = study.packs()
+    members = [run for pack in packs for run in pack.runs]
+    assert sorted(members) == sorted(study.training_runs())  # each run once
+    assert len({pack.id for pack in packs}) == len(packs)
+    for pack in packs:
+        assert 1 <= len(pack.runs) <= pack_size
+        assert {study.parse(run)["stage"] for run in pack.runs} == {pack.stage}
+        keys = {study.dumps(study.pack_key(run)) for run in pack.runs}
+        assert len(keys) == 1, pack.id  # the same architecture, data, schedule, trainable parameters
+        assert not {study.parent(run) for run in pack.runs} & set(pack.runs)  # no run waits on a pack mate
+    if pack_size == 1:
+        assert len(packs) == len(study.training_runs())
+    assert [p.runs for p in _study(default_config, pack_size).packs()] == [p.runs for p in packs]  # deterministic
+
+
+def test_the_default_study_packs_what_differs_only_in_seed_examples_masks_or_parent(default_config) -> None:
+    study = _study(default_config, 16)
+    runs = {pack.id.split("/")[0]: [] for pack in study.packs()}
+    for pack in study.packs():
+        runs[pack.stage].append(pack.runs)
+    # full fine-tuning from both sources and both seeds: one pack; methods apart
+    assert ("finetune/mnist1d/full/s0", "finetune/synthetic/full/s0", "finetune/mnist1d/full/s1",
+            "finetune/synthetic/full/s1") in runs["finetune"]
+    # equal-size subsets of one fraction, whichever score chose them
+    assert ("prune_data/el2n-hard/f0.25/s0", "prune_data/random/f0.25/s0", "prune_data/el2n-hard/f0.25/s1",
+            "prune_data/random/f0.25/s1") in runs["prune_data"]
+    # IMP level 2 beside the random masks of level 1 (both wait on IMP level 1), never beside level 1
+    assert ("prune_network/imp/k20/s0/level2", "prune_network/random/k20/s0/level1",
+            "prune_network/imp/k20/s1/level2", "prune_network/random/k20/s1/level1") in runs["prune_network"]
+    assert len(study.packs()) == 16 and len(study.training_runs()) == 52
+
+
+def test_a_run_records_its_pack_and_the_job_of_a_pack_writes_each_runs_files(default_config) -> None:
+    study = _study(default_config, 16)
+    pack = study.pack_of("distill/trained/random/f0.5/T4-a0.5/s1")
+    job = study.pack_job(pack)
+    assert job.runs == pack.runs
+    assert sorted(job.outputs.values()) == sorted(study.path(r, f) for r in pack.runs for f in ("model.pt", "metrics.zarr"))
+    assert study.path("finetune/scratch/s0", "model.pt") in job.inputs.values()  # the teacher
+    description = study.pack_description(pack)
+    assert [m["spec"]["run"] for m in description["runs"]] == list(pack.runs)
+    assert description["stack"] == "auto" and description["pack"] == pack.id
+    assert all(m["out"] == study.path(m["spec"]["run"]) for m in description["runs"])
+
+
+def _packs(study: Study) -> dict[str, tuple[str, ...]]:
+    return {pack.id: pack.runs for pack in study.packs()}
+
+
+def _specs(study: Study) -> dict[str, str]:
+    return {pack.id: study.pack_job(pack).specs[next(iter(study.pack_job(pack).specs))] for pack in study.packs()}
+
+
+def test_adding_a_seed_changes_only_the_packs_that_gain_it(default_config) -> None:
+    """Seeds fill packs in blocks: with two runs per seed and packs of 4, seeds 0-1 fill a pack
+    and seed 2 starts the next; nothing already packed moves."""
+    before = _study(default_config, 4)
+    grown = copy.deepcopy(default_config)
+    grown["prune_data"]["seeds"] = [0, 1, 2]
+    after = _study(grown, 4)
+    old, new = _packs(before), _packs(after)
+    gained = {pid for pid in new if new[pid] != old.get(pid)}
+    assert all(pid.startswith(("prune_data/", "distill/")) for pid in gained)  # distill trains on its subsets
+    assert all(all(study_run.endswith("/s2") for study_run in new[pid]) for pid in gained)  # only new packs
+    assert {pid: runs for pid, runs in new.items() if pid not in gained} == old
+    old_specs, new_specs = _specs(before), _specs(after)
+    assert all(new_specs[pid] == old_specs[pid] for pid in old)  # no old pack reruns
+
+
+def test_adding_a_fraction_or_changing_a_stage_leaves_the_other_packs_alone(default_config) -> None:
+    before = _study(default_config)
+    more = copy.deepcopy(default_config)
+    more["prune_data"]["fractions"] = [0.25, 0.5, 0.75, 0.9]
+    after = _study(more)
+    assert set(_packs(before)) < set(_packs(after))
+    assert all(_packs(after)[pid] == runs for pid, runs in _packs(before).items())
+    assert all(_specs(after)[pid] == spec for pid, spec in _specs(before).items())
+
+    changed = copy.deepcopy(default_config)
+    changed["prune_network"]["train"]["lr"] = 0.02
+    rerun = {pid for pid, spec in _specs(_study(changed)).items() if _specs(before).get(pid) != spec}
+    assert rerun and all(pid.startswith("prune_network/") for pid in rerun)
+    assert len(rerun) == sum(pid.startswith("prune_network/") for pid in _packs(before))
+
+
+def test_pack_size_and_stack_are_checked_before_any_job(default_config) -> None:
+    from workflow.config import ConfigError, load_config
+
+    for bad, expected in (({"pack_size": 0}, "execution.pack_size"), ({"stack": "vmap"}, "execution.stack"),
+                          ({"packsize": 4}, "packsize")):
+        config = {**copy.deepcopy(default_config), "execution": bad}
+        with pytest.raises(ConfigError, match=expected):
+            load_config(config)
