@@ -12,6 +12,7 @@ Every way is a fresh process (or processes) from the command line, so start-up
 wall time, the time per run and the speed-up over separate processes.
 
     python benchmarks/bench_pack.py [--ks 1,4,16,64] [--epochs 3] [--device auto] [--jobs 2]
+        [--ways separate,turn,sequential,stacked] [--data JSON] [--model JSON] [--batch-size 100]
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = {"name": "mnist1d", "args": {}, "train_size": None}
+DATA = {"name": "mnist1d", "args": {}, "train_size": None}  # 4000 train examples
 MODEL = {"name": "cnn1d", "channels": 32}
 
 
-def spec(seed: int, epochs: int) -> dict:
+def spec(seed: int, epochs: int, data: dict, model: dict, batch_size: int) -> dict:
     """A pretraining run of the default study's settings, for ``epochs`` epochs."""
-    return {"run": f"pretrain/mnist1d/s{seed}", "stage": "pretrain", "seed": seed, "data": DATA, "model": MODEL,
-            "train": {"epochs": epochs, "batch_size": 100, "optimizer": "adam", "lr": 0.01, "momentum": 0.9,
+    return {"run": f"pretrain/bench/s{seed}", "stage": "pretrain", "seed": seed, "data": data, "model": model,
+            "train": {"epochs": epochs, "batch_size": batch_size, "optimizer": "adam", "lr": 0.01, "momentum": 0.9,
                       "weight_decay": 0.0, "schedule": "cosine"}, "parent": None}
 
 
@@ -65,18 +66,21 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="separate processes at once (the baseline)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of a one-process way")
     p.add_argument("--ways", default="separate,turn,sequential,stacked")
+    p.add_argument("--data", default=json.dumps(DATA), help="JSON: the dataset (default: MNIST-1D)")
+    p.add_argument("--model", default=json.dumps(MODEL), help="JSON: the model (default: the default study's CNN)")
+    p.add_argument("--batch-size", type=int, default=100)
     args = p.parse_args()
     ways = args.ways.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = tmp / "data.npz"
-        subprocess.run([sys.executable, "-m", "workflow", "data", "--spec", json.dumps(DATA), "--out", str(data)],
+        subprocess.run([sys.executable, "-m", "workflow", "data", "--spec", args.data, "--out", str(data)],
                        check=True, cwd=ROOT)
-        print(f"device {args.device}, {args.epochs} epochs of 4000 MNIST-1D examples per run, "
+        print(f"device {args.device}, {args.epochs} epochs of {args.data} per run, model {args.model}, "
               f"baseline: {args.jobs} processes at once with 1 thread; one-process ways: {args.threads} threads")
         print(f"{'K':>4}  {'way':<24}{'wall s':>9}{'s / run':>9}{'speed-up':>10}")
         for k in map(int, args.ks.split(",")):
-            runs = [{"spec": spec(seed, args.epochs), "out": str(tmp / f"k{k}" / f"s{seed}"), "inputs": {}}
+            runs = [{"spec": spec(seed, args.epochs, json.loads(args.data), json.loads(args.model), args.batch_size), "out": str(tmp / f"k{k}" / f"s{seed}"), "inputs": {}}
                     for seed in range(k)]
             times: dict[str, float] = {}
             if "separate" in ways:

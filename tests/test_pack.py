@@ -163,3 +163,46 @@ def test_auto_stacks_on_a_gpu_only() -> None:
     assert resolve_stack("stacked", torch.device("cpu")) == "stacked"
     with pytest.raises(ValueError, match="allowed: auto, stacked, sequential"):
         resolve_stack("vmap", torch.device("cpu"))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("stack", ["sequential", "stacked"])
+def test_a_pack_steps_on_cuda_without_waiting_for_the_host(make_cnn, task, stack) -> None:
+    """No step of either engine, nor the finiteness check of its losses, synchronises with the host."""
+    from workflow.engines import ENGINES, cross_entropy
+    from workflow.train import Finite
+
+    device = torch.device("cuda")
+    models = [make_cnn(seed=s).to(device) for s in range(4)]
+    engine = ENGINES[stack](models, [None] * 4, CFG, 10)
+    finite = Finite(4, device)
+    x, y = task.x_train[:160].to(device), task.y_train[:160].to(device)
+    engine.train_mode()
+    xbs, ybs = list(x.view(4, 40, -1)), list(y.view(4, 40))
+    engine.step(xbs, ybs, [cross_entropy] * 4)  # warm-up: first kernels, allocator
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 4):
+            losses, _ = engine.step(xbs, ybs, [cross_entropy] * 4)
+            finite.watch(losses, step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    finite.check([Member(m, task, 0, desc=str(k)) for k, m in enumerate(models)], 1, engine.lr)
+
+
+@cuda
+def test_a_stacked_pack_on_cuda_agrees_with_the_sequential_one(make_cnn, task) -> None:
+    cuda_task = type(task)(*(t.cuda() for t in (task.x_train, task.y_train, task.x_test, task.y_test)))
+    runs = {}
+    for stack in ("sequential", "stacked"):
+        pack = [Member(make_cnn(seed=s).cuda(), cuda_task.subset(range(40 * s, 40 * s + 120)), seed=s)
+                for s in range(3)]
+        runs[stack] = (pack, train_pack(pack, replace(CFG, epochs=1), stack=stack, progress=False))
+    for a, b in zip(runs["sequential"][0], runs["stacked"][0]):
+        sa, sb = _state(a.model), _state(b.model)
+        for k in sa:
+            if sa[k].is_floating_point():
+                assert (sa[k] - sb[k]).norm() <= 1e-3 * sb[k].norm().clamp_min(1e-30), k
