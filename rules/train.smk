@@ -27,11 +27,12 @@ def layout_rule(run):
                 if s == stage and re.fullmatch(layout_regex(s, layout), run))
 
 
-def stage_resources(name):
-    """The resources a profile or --set-resources gives the layout rule `name`. Snakemake
-    applies those by rule name, and a pack's rule has its own name."""
+def give_stage_resources(rule_name, layout):
+    """Give a pack's rule what a profile or --set-resources gives its layout (`pretrain`,
+    `finetune`, ...), as Snakemake gives a rule the entry of its own name."""
     parsed = getattr(workflow.resource_settings, "_parsed_overwrite_resources", {})
-    return {key: resource.value for key, resource in parsed.get(name, {}).items()}
+    if layout in parsed:
+        workflow.get_rule(rule_name).resources.update(parsed[layout])
 
 
 PACK_OPTS = f"--device {config['device']} --threads {{threads}}" + (
@@ -42,9 +43,11 @@ for _pack in STUDY.packs():
     _job = STUDY.pack_job(_pack)
     _base = layout_rule(_pack.runs[0])
 
+    _name = _base + "_" + re.sub(r"\W", "_", _pack.id.split("/", 1)[1])
+
     rule:
         name:
-            _base + "_" + re.sub(r"\W", "_", _pack.id.split("/", 1)[1])
+            _name
         input:
             list(dict.fromkeys(_job.inputs.values())),
         output:
@@ -60,9 +63,9 @@ for _pack in STUDY.packs():
         conda:
             ENV
         threads: config["threads"]
-        resources:
-            **stage_resources(_base),
         log:
             f"{R}/logs/packs/{_pack.id}.log",
         script:
             "scripts/train_pack.py"
+
+    give_stage_resources(_name, _base)
