@@ -1,5 +1,6 @@
 """Tests of the package's shape: which modules a job loads, so that the job side stays
-free of the planner, the report of matplotlib, and the analyses of the training loop."""
+free of the planner, the report of matplotlib, the analyses of the training loop, and
+the planner (with its packs) of torch."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ MUST_NOT_LOAD = {
     "workflow.jobs": ["workflow.study", "workflow.analysis.plan", "matplotlib"],
     "workflow.analysis.stages": ["workflow.study", "workflow.train", "matplotlib"],
     "workflow.cli": ["torch", "matplotlib", "workflow.study"],
+    # planning (every Snakemake start, every pack job's script) needs no torch or Zarr
+    "workflow.study": ["torch", "xarray", "zarr", "matplotlib"],
 }
 
 

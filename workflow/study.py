@@ -49,6 +49,8 @@ class Study(AnalysisPlan):
         self.root = self.config["results"].rstrip("/")
         self._packs: list[Pack] | None = None
         self._pack_of: Mapping[str, Pack] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._descriptions: dict[str, dict[str, Any]] = {}
 
     # --- paths ---------------------------------------------------------------
     def path(self, run: str, name: str = "") -> str:
@@ -167,7 +169,16 @@ class Study(AnalysisPlan):
         return {**self.config["train"], **self.config.get(stage, {}).get("train", {})}
 
     def spec(self, run: str) -> dict[str, Any]:
-        """Everything that determines a training run: what every run has, and what its stage adds."""
+        """Everything that determines a training run: what every run has, and what its stage adds.
+
+        Computed once per run (a study of thousands of runs plans each several times);
+        the copy returned is the caller's at its top level, its nested values shared.
+        """
+        if run not in self._specs:
+            self._specs[run] = self._spec(run)
+        return dict(self._specs[run])
+
+    def _spec(self, run: str) -> dict[str, Any]:
         r = runs.parse(run)
         stage = TRAINING_STAGES[r["stage"]]
         spec: dict[str, Any] = {
@@ -216,14 +227,17 @@ class Study(AnalysisPlan):
 
     def pack_description(self, pack: Pack) -> dict[str, Any]:
         """What the job of a pack is handed (:func:`workflow.jobs.train_pack_job`): each run's
-        spec, folder and input files by role, and how the pack steps."""
+        spec, folder and input files by role, and how the pack steps (computed once per pack)."""
+        if pack.id in self._descriptions:
+            return self._descriptions[pack.id]
         members = []
         for run in pack.runs:
             job = self.training_job(run)
             members.append({"spec": self.spec(run), "out": self.path(run),
                             "inputs": {role: path for role, path in job.inputs.items() if role != "data"}})
-        return {"pack": pack.id, "stack": self.config["execution"]["stack"],
-                "data": self.data_path(self.task(pack.runs[0])), "runs": members}
+        self._descriptions[pack.id] = {"pack": pack.id, "stack": self.config["execution"]["stack"],
+                                       "data": self.data_path(self.task(pack.runs[0])), "runs": members}
+        return self._descriptions[pack.id]
 
     def pack_checkpoint(self, pack: Pack) -> str:
         """Where the job of a pack saves its state (outside every run's folder)."""
