@@ -84,19 +84,19 @@ def _pack_checkpoint(run: str) -> str:
 
 
 # Jobs killed while Snakemake goes on (--keep-going): a training pack after its first
-# checkpoint, a fine-tuning pack between the outputs of its first run, a scoring job
-# after the first checkpoint of its pack of training runs, a similarity job writing its store.
+# checkpoint, a fine-tuning pack between its run's two outputs (scratch: the packs
+# fine-tuned from a source wait on the killed pretraining pack), a scoring job after the
+# first checkpoint of its pack of training runs, a similarity job writing its store.
 JOB_KILLS = [
     (_pack_checkpoint("pretrain/mnist1d/s1"), "after"),
-    ("finetune/mnist1d/full/s0/model.pt", "before"),
+    ("finetune/scratch/s0/model.pt", "before"),
     ("checkpoints/scores/forgetting.pt", "after"),
     ("analyze/similarity/within/pretrain/synthetic/s0/analysis.zarr", "before"),
 ]
 KILLED_OUTPUTS = [  # the killed jobs' outputs: those of every run of the killed packs
     "pretrain/mnist1d/s0/model.pt", "pretrain/mnist1d/s0/metrics.zarr",
     "pretrain/mnist1d/s1/model.pt", "pretrain/mnist1d/s1/metrics.zarr",
-    "finetune/mnist1d/full/s0/model.pt", "finetune/mnist1d/full/s0/metrics.zarr",
-    "finetune/synthetic/full/s0/model.pt", "finetune/synthetic/full/s0/metrics.zarr",
+    "finetune/scratch/s0/model.pt", "finetune/scratch/s0/metrics.zarr",
     "prune_data/scores/forgetting/scores.zarr",
     "analyze/similarity/within/pretrain/synthetic/s0/analysis.zarr",
 ]
