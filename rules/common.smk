@@ -4,8 +4,8 @@ import os
 import sys
 
 from workflow.config import ConfigError, load_config
-from workflow.runs import WILDCARDS, dumps, layout_regex, run_pattern
-from workflow.study import SIMILARITY_EDGES, Study
+from workflow.runs import WILDCARDS, dumps, layout_regex
+from workflow.study import Study
 
 # Refuse a bad configuration before any job starts, naming the key and the
 # allowed values (also fills in the schema's defaults).

@@ -1,4 +1,4 @@
-from workflow.plots import FIGURES, drawable, figure_summaries
+from workflow.plots import FIGURES, drawable
 
 # The summaries this study has, and the figures they are enough for.
 STUDY_SUMMARIES = list(STUDY.summaries())
@@ -10,23 +10,24 @@ localrules:
     plots,
 
 
-rule plot:
-    """One figure, drawn from summaries alone, as PNG and PDF."""
-    input:
-        unpack(lambda w: {name: STUDY.summary_path(name) for name in figure_summaries(w.figure, STUDY_SUMMARIES)}),
-    output:
-        png=f"{R}/plots/{{figure}}.png",
-        pdf=f"{R}/plots/{{figure}}.pdf",
-    params:
-        summaries=lambda w, input: " ".join(f"--summary {name}={path}" for name, path in input.items()),
-    wildcard_constraints:
-        figure="|".join(FIGURES),
-    conda:
-        ENV
-    log:
-        f"{R}/logs/plots/{{figure}}.log",
-    shell:
-        JOB + " plot {wildcards.figure} {params.summaries} --out {output.png} --out {output.pdf} > {log} 2>&1"
+if STUDY_FIGURES:
+
+    rule plot:
+        """Every figure, drawn from summaries alone, as PNG and PDF, in one job."""
+        input:
+            unpack(lambda w: {name: STUDY.summary_path(name) for name in STUDY_SUMMARIES}),
+        output:
+            [STUDY.plot_path(f, ext) for f in STUDY_FIGURES for ext in ("png", "pdf")],
+        params:
+            figures=" ".join(STUDY_FIGURES),
+            summaries=lambda w, input: " ".join(f"--summary {name}={path}" for name, path in input.items()),
+            out=lambda w: " ".join(f"--out '{STUDY.plot_path('{figure}', ext)}'" for ext in ("png", "pdf")),
+        conda:
+            ENV
+        log:
+            f"{R}/logs/plots/plots.log",
+        shell:
+            JOB + " plot {params.figures} {params.summaries} {params.out} > {log} 2>&1"
 
 
 rule plots:

@@ -39,11 +39,17 @@ PACK_OPTS = f"--device {config['device']} --threads {{threads}}" + (
     f" --checkpoint-every {config['checkpoint_every']}" if config["checkpoint_every"] else ""
 )
 
-for _pack in STUDY.packs():
+def pack_rule(pack):
+    """The name of a pack's rule: its layout, then its digest and block."""
+    return layout_rule(pack.runs[0]) + "_" + re.sub(r"\W", "_", pack.id.split("/", 1)[1])
+
+
+PACKS = {pack.id: pack for pack in STUDY.packs()}
+
+for _pack in PACKS.values():
     _job = STUDY.pack_job(_pack)
     _base = layout_rule(_pack.runs[0])
-
-    _name = _base + "_" + re.sub(r"\W", "_", _pack.id.split("/", 1)[1])
+    _name = pack_rule(_pack)
 
     rule:
         name:
@@ -54,7 +60,7 @@ for _pack in STUDY.packs():
             [STUDY.path(run, "model.pt") for run in _pack.runs]
             + [directory(STUDY.path(run, "metrics.zarr")) for run in _pack.runs],
         params:  # functions, bound now: params given as strings are formatted with wildcards
-            pack=lambda w, pack=_pack.id: pack,
+            job=lambda w, pack=_pack.id: pack,
             # What the job is keyed on: a digest of every member's spec and the stack mode
             # (the whole description would fill a dry run's reasons; it is beside the log).
             spec=lambda w, key=Checkpointing.key_of(STUDY.pack_description(_pack)): key,
@@ -66,6 +72,6 @@ for _pack in STUDY.packs():
         log:
             f"{R}/logs/packs/{_pack.id}.log",
         script:
-            "scripts/train_pack.py"
+            "scripts/job.py"
 
     give_stage_resources(_name, _base)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import matplotlib.image
@@ -38,13 +39,23 @@ def snakemake(
     return proc
 
 
-# A pack's rule: the layout rule of its stage, then the pack (rules/train.smk).
+# A pack's rule: the layout rule of its stage, then the pack (rules/train.smk); an analysis
+# batch's rule: its kind of job, then its pack's rule (rules/analyze.smk).
 PACK_RULE = re.compile(r"^(\w+?)_[0-9a-f]{8}_\d+(?:_\d+)?$")
+BATCH_RULE = re.compile(r"^(?:analyze|spectra)_\w+$")
+
+
+def _store_kind(path: str) -> str:
+    """What an analysis batch's output is: activations, or the analysis under analyze/."""
+    if path.endswith("/activations.zarr"):
+        return "activations"
+    return path.split("/analyze/", 1)[1].split("/", 1)[0]
 
 
 def planned(cwd: Path, *args: str, configfiles: tuple[str, ...] = (TINY,)) -> dict[str, int]:
-    """What a dry run would execute (empty when nothing is to be done): jobs per rule, and for
-    training, runs per layout rule (``pretrain``, ``finetune``, ...) whatever pack trains them."""
+    """What a dry run would execute (empty when nothing is to be done): jobs per rule; for
+    training, runs per layout rule (``pretrain``, ``finetune``, ...) whatever pack trains them;
+    for analyses, stores per kind (``activations``, ``similarity``, ...) whatever batch has them."""
     proc = snakemake(cwd, "--dry-run", *args, configfiles=configfiles)
     out = proc.stdout + proc.stderr
     if "Job stats:" not in out:
@@ -55,10 +66,15 @@ def planned(cwd: Path, *args: str, configfiles: tuple[str, ...] = (TINY,)) -> di
         if not rule:
             continue
         rule, output = rule.group(1), re.search(r"^    output: (.*)$", block, re.M)
-        outputs = output.group(1) if output else ""
-        pack = PACK_RULE.match(rule)
-        count = sum(path.endswith("/model.pt") for path in outputs.split(", ")) if pack else 1
-        jobs[pack.group(1) if pack else rule] = jobs.get(pack.group(1) if pack else rule, 0) + count
+        outputs = output.group(1).split(", ") if output else []
+        if BATCH_RULE.match(rule):
+            counts = Counter(_store_kind(path) for path in outputs)
+        elif pack := PACK_RULE.match(rule):
+            counts = Counter({pack.group(1): sum(path.endswith("/model.pt") for path in outputs)})
+        else:
+            counts = Counter({rule: 1})
+        for name, n in counts.items():
+            jobs[name] = jobs.get(name, 0) + n
     return jobs
 
 
@@ -197,6 +213,15 @@ def test_the_teacher_is_trained_once_however_many_students_use_it(tmp_path: Path
     assert jobs["distill"] == 12  # 6 methods x 2 teachers (one trained, one untrained)
     assert jobs["scratch"] == 1  # the teacher, finetune/scratch/s0, once
     assert jobs["finetune"] == 4  # full and linear_probe from each of the two sources
+
+
+def test_the_default_study_is_one_job_per_pack_and_analysis_batch(tmp_path: Path) -> None:
+    """206 jobs when every run and store was its own job; packs and batches make it 42."""
+    cwd = copy_workflow(tmp_path / "default")
+    proc = snakemake(cwd, "--dry-run", configfiles=("config/config.yaml",))
+    out = proc.stdout + proc.stderr
+    totals = re.findall(r"^total\s+(\d+)$", out, re.M)
+    assert totals and int(totals[-1]) == 42 <= 50, out[-3000:]
 
 
 def test_a_finished_study_has_nothing_to_do(study_dir: Path) -> None:

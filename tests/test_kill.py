@@ -83,10 +83,17 @@ def _pack_checkpoint(run: str) -> str:
     return study.pack_checkpoint(study.pack_of(run)).removeprefix(f"{RESULTS}/")
 
 
+def _batch_outputs(store: str) -> list[str]:
+    """Every store of the analysis batch that writes ``store``."""
+    study = _study()
+    (batch,) = [b for b in study.analysis_batches() if f"{RESULTS}/{store}" in {t.out for t in b.tasks}]
+    return [task.out.removeprefix(f"{RESULTS}/") for task in batch.tasks]
+
+
 # Jobs killed while Snakemake goes on (--keep-going): a training pack after its first
 # checkpoint, a fine-tuning pack between its run's two outputs (scratch: the packs
 # fine-tuned from a source wait on the killed pretraining pack), a scoring job after the
-# first checkpoint of its pack of training runs, a similarity job writing its store.
+# first checkpoint of its pack of training runs, an analysis batch writing a similarity store.
 JOB_KILLS = [
     (_pack_checkpoint("pretrain/mnist1d/s1"), "after"),
     ("finetune/scratch/s0/model.pt", "before"),
@@ -98,7 +105,7 @@ KILLED_OUTPUTS = [  # the killed jobs' outputs: those of every run of the killed
     "pretrain/mnist1d/s1/model.pt", "pretrain/mnist1d/s1/metrics.zarr",
     "finetune/scratch/s0/model.pt", "finetune/scratch/s0/metrics.zarr",
     "prune_data/scores/forgetting/scores.zarr",
-    "analyze/similarity/within/pretrain/synthetic/s0/analysis.zarr",
+    *_batch_outputs("analyze/similarity/within/pretrain/synthetic/s0/analysis.zarr"),
 ]
 # Snakemake killed, with its running jobs, right after the resumed pretraining pack
 # renamed its last run's model into place and before Snakemake recorded the job as finished.

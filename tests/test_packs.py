@@ -112,3 +112,79 @@ def test_pack_size_and_stack_are_checked_before_any_job(default_config) -> None:
         config = {**copy.deepcopy(default_config), "execution": bad}
         with pytest.raises(ConfigError, match=expected):
             load_config(config)
+
+
+# --- analysis batches ---------------------------------------------------------------------------
+
+
+def _stores(study: Study) -> list[str]:
+    """Every analysis store of a study, from the analysis plan (not from the batches)."""
+    return ([study.path(run, "activations.zarr") for run in study.activation_runs()]
+            + list(study.similarity_pairs()) + list(study.relative_pairs()) + list(study.connectivity_pairs())
+            + [study.spectra_path(run) for run in study.spectra_runs()])
+
+
+@pytest.mark.parametrize("pack_size", [1, 16])
+def test_every_analysis_store_is_in_one_batch_of_its_training_pack(default_config, pack_size) -> None:
+    study = _study(default_config, pack_size)
+    batches = study.analysis_batches()
+    outs = [task.out for batch in batches for task in batch.tasks]
+    assert sorted(outs) == sorted(_stores(study))  # each store once
+    assert len({b.id for b in batches}) == len(batches) and all(b.id == f"{b.job}/{b.pack}" for b in batches)
+    for batch in batches:
+        assert {t.kind == "spectra" for t in batch.tasks} == {batch.job == "spectra"}
+        assert all(study.pack_of(task.runs[-1]).id == batch.pack for task in batch.tasks)  # its second run's pack
+        kinds = [t.kind for t in batch.tasks]
+        assert kinds == sorted(kinds, key=["activations", "similarity", "relative", "connectivity", "spectra"].index)
+        own = {t.out for t in batch.tasks}
+        assert not own & set(study.batch_inputs(batch))  # it reads what other jobs wrote
+        for task in batch.tasks:
+            for path in task.inputs.values():
+                assert path in own or path in study.batch_inputs(batch)
+    # all activations of one pack in one job; every pair of an edge kind between two packs in one job
+    where = {task.out: batch.id for batch in batches for task in batch.tasks}
+    for pack in study.packs():
+        acts = {where[study.path(r, "activations.zarr")] for r in pack.runs if r in study.activation_runs()}
+        assert len(acts) <= 1
+    edges: dict[tuple[str, str, str], set[str]] = {}
+    for path, (a, b) in study.similarity_pairs().items():
+        edge = path.split("/analyze/similarity/")[1].split("/")[0]
+        edges.setdefault((edge, study.pack_of(a).id, study.pack_of(b).id), set()).add(where[path])
+    assert all(len(jobs) == 1 for jobs in edges.values())
+
+
+def test_the_default_study_is_at_most_fifty_jobs(default_config) -> None:
+    study = _study(default_config)
+    jobs = (len(study.sources()) + 1 + len(study.score_stores()) + len(study.packs())
+            + len(study.analysis_batches()) + 3)  # make_data per task; collect, plot, all
+    assert jobs == 42 <= 50
+
+
+def _batch_keys(study: Study) -> dict[str, str]:
+    return {b.id: study.dumps(study.batch_description(b)) for b in study.analysis_batches()}
+
+
+def test_a_changed_analysis_setting_reruns_the_batches_that_hold_it(default_config) -> None:
+    before = _batch_keys(_study(default_config))
+    measures = copy.deepcopy(default_config)
+    measures["analyze"]["similarity"]["measures"] = ["linear_cka"]
+    rerun = {bid for bid, key in _batch_keys(_study(measures)).items() if before[bid] != key}
+    assert rerun and all(bid.startswith("analyze/") for bid in rerun)  # not the costly spectra
+    assert rerun == {b.id for b in _study(default_config).analysis_batches()
+                     if any(t.kind == "similarity" for t in b.tasks)}
+    spectra = copy.deepcopy(default_config)
+    spectra["analyze"]["spectra"]["hessian_k"] = 3
+    rerun = {bid for bid, key in _batch_keys(_study(spectra)).items() if before[bid] != key}
+    assert rerun == {bid for bid in before if bid.startswith("spectra/")}
+
+
+def test_adding_a_seed_reruns_only_the_analyses_of_the_packs_that_gain_it(default_config) -> None:
+    before = _study(default_config, 4)
+    grown = copy.deepcopy(default_config)
+    grown["prune_network"]["seeds"] = [0, 1, 2]
+    after = _study(grown, 4)
+    gained = {pid for pid, runs in _packs(after).items() if _packs(before).get(pid) != runs}
+    old, new = _batch_keys(before), _batch_keys(after)
+    changed = {bid for bid in new if old.get(bid) != new[bid]}
+    assert changed == {b.id for b in after.analysis_batches() if b.pack in gained}
+    assert all(bid.startswith("analyze/prune_network/") for bid in changed)

@@ -595,3 +595,54 @@ def test_parse_entries_reads_collect_entries_from_json() -> None:
     text = json.dumps([[{"method": "full", "seed": 0}, "a/metrics.zarr"], [{"method": "full", "seed": 1}, "b"]])
     assert jobs.parse_entries(text) == [({"method": "full", "seed": 0}, "a/metrics.zarr"),
                                           ({"method": "full", "seed": 1}, "b")]
+
+
+def test_an_analysis_batch_writes_every_store_as_the_single_analysis_does(pipeline: Pipeline, tmp_path: Path) -> None:
+    a, b = "pretrain/mnist1d/s0", "finetune/mnist1d/full/s0"
+    models = {run: str(pipeline.run(run) / "model.pt") for run in (a, b)}
+    settings = {
+        "activations": {"probe_size": 40, "layers": None, "conv": "flatten"},
+        "similarity": SIMILARITY,
+        "relative": {"anchors": 20, "seed": 0},
+        "connectivity": {"alphas": 3, "bn_batches": 1},
+        "spectra": {"probe_size": 40, "ntk_examples": 8, "ntk_method": "jacobian", "hessian_examples": 100,
+                    "hessian_k": 2, "hessian_method": "lanczos", "hutchinson_probes": 2},
+    }
+    batch, single = tmp_path / "batch", tmp_path / "single"
+    acts = {run: f"{batch}/{run}/activations.zarr" for run in (a, b)}
+    tasks = [
+        *({"kind": "activations", "out": acts[r], "inputs": {"model": models[r]}, "runs": [r]} for r in (a, b)),
+        {"kind": "similarity", "out": f"{batch}/sim.zarr", "inputs": {"a": acts[a], "b": acts[b]}, "runs": [a, b]},
+        {"kind": "similarity", "out": f"{batch}/within.zarr", "inputs": {"a": acts[b]}, "runs": [b, b]},
+        {"kind": "relative", "out": f"{batch}/rel.zarr", "inputs": {"a": models[a], "b": models[b]}, "runs": [a, b]},
+        {"kind": "connectivity", "out": f"{batch}/con.zarr", "inputs": {"a": models[a], "b": models[b]},
+         "runs": [a, b]},
+        {"kind": "spectra", "out": f"{batch}/spec.zarr", "inputs": {"model": models[b]}, "runs": [b]},
+    ]
+    analysis.run_batch({"batch": "test", "data": str(pipeline.task_path), "settings": settings, "tasks": tasks},
+                       device="cpu", progress=False)
+
+    data, s = pipeline.task_path, settings
+    for run in (a, b):
+        analysis.record(models[run], data, single / f"{run}.zarr", probe_size=40, device="cpu")
+    analysis.compare(single / f"{a}.zarr", single / f"{b}.zarr", single / "sim.zarr", model_a=a, model_b=b,
+                     settings=SIMILARITY)
+    analysis.compare(single / f"{b}.zarr", None, single / "within.zarr", model_a=b, model_b=b, settings=SIMILARITY)
+    analysis.relative(models[a], models[b], data, single / "rel.zarr", names=(a, b), settings=s["relative"],
+                      device="cpu")
+    analysis.connectivity(models[a], models[b], data, single / "con.zarr", names=(a, b),
+                          settings=s["connectivity"], device="cpu")
+    analysis.spectra(models[b], data, single / "spec.zarr", settings=s["spectra"], device="cpu")
+
+    pairs = [(acts[r], single / f"{r}.zarr") for r in (a, b)]
+    pairs += [(f"{batch}/{name}.zarr", single / f"{name}.zarr") for name in ("sim", "within", "rel", "con", "spec")]
+    for got, expected in pairs:
+        g, e = storage.open_dataset(got), storage.open_dataset(expected)
+        xr.testing.assert_identical(g.drop_attrs(), e.drop_attrs())  # bitwise: the same numbers
+        assert {k: v for k, v in g.attrs.items() if k != "created"} == {
+            k: v for k, v in e.attrs.items() if k != "created"}, got
+
+
+def test_an_analysis_batch_refuses_an_unknown_kind_of_task(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown kinds of task \\['cca'\\]; allowed: activations"):
+        analysis.run_batch({"batch": "b", "data": "x.npz", "settings": {}, "tasks": [{"kind": "cca"}]})

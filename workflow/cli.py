@@ -278,28 +278,61 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 
 def _collect_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--entries", required=True, help='JSON: [[{"seed": 0}, "path/metrics.zarr"], ...]')
-    p.add_argument("--out", required=True)
+    p.add_argument("--entries", help='JSON: [[{"seed": 0}, "path/metrics.zarr"], ...]; with --out')
+    p.add_argument("--out", help="the summary store")
+    p.add_argument("--summaries", help='JSON file: {"<name>": {"out": "...", "entries": [...]}, ...}, '
+                   "every summary of a study, as the workflow writes it beside its log")
 
 
-@command("collect", "gather per-run stores into one summary", _collect_options)
+@command("collect", "gather per-run stores into summaries", _collect_options)
 def _collect(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from workflow.jobs import collect, parse_entries
 
-    collect(parse_entries(args.entries), args.out)
+    if (args.summaries is None) == (args.entries is None) or (args.entries is None) != (args.out is None):
+        raise SystemExit("collect: give --summaries FILE, or --entries JSON with --out")
+    if args.summaries:
+        for summary in json.loads(Path(args.summaries).read_text()).values():
+            collect(parse_entries(json.dumps(summary["entries"])), summary["out"])
+    else:
+        collect(parse_entries(args.entries), args.out)
+
+
+def _analyze_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", required=True, help="JSON file: the batch's tasks, data and settings per "
+                   "kind, as the workflow writes it beside the batch's log")
+    _common(p)
+
+
+@command("analyze", "run a batch of analyses (activations, similarity, relative, connectivity, spectra)",
+         _analyze_options)
+def _analyze(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from workflow.analysis.stages import run_batch
+
+    run_batch(json.loads(Path(args.batch).read_text()), device=args.device, threads=args.threads,
+              progress=not args.no_progress)
 
 
 def _plot_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("figure")
+    p.add_argument("figure", nargs="+")
     p.add_argument("--summary", action="append", default=[], metavar="NAME=PATH", required=True)
-    p.add_argument("--out", action="append", required=True, help="output file (.png, .pdf, .svg); repeatable")
+    p.add_argument("--out", action="append", required=True,
+                   help="output file (.png, .pdf, .svg); repeatable; with several figures, a pattern "
+                   "with {figure} in it, e.g. plots/{figure}.png")
 
 
-@command("plot", "draw one figure from summaries", _plot_options)
+@command("plot", "draw figures from summaries", _plot_options)
 def _plot(args: argparse.Namespace) -> None:
     from workflow.plots import render
 
-    render(args.figure, dict(s.split("=", 1) for s in args.summary), args.out)
+    summaries = dict(s.split("=", 1) for s in args.summary)
+    if len(args.figure) > 1 and not all("{figure}" in out for out in args.out):
+        raise SystemExit("plot: with several figures, every --out must hold {figure}")
+    for figure in args.figure:
+        render(figure, summaries, [out.replace("{figure}", figure) for out in args.out])
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:

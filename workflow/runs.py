@@ -129,13 +129,6 @@ def layout_regex(stage: str, layout: int = 0) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: f"({WILDCARDS[m[1]]})", pattern(stage, layout))
 
 
-def run_pattern(*stages: str) -> str:
-    """The wildcard constraint of a whole run id of one of ``stages``: its folders hold letters,
-    digits, _ and -, and dots only before a digit (f0.25, T4-a0.5), so a run id never takes in
-    a store's name (metrics.zarr)."""
-    return rf"({'|'.join(stages)})(/[\w-]+(\.\d[\w-]*)*)+"
-
-
 def dumps(spec: Mapping[str, Any]) -> str:
     """Canonical JSON of a spec (stable key order, so unchanged specs compare equal)."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from workflow import packs, runs
+from workflow.analysis import batches
+from workflow.analysis.batches import Batch
 from workflow.analysis.plan import SIMILARITY_EDGES, SIMILARITY_SUMMARIES, AnalysisPlan
 from workflow.config import STAGES, load_config
 from workflow.packs import Pack
@@ -23,7 +25,7 @@ from workflow.runs import ENSEMBLE_KINDS, NO_SOURCE, number_label
 from workflow.stages import data_pruning, finetune, pretrain
 from workflow.stages.registry import TRAINING_STAGES
 
-__all__ = ["ENSEMBLE_KINDS", "NO_SOURCE", "SIMILARITY_EDGES", "STAGES", "Job", "Pack", "Study", "number_label"]
+__all__ = ["Batch", "ENSEMBLE_KINDS", "NO_SOURCE", "SIMILARITY_EDGES", "STAGES", "Job", "Pack", "Study", "number_label"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Study(AnalysisPlan):
         self._pack_of: Mapping[str, Pack] = {}
         self._specs: dict[str, dict[str, Any]] = {}
         self._descriptions: dict[str, dict[str, Any]] = {}
+        self._batches: list[Batch] | None = None
 
     # --- paths ---------------------------------------------------------------
     def path(self, run: str, name: str = "") -> str:
@@ -242,6 +245,47 @@ class Study(AnalysisPlan):
     def pack_checkpoint(self, pack: Pack) -> str:
         """Where the job of a pack saves its state (outside every run's folder)."""
         return f"{self.root}/checkpoints/packs/{pack.id}.pt"
+
+    # --- analysis batches --------------------------------------------------------
+    def analysis_batches(self) -> list[Batch]:
+        """Every analysis store in the ``analyze`` or ``spectra`` job of its training pack
+        (see :mod:`workflow.analysis.batches`; computed once)."""
+        if self._batches is None:
+            self._batches = batches.plan(self)
+        return self._batches
+
+    def batch_description(self, batch: Batch) -> dict[str, Any]:
+        """What the job of an analysis batch is handed (computed once per batch)."""
+        if batch.id not in self._descriptions:
+            self._descriptions[batch.id] = batches.describe(batch, self.task_settings, self.data_path("target"))
+        return self._descriptions[batch.id]
+
+    def batch_inputs(self, batch: Batch) -> list[str]:
+        """The files an analysis batch's job reads: other jobs' stores and models, and the
+        target task's data unless it only compares stored activations."""
+        data = [self.data_path("target")] if any(t.kind != "similarity" for t in batch.tasks) else []
+        return batches.inputs(batch) + data
+
+    def task_settings(self, kind: str) -> dict[str, Any]:
+        """The settings of one kind of analysis task: the probe set's for activations."""
+        return self.analysis_spec() if kind == "activations" else self.analysis_settings(kind)
+
+    def summaries_description(self) -> dict[str, dict[str, Any]]:
+        """What the job that gathers every summary is handed: per summary, its store and entries."""
+        return {name: {"out": self.summary_path(name), "entries": entries} for name, entries in self.summaries().items()}
+
+    def job_description(self, job: str) -> tuple[str, dict[str, Any]]:
+        """The command of ``python -m workflow`` that runs a planned job (a pack's id, an
+        analysis batch's id, or ``collect``), and the description it is handed."""
+        if job == "collect":
+            return "collect", self.summaries_description()
+        for batch in self.analysis_batches():
+            if batch.id == job:
+                return "analyze", self.batch_description(batch)
+        for pack in self.packs():
+            if pack.id == job:
+                return "train-pack", self.pack_description(pack)
+        raise ValueError(f"no job {job!r} in this study")
 
     # --- jobs --------------------------------------------------------------------
     def training_job(self, run: str) -> Job:

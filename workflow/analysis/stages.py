@@ -224,3 +224,43 @@ def relative(
         },
     )
     _write_comparison(ds, out, settings, names)
+
+
+def _task_names(task: Mapping[str, Any]) -> tuple[str, str]:
+    runs = task["runs"]
+    return runs[0], runs[-1]
+
+
+# How a batch runs each kind of task: (task, data file, the kind's settings, device, threads).
+_TASKS: dict[str, Any] = {
+    "activations": lambda t, data, s, device, threads: record(
+        t["inputs"]["model"], data, t["out"], probe_size=s["probe_size"], layers=s.get("layers"),
+        conv=s.get("conv", "flatten"), device=device, threads=threads),
+    "similarity": lambda t, data, s, device, threads: compare(
+        t["inputs"]["a"], t["inputs"].get("b"), t["out"], model_a=_task_names(t)[0], model_b=_task_names(t)[1],
+        settings=s, threads=threads),
+    "relative": lambda t, data, s, device, threads: relative(
+        t["inputs"]["a"], t["inputs"]["b"], data, t["out"], names=_task_names(t), settings=s, device=device,
+        threads=threads),
+    "connectivity": lambda t, data, s, device, threads: connectivity(
+        t["inputs"]["a"], t["inputs"]["b"], data, t["out"], names=_task_names(t), settings=s, device=device,
+        threads=threads),
+    "spectra": lambda t, data, s, device, threads: spectra(
+        t["inputs"]["model"], data, t["out"], settings=s, device=device, threads=threads),
+}
+
+
+def run_batch(batch: Mapping[str, Any], *, device: str = "auto", threads: int | None = None,
+              progress: bool = True) -> None:
+    """Every task of an analysis batch (:func:`workflow.analysis.batches.describe`), in order,
+    each writing its own store exactly as the single analysis would.
+
+    Similarity runs on the CPU, as it always does; the others on ``device``.
+    """
+    from tqdm import tqdm
+
+    unknown = sorted({t["kind"] for t in batch["tasks"]} - set(_TASKS))
+    if unknown:
+        raise ValueError(f"batch {batch['batch']}: unknown kinds of task {unknown}; allowed: {', '.join(_TASKS)}")
+    for task in tqdm(batch["tasks"], desc=batch["batch"], disable=not progress, mininterval=1.0):
+        _TASKS[task["kind"]](task, batch["data"], batch["settings"][task["kind"]], device, threads)
