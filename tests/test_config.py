@@ -63,7 +63,7 @@ ERRORS = {
     ),
     "unknown key in a stage's train": (
         lambda c: c["finetune"]["train"].update(lrate=0.1),
-        ["['lrate']", "under 'finetune.train'", "batch_size, epochs, lr, momentum, optimizer"],
+        ["['lrate']", "under 'finetune.train'", "batch_size, compile, epochs, lr, momentum, optimizer, precision"],
     ),
     "unknown dataset generator setting": (
         lambda c: c["data"]["target"]["args"].update(num_sample=10),
@@ -170,6 +170,10 @@ ERRORS = {
     "unknown augmentation": (
         lambda c: c["train"].update(augment=["rotate"]),
         ["'train.augment[0]' = 'rotate'", "allowed values: crop, flip"],
+    ),
+    "unknown precision": (
+        lambda c: c["finetune"]["train"].update(precision="fp16"),
+        ["'finetune.train.precision' = 'fp16'", "allowed values: fp32, bf16"],
     ),
     "image augmentation on MNIST-1D": (
         lambda c: c["distill"]["train"].update(augment=["flip"]),
@@ -366,6 +370,9 @@ def test_schema_optimizers_and_schedules_are_those_of_the_training_loop(schema) 
     train = schema["$defs"]["train_overrides"]["properties"]
     assert _enum(train, "optimizer") == sorted(OPTIMIZERS)
     assert _enum(train, "schedule") == sorted(SCHEDULES)
+    from workflow.engines import PRECISIONS
+
+    assert _enum(train, "precision") == sorted(PRECISIONS)
 
 
 def test_schema_augmentations_are_the_registered_ones(schema) -> None:

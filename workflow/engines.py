@@ -14,7 +14,10 @@ every model at once:
   is the fast way; its numbers agree with the sequential ones to float rounding.
 
 Both keep each member's BatchNorm statistics, masks (held after every optimiser
-step) and loss function.
+step) and loss function, and both take a training config's ``precision`` (bf16:
+the forward pass and loss under autocast, for GPUs with bf16 tensor cores; weights,
+optimiser state and metrics stay float32) and ``compile`` (``torch.compile`` of the
+forward pass, which pays off for long runs of large models on a GPU).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from workflow.prune_network import apply_masks
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits, x_batch, y_batch) -> scalar loss``."""
+
+PRECISIONS = ("fp32", "bf16")
+"""``train.precision``: fp32, or bf16 autocast of the forward pass and loss."""
 
 STACK_MODES = ("auto", "stacked", "sequential")
 """``execution.stack``: auto picks stacked on a GPU and sequential on a CPU (see :func:`resolve_stack`)."""
@@ -85,6 +91,11 @@ def set_train_mode(model: nn.Module) -> None:
                 m.eval()
 
 
+def autocast(cfg: Any, x: torch.Tensor) -> torch.autocast:
+    """bf16 autocast on ``x``'s device when ``cfg.precision`` is bf16; a no-op for fp32."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 def cross_entropy(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     """The default loss: cross-entropy of the logits against the labels."""
     return F.cross_entropy(logits, yb)
@@ -97,7 +108,8 @@ class Sequential:
 
     def __init__(self, models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor] | None],
                  cfg: Any, total_steps: int) -> None:
-        self.models, self.masks = list(models), list(masks)
+        self.models, self.masks, self.cfg = list(models), list(masks), cfg
+        self.forwards = [torch.compile(m) if cfg.compile else m for m in self.models]
         self.opts = [optimizer([p for p in m.parameters() if p.requires_grad], cfg) for m in self.models]
         self.scheds = [schedule(opt, cfg, total_steps) for opt in self.opts]
 
@@ -109,11 +121,12 @@ class Sequential:
              loss_fns: Sequence[LossFn]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One optimiser step of every model; their losses (K,) and logits, detached."""
         losses, logits_all = [], []
-        for model, opt, sched, masks, loss_fn, xb, yb in zip(
-            self.models, self.opts, self.scheds, self.masks, loss_fns, xbs, ybs
+        for model, forward, opt, sched, masks, loss_fn, xb, yb in zip(
+            self.models, self.forwards, self.opts, self.scheds, self.masks, loss_fns, xbs, ybs
         ):
-            logits = model(xb)
-            loss = loss_fn(logits, xb, yb)
+            with autocast(self.cfg, xb):
+                logits = forward(xb)
+                loss = loss_fn(logits, xb, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -121,7 +134,7 @@ class Sequential:
             if masks:
                 apply_masks(model, masks)
             losses.append(loss.detach())
-            logits_all.append(logits.detach())
+            logits_all.append(logits.detach().float())  # bf16 under autocast
         return torch.stack(losses), logits_all
 
     def lr(self, step: int) -> float:
@@ -188,11 +201,12 @@ class Stacked:
         }
         self.opt = optimizer([p for p in self.params.values() if p.requires_grad], cfg)
         self.sched = schedule(self.opt, cfg, total_steps)
+        self.cfg = cfg
 
         def forward(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (params, buffers), (x,))
 
-        self.forward = vmap(forward)
+        self.forward = torch.compile(vmap(forward)) if cfg.compile else vmap(forward)
 
     def train_mode(self) -> None:
         set_train_mode(self.base)
@@ -201,11 +215,12 @@ class Stacked:
              loss_fns: Sequence[LossFn]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step of every model; their losses (K,) and logits (K, B, C), detached."""
         xb, yb = torch.stack(list(xbs)), torch.stack(list(ybs))
-        logits = self.forward(self.params, self.buffers, xb)
-        if all(fn is cross_entropy for fn in loss_fns):  # one kernel for every member's loss
-            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(len(xb), -1).mean(1)
-        else:
-            losses = torch.stack([fn(logits[k], xbs[k], ybs[k]) for k, fn in enumerate(loss_fns)])
+        with autocast(self.cfg, xb):
+            logits = self.forward(self.params, self.buffers, xb)
+            if all(fn is cross_entropy for fn in loss_fns):  # one kernel for every member's loss
+                losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(len(xb), -1).mean(1)
+            else:
+                losses = torch.stack([fn(logits[k], xbs[k], ybs[k]) for k, fn in enumerate(loss_fns)])
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # each member's gradient is that of its own loss
         self.opt.step()
@@ -213,7 +228,7 @@ class Stacked:
         with torch.no_grad():
             for name, mask in self.masks.items():
                 self.params[name].masked_fill_(~mask, 0.0)
-        return losses.detach(), logits.detach()
+        return losses.detach(), logits.detach().float()
 
     def lr(self, step: int) -> float:
         return self.sched.base_lrs[0] * self.sched.lr_lambdas[0](step - 1)

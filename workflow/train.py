@@ -35,7 +35,7 @@ from workflow.checkpoint import (
     stopped_by,
 )
 from workflow.data import TaskData
-from workflow.engines import ENGINES, LossFn, cross_entropy, resolve_stack
+from workflow.engines import ENGINES, PRECISIONS, LossFn, cross_entropy, resolve_stack
 from workflow.prune_network import apply_masks
 from workflow.runtime import evaluate
 
@@ -64,6 +64,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     augment: tuple[str, ...] = ()  # names in workflow.augment.AUGMENTATIONS, applied in order
+    precision: str = "fp32"  # bf16: the forward pass and loss under autocast (see workflow.engines)
+    compile: bool = False  # torch.compile the forward pass
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "augment", tuple(self.augment))  # a config gives a list
@@ -71,6 +73,8 @@ class TrainConfig:
             AUGMENTATIONS[name]  # refuses an unknown name, listing the allowed ones
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {self.optimizer!r} unknown; allowed: {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} unknown; allowed: {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r} unknown; allowed: {', '.join(SCHEDULES)}")
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
