@@ -19,7 +19,7 @@ for _batch in STUDY.analysis_batches():
             [directory(task.out) for task in _batch.tasks],
         params:  # functions, bound now (see rules/train.smk)
             job=lambda w, batch=_batch.id: batch,
-            spec=lambda w, key=Checkpointing.key_of(STUDY.batch_description(_batch)): key,
+            spec=lambda w, key=digest(STUDY.batch_description(_batch)): key,
             options=lambda w: f"--device {config['device']} --threads {{threads}}",
         conda:
             ENV
@@ -42,7 +42,7 @@ rule collect:
         [directory(STUDY.summary_path(name)) for name in STUDY.summaries()],
     params:
         job="collect",
-        spec=Checkpointing.key_of(STUDY.summaries_description()),
+        spec=digest(STUDY.summaries_description()),
         options="",
     conda:
         ENV

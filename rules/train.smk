@@ -6,7 +6,7 @@
 # applies to each of its packs.
 import re
 
-from workflow.checkpoint import Checkpointing
+from workflow.runs import digest
 
 TRAIN_RULES = {
     "pretrain": ("pretrain", 0),
@@ -63,7 +63,7 @@ for _pack in PACKS.values():
             job=lambda w, pack=_pack.id: pack,
             # What the job is keyed on: a digest of every member's spec and the stack mode
             # (the whole description would fill a dry run's reasons; it is beside the log).
-            spec=lambda w, key=Checkpointing.key_of(STUDY.pack_description(_pack)): key,
+            spec=lambda w, key=digest(STUDY.pack_description(_pack)): key,
             checkpoint=lambda w, path=STUDY.pack_checkpoint(_pack): path if config["checkpoint_every"] else None,
             options=lambda w: PACK_OPTS,
         conda:

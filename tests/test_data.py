@@ -141,3 +141,16 @@ def test_synthetic_classes_are_their_templates_shifted_and_scaled() -> None:
 def test_synthetic_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown synthetic setting.*allowed: .*num_classes"):
         make_data({"name": "synthetic", "args": {"classes": 3}}, tmp_path / "x.npz")
+
+
+def test_mnist1d_settings_read_from_its_source_are_those_the_package_returns() -> None:
+    """Planning reads mnist1d's defaults from its source (importing it costs a second); they
+    must be exactly what ``get_dataset_args`` returns, less the download url."""
+    from mnist1d.data import get_dataset_args
+
+    from workflow.datasets import _mnist1d_defaults_from_source
+
+    assert _mnist1d_defaults_from_source() == get_dataset_args(as_dict=True)
+    expected = get_dataset_args(as_dict=True)
+    del expected["url"]
+    assert dataset_settings("mnist1d") == expected

@@ -13,7 +13,6 @@ the weights.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import signal
 import threading
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from workflow import storage
-from workflow.runs import dumps
+from workflow.runs import digest
 
 # What a scheduler sends before it kills a job: SIGTERM at preemption and at the time
 # limit (then SIGKILL after KillWait), SIGUSR1 when a job asks for a warning
@@ -67,8 +66,8 @@ class Checkpointing:
 
     @staticmethod
     def key_of(spec: Mapping[str, Any]) -> str:
-        """A short key of a run's spec, from its canonical JSON."""
-        return hashlib.sha256(dumps(spec).encode()).hexdigest()[:16]
+        """A short key of a run's spec, from its canonical JSON (:func:`workflow.runs.digest`)."""
+        return digest(spec)
 
     @classmethod
     def of_spec(cls, path: str | Path | None, spec: Mapping[str, Any], every: int = 1) -> Checkpointing | None:

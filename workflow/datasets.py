@@ -6,12 +6,15 @@ This module needs no torch, so that checking a configuration stays fast.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
 from workflow.registry import Registry
 from workflow.storage import atomic_path
 
@@ -33,11 +36,35 @@ DATASETS: Registry[DatasetSource] = Registry("dataset")
 
 
 def _mnist1d_settings() -> dict[str, Any]:
-    from mnist1d.data import get_dataset_args
+    """The generator's settings and their defaults: those of ``mnist1d.data.get_dataset_args``."""
+    settings = _mnist1d_defaults_from_source()
+    if settings is None:
+        from mnist1d.data import get_dataset_args
 
-    settings = get_dataset_args(as_dict=True)
+        settings = get_dataset_args(as_dict=True)
+    settings = dict(settings)
     del settings["url"]  # only used to download the authors' copy; we generate
     return settings
+
+
+@lru_cache(maxsize=1)
+def _mnist1d_defaults_from_source() -> dict[str, Any] | None:
+    """The literal dict ``get_dataset_args`` returns, read from mnist1d's source without
+    importing it: importing mnist1d imports scipy and matplotlib (a second or more), and
+    every Snakemake start checks a study's dataset settings. None when the source has
+    another shape; then the caller imports the package."""
+    spec = importlib.util.find_spec("mnist1d")  # a top-level package: found, not run
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data.py"
+    try:
+        tree = ast.parse(path.read_text())
+        (function,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "get_dataset_args"]
+        (assign,) = [n for n in function.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Dict)]
+        value = ast.literal_eval(assign.value)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return value if isinstance(value, dict) and "url" in value else None
 
 
 def _mnist1d(args: dict[str, Any]) -> Arrays:

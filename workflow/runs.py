@@ -11,8 +11,10 @@ a study stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
@@ -106,8 +108,14 @@ def parse(run: str) -> dict[str, Any]:
     """The parts of a run id, by the layout of its stage (see :data:`RUN_LAYOUTS`).
 
     E.g. ``distill/trained/el2n-hard/f0.25/T4-a0.5/s1`` -> stage, teacher,
-    method, fraction, temperature, alpha, seed.
+    method, fraction, temperature, alpha, seed. (Parsed once per id: planning a
+    study of thousands of runs parses each many times; the dict is the caller's.)
     """
+    return dict(_parse(run))
+
+
+@lru_cache(maxsize=None)
+def _parse(run: str) -> dict[str, Any]:
     stage, *parts = run.split("/")
     layouts = _layouts(stage)
     layout = next((lay for lay in layouts if len(lay) == len(parts)), None)
@@ -132,3 +140,8 @@ def layout_regex(stage: str, layout: int = 0) -> str:
 def dumps(spec: Mapping[str, Any]) -> str:
     """Canonical JSON of a spec (stable key order, so unchanged specs compare equal)."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def digest(spec: Mapping[str, Any]) -> str:
+    """A short key of a spec, from its canonical JSON: what a job and its checkpoint are keyed on."""
+    return hashlib.sha256(dumps(spec).encode()).hexdigest()[:16]

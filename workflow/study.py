@@ -54,6 +54,7 @@ class Study(AnalysisPlan):
         self._specs: dict[str, dict[str, Any]] = {}
         self._descriptions: dict[str, dict[str, Any]] = {}
         self._batches: list[Batch] | None = None
+        self._summaries_cache: dict[str, list[tuple[dict[str, Any], str]]] | None = None
 
     # --- paths ---------------------------------------------------------------
     def path(self, run: str, name: str = "") -> str:
@@ -312,9 +313,11 @@ class Study(AnalysisPlan):
         """Per summary: the stores it gathers, each with its coordinates on the sweep axes.
 
         A summary the study has no runs for (e.g. CKA when nothing is fine-tuned from
-        a pretrained model) is left out.
+        a pretrained model) is left out. Computed once; the caller must not change it.
         """
-        return {name: entries for name, entries in self._summaries().items() if entries}
+        if self._summaries_cache is None:
+            self._summaries_cache = {name: entries for name, entries in self._summaries().items() if entries}
+        return self._summaries_cache
 
     def _coords(self, run: str, dims: tuple[str, ...]) -> dict[str, Any]:
         """A run's coordinates on the sweep axes ``dims`` (source ``none`` when it has no source)."""

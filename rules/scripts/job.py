@@ -9,15 +9,15 @@ import json
 import os
 from pathlib import Path
 
-from workflow.checkpoint import Checkpointing
 from workflow.cli import main
+from workflow.runs import digest
 from workflow.study import Study
 
 FILE_OPTION = {"train-pack": "--pack", "analyze": "--batch", "collect": "--summaries"}
 
 study = Study(snakemake.config, checked=True)  # noqa: F821 (given by Snakemake)
 command, description = study.job_description(snakemake.params.job)  # noqa: F821
-assert Checkpointing.key_of(description) == snakemake.params.spec, "the job changed since it was planned"  # noqa: F821
+assert digest(description) == snakemake.params.spec, "the job changed since it was planned"  # noqa: F821
 log = Path(snakemake.log[0])  # noqa: F821
 log.parent.mkdir(parents=True, exist_ok=True)
 described = log.with_suffix(".json")
