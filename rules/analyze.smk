@@ -20,7 +20,7 @@ for _batch in STUDY.analysis_batches():
         params:  # functions, bound now (see rules/train.smk)
             job=lambda w, batch=_batch.id: batch,
             spec=lambda w, key=digest(STUDY.batch_description(_batch)): key,
-            options=lambda w: f"--device {config['device']} --threads {{threads}}",
+            options=lambda w: RUN_OPTS,
         conda:
             ENV
         threads: config["threads"]

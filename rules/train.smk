@@ -35,7 +35,7 @@ def give_stage_resources(rule_name, layout):
         workflow.get_rule(rule_name).resources.update(parsed[layout])
 
 
-PACK_OPTS = f"--device {config['device']} --threads {{threads}}" + (
+PACK_OPTS = RUN_OPTS + (
     f" --checkpoint-every {config['checkpoint_every']}" if config["checkpoint_every"] else ""
 )
 

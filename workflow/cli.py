@@ -288,13 +288,13 @@ def _collect_options(p: argparse.ArgumentParser) -> None:
 def _collect(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from workflow.jobs import collect, parse_entries
+    from workflow.jobs import collect, entries_from, parse_entries
 
     if (args.summaries is None) == (args.entries is None) or (args.entries is None) != (args.out is None):
         raise SystemExit("collect: give --summaries FILE, or --entries JSON with --out")
     if args.summaries:
         for summary in json.loads(Path(args.summaries).read_text()).values():
-            collect(parse_entries(json.dumps(summary["entries"])), summary["out"])
+            collect(entries_from(summary["entries"]), summary["out"])
     else:
         collect(parse_entries(args.entries), args.out)
 

@@ -246,4 +246,9 @@ def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike
 
 def parse_entries(text: str) -> list[tuple[dict[str, Any], str]]:
     """Entries of :func:`collect` from JSON: ``[[{"seed": 0}, "path"], ...]``."""
-    return [(dict(c), str(p)) for c, p in json.loads(text)]
+    return entries_from(json.loads(text))
+
+
+def entries_from(data: Sequence[Sequence[Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Entries of :func:`collect` from decoded JSON: ``[[{"seed": 0}, "path"], ...]``."""
+    return [(dict(c), str(p)) for c, p in data]

@@ -237,7 +237,7 @@ _TASKS: dict[str, Any] = {
         t["inputs"]["model"], data, t["out"], probe_size=s["probe_size"], layers=s.get("layers"),
         conv=s.get("conv", "flatten"), device=device, threads=threads),
     "similarity": lambda t, data, s, device, threads: compare(
-        t["inputs"]["a"], t["inputs"].get("b"), t["out"], model_a=_task_names(t)[0], model_b=_task_names(t)[1],
+        t["inputs"]["a"], t["inputs"].get("b"), t["out"], model_a=t["runs"][0], model_b=t["runs"][-1],
         settings=s, threads=threads),
     "relative": lambda t, data, s, device, threads: relative(
         t["inputs"]["a"], t["inputs"]["b"], data, t["out"], names=_task_names(t), settings=s, device=device,
