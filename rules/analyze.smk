@@ -7,6 +7,8 @@ localrules:
 # pack's runs, then the similarity, relative representations and connectivity that end at
 # them) and spectra_finetune_595252e4_0. Asking for one store runs its batch;
 # `--set-resources analyze:...` or `spectra:...` applies to every batch of that kind.
+# Like a pack's, its outputs are update() outputs: it computes only the stores not stored
+# for their key (workflow.cache).
 for _batch in STUDY.analysis_batches():
     _name = _batch.job + "_" + pack_rule(PACKS[_batch.pack])
 
@@ -16,7 +18,7 @@ for _batch in STUDY.analysis_batches():
         input:
             STUDY.batch_inputs(_batch),
         output:
-            [directory(task.out) for task in _batch.tasks],
+            [update(directory(task.out)) for task in _batch.tasks],
         params:  # functions, bound now (see rules/train.smk)
             job=lambda w, batch=_batch.id: batch,
             spec=lambda w, key=digest(STUDY.batch_description(_batch)): key,
@@ -30,6 +32,7 @@ for _batch in STUDY.analysis_batches():
             "scripts/job.py"
 
     give_stage_resources(_name, _batch.job)
+    RECOMPUTE_RULES.add(_name)
 
 
 # One job gathers every summary: a summary is cheap to gather, and a study of many runs

@@ -33,6 +33,32 @@ wildcard_constraints:
     **WILDCARDS,
 
 
+# Jobs keep what is stored for its key (workflow.cache), so their outputs are update()
+# outputs: Snakemake copies each aside while its job runs and puts it back if the job
+# fails. A Snakemake killed meanwhile leaves those copies behind, and Snakemake 9 then
+# fails every later job of that output (copying a folder onto its stale copy). onstart
+# runs once the working directory is locked and before any job (never in a dry run, nor
+# in the jobs Snakemake spawns), so every copy there now is stale.
+#
+# A job that keeps stored results (a pack, an analysis batch, a score, WiSE-FT, an
+# ensemble: RECOMPUTE_RULES) computes them all again when it is forced (--forcerun, -f,
+# -F): onstart leaves a mark beside its log, `<log>.recompute`, which the job reads and
+# deletes once it is done (a forced job that fails recomputes on its retry too).
+RECOMPUTE_RULES = {"scores", "wiseft", "ensemble"}  # and every pack's and batch's rule
+RECOMPUTE = "$(test -e {log}.recompute && echo --recompute)"  # the option, in a shell rule
+DONE = " && rm -f {log}.recompute"
+
+
+onstart:
+    import shutil
+    from pathlib import Path
+
+    shutil.rmtree(workflow.persistence.path / "backups", ignore_errors=True)
+    for job in workflow.dag.needrun_jobs():
+        if job.rule.name in RECOMPUTE_RULES and workflow.dag.reason(job).forced:
+            Path(f"{job.log[0]}.recompute").touch()
+
+
 # Training and scoring jobs checkpoint outside their outputs, which Snakemake deletes
 # when a job fails: a rerun (or a retry) goes on from the checkpoint.
 CHECKPOINTS = (

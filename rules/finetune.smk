@@ -6,7 +6,7 @@ rule ensemble:
         ],
         data=STUDY.data_path("target"),
     output:
-        directory(f"{R}/analyze/ensemble/{{source}}/{{kind}}/s{{seed}}/ensemble.zarr"),
+        update(directory(f"{R}/analyze/ensemble/{{source}}/{{kind}}/s{{seed}}/ensemble.zarr")),  # kept when stored for its key
     params:
         members=lambda w, input: " ".join(f"--member {m}" for m in input.members),
     conda:
@@ -15,7 +15,8 @@ rule ensemble:
     log:
         f"{R}/logs/ensemble/{{source}}/{{kind}}/s{{seed}}.log",
     shell:
-        JOB + " ensemble {params.members} --data {input.data} --out {output} " + RUN_OPTS + " > {log} 2>&1"
+        JOB + " ensemble {params.members} --data {input.data} --out {output} " + RUN_OPTS + " " + RECOMPUTE
+        + " > {log} 2>&1" + DONE
 
 
 def wiseft_runs(w):
@@ -30,7 +31,7 @@ rule wiseft:
         end=lambda w: STUDY.path(wiseft_runs(w)[1], "model.pt"),
         data=STUDY.data_path("target"),
     output:
-        directory(f"{R}/analyze/wiseft/{{source}}/{{method}}/s{{seed}}/wiseft.zarr"),
+        update(directory(f"{R}/analyze/wiseft/{{source}}/{{method}}/s{{seed}}/wiseft.zarr")),  # kept when stored for its key
     params:
         alphas=lambda w: json.dumps(config["finetune"]["wiseft"]["alphas"]),
     conda:
@@ -40,4 +41,4 @@ rule wiseft:
         f"{R}/logs/wiseft/{{source}}/{{method}}/s{{seed}}.log",
     shell:
         JOB + " wiseft --start {input.start} --end {input.end} --alphas {params.alphas:q} --data {input.data} "
-        "--out {output} " + RUN_OPTS + " > {log} 2>&1"
+        "--out {output} " + RUN_OPTS + " " + RECOMPUTE + " > {log} 2>&1" + DONE

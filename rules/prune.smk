@@ -3,7 +3,7 @@ rule scores:
     input:
         unpack(lambda w: STUDY.score_job(w.score).inputs),
     output:
-        directory(f"{R}/prune_data/scores/{{score}}/scores.zarr"),
+        update(directory(f"{R}/prune_data/scores/{{score}}/scores.zarr")),  # kept when stored for its key
     params:
         spec=lambda w: STUDY.score_job(w.score).specs["scores"],
         model=lambda w, input: f"--model {input.model}" if "model" in input.keys() else "",
@@ -15,4 +15,4 @@ rule scores:
         f"{R}/logs/scores/{{score}}.log",
     shell:
         JOB + " scores --spec {params.spec:q} --data {input.data} {params.model} --out {output} --stack {params.stack} "
-        + RUN_OPTS + " " + CHECKPOINTS + " > {log} 2>&1"
+        + RUN_OPTS + " " + CHECKPOINTS + " " + RECOMPUTE + " > {log} 2>&1" + DONE

@@ -1,6 +1,9 @@
 # Every training run is trained by its pack's job (workflow.packs): one rule per pack,
 # whose outputs are its runs' model.pt and metrics.zarr, each in the run's own folder.
-# Asking for one run's file runs its pack. A pack's rule is named for the layout of its
+# Asking for one run's file runs its pack. The run is the unit of caching: the outputs are
+# update() outputs, which Snakemake neither deletes before the job nor loses when it fails
+# (it restores them), and the job trains only the runs not stored for their key
+# (workflow.cache), so a pack that gains a run leaves its finished runs as they are. A pack's rule is named for the layout of its
 # stage's run ids and the pack, e.g. finetune_595252e4_0 (`snakemake --list-rules`);
 # `--set-resources finetune:...` (or a profile's set-resources) names the layout and
 # applies to each of its packs.
@@ -57,8 +60,8 @@ for _pack in PACKS.values():
         input:
             list(dict.fromkeys(_job.inputs.values())),
         output:
-            [STUDY.path(run, "model.pt") for run in _pack.runs]
-            + [directory(STUDY.path(run, "metrics.zarr")) for run in _pack.runs],
+            [update(STUDY.path(run, "model.pt")) for run in _pack.runs]
+            + [update(directory(STUDY.path(run, "metrics.zarr"))) for run in _pack.runs],
         params:  # functions, bound now: params given as strings are formatted with wildcards
             job=lambda w, pack=_pack.id: pack,
             # What the job is keyed on: a digest of every member's spec and the stack mode
@@ -75,3 +78,4 @@ for _pack in PACKS.values():
             "scripts/job.py"
 
     give_stage_resources(_name, _base)
+    RECOMPUTE_RULES.add(_name)

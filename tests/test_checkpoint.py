@@ -137,13 +137,69 @@ def test_a_signal_saves_after_the_step_and_the_rerun_resumes_from_it(make_cnn, t
     assert resumed[1].stopped_by == "SIGTERM"
 
 
-def test_a_checkpoint_of_another_run_is_not_resumed(make_cnn, task, tmp_path):
+def test_a_checkpoint_of_another_run_is_discarded_not_resumed(make_cnn, task, tmp_path, capsys):
     path = tmp_path / "ckpt.pt"
     with pytest.raises(Crash):
         _run(make_cnn, task, {}, Checkpointing(path, key="other"), _interrupt_at(12, _crash))
     assert Checkpointing(path, key="other").load() is not None
     assert Checkpointing(path, key="run").load() is None
+    assert not path.exists()  # deleted: no retry can trip over it again
+    assert "discarding checkpoint" in capsys.readouterr().err
+    with pytest.raises(Crash):
+        _run(make_cnn, task, {}, Checkpointing(path, key="other"), _interrupt_at(12, _crash))
     _assert_same_run(_run(make_cnn, task, {}), _run(make_cnn, task, {}, Checkpointing(path, key="run")))
+
+
+def test_an_unreadable_checkpoint_is_discarded(make_cnn, task, tmp_path, capsys):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"half a checkpoint")
+    assert Checkpointing(path, key="run").load() is None
+    assert not path.exists()
+    assert "unreadable" in capsys.readouterr().err
+    _assert_same_run(_run(make_cnn, task, {}), _run(make_cnn, task, {}, Checkpointing(path, key="run")))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stack", ["sequential", "stacked"])
+def test_a_pack_checkpointed_on_its_device_resumes_there(make_cnn, task, tmp_path, device, stack):
+    """A checkpoint is read onto the CPU; the resumed pack's weights, optimiser state, start
+    weights (for the weight distance) and snapshots go back to the pack's device. On the CPU
+    the resumed pack is bitwise the uninterrupted one; on a GPU it agrees to float rounding."""
+    from workflow.train import Member
+
+    on_device = type(task)(*(t.to(device) for t in (task.x_train, task.y_train, task.x_test, task.y_test)))
+    masks = magnitude_masks(prunable_parameters(make_cnn(1)), None, 0.5, "global")
+
+    def pack(loss_fn=None):
+        return [Member(make_cnn(s).to(device), on_device.subset(range(40 * s, 40 * s + 200)), seed=s,
+                       loss_fn=loss_fn if s == 0 else None,
+                       masks={k: v.to(device) for k, v in masks.items()} if s == 1 else None,
+                       snapshot_steps=(0, 6), desc=str(s))
+                for s in range(2)]
+
+    reference = pack()
+    expected = train_pack(reference, CFG, stack=stack, progress=False)
+    checkpoint = Checkpointing(tmp_path / "ckpt.pt", key="pack")
+    with pytest.raises(Crash):
+        train_pack(pack(_interrupt_at(8, _crash)), CFG, stack=stack, progress=False, checkpoint=checkpoint)
+    resumed = pack()
+    results = train_pack(resumed, CFG, stack=stack, progress=False, checkpoint=checkpoint)
+    exact = device == "cpu"
+    for ref, res, a, b in zip(reference, resumed, expected, results):
+        assert b.resumed_step == 4 and b.stopped_by == "kill"  # 4 steps an epoch: crashed in the second
+        sa, sb = _state(ref.model), _state(res.model)
+        for k in sa:
+            assert sb[k].device.type == device
+            assert torch.equal(sa[k], sb[k]) if exact else torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-5), k
+        for step in (0, 6):
+            assert all(v.device.type == device for v in b.snapshots[step].values())
+        if exact:
+            xr.testing.assert_identical(a.history, b.history)
+        else:
+            xr.testing.assert_allclose(a.history, b.history, rtol=1e-4, atol=1e-5)
 
 
 def test_checkpointing_refuses_a_hook_without_state_and_a_zero_interval(make_cnn, task, tmp_path):

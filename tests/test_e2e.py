@@ -6,6 +6,8 @@ and Snakemake runs there; the package comes from the installed environment.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import re
 import shutil
 import subprocess
@@ -66,7 +68,7 @@ def planned(cwd: Path, *args: str, configfiles: tuple[str, ...] = (TINY,)) -> di
         if not rule:
             continue
         rule, output = rule.group(1), re.search(r"^    output: (.*)$", block, re.M)
-        outputs = output.group(1).split(", ") if output else []
+        outputs = [o.removesuffix(" (update)") for o in output.group(1).split(", ")] if output else []
         if BATCH_RULE.match(rule):
             counts = Counter(_store_kind(path) for path in outputs)
         elif pack := PACK_RULE.match(rule):
@@ -248,10 +250,12 @@ def test_asking_for_one_output_reruns_that_runs_pack_alone(study_dir: Path, stud
     target = Path(study.path(run, "model.pt"))  # absolute; snakemake wants it relative
     others = [Path(study.path(r, "model.pt")) for r in study.training_runs() if r not in mates]
     before = {p: p.stat().st_mtime_ns for p in others}
-    old = target.stat().st_mtime_ns
+    old, old_bytes = target.stat().st_mtime_ns, target.read_bytes()
     wanted = str(target.relative_to(study_dir))
     snakemake(study_dir, wanted, "--forcerun", wanted)  # forcing the pack rules of a stage would make them targets
     assert target.stat().st_mtime_ns > old
+    assert target.read_bytes() != old_bytes  # forced: trained again, though stored for its key
+    assert not list((study_dir / "results/tiny/logs").rglob("*.recompute"))  # the job took its mark
     assert {p: p.stat().st_mtime_ns for p in others} == before
     # the downstream of that run is now out of date, and nothing else
     jobs = planned(study_dir)
@@ -315,3 +319,98 @@ def test_a_diverging_run_fails_loudly_and_leaves_no_result(tmp_path: Path) -> No
     assert "DivergenceError" in log and "lower the learning rate" in log
     assert not (cwd / "results/tiny/pretrain/mnist1d/s0/model.pt").exists()
     assert not (cwd / "results/tiny/pretrain/mnist1d/s0/metrics.zarr").exists()
+
+
+# --- the run is the unit of caching: a growing study never retrains a finished run -------------
+
+
+def _stored(results: Path) -> dict[str, str]:
+    """The content of every file a job stored for a run, a score or an analysis (not the
+    logs, summaries and figures, which every rerun rewrites, nor Snakemake's time stamps)."""
+    return {
+        str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in results.rglob("*")
+        if p.is_file() and p.parts[len(results.parts)] not in ("logs", "summary", "plots", "checkpoints")
+        and p.name != ".snakemake_timestamp"
+    }
+
+
+def _grown(study_dir: Path, tmp_path: Path, change) -> tuple[Path, Study, Study]:
+    """A copy of the finished tiny study, a config file ``grown.yaml`` that ``change``s it, and
+    the studies before and after."""
+    cwd = tmp_path / "study"
+    shutil.copytree(study_dir, cwd, symlinks=True)  # times kept: nothing looks newer than it is
+    tiny = yaml.safe_load((cwd / TINY).read_text())
+    grown = copy.deepcopy(tiny)
+    change(grown)
+    (cwd / "grown.yaml").write_text(yaml.safe_dump(grown))
+    root = str(cwd / tiny["results"])
+    return cwd, Study({**tiny, "results": root}), Study({**grown, "results": root})
+
+
+def _trained(cwd: Path) -> int:
+    """How many runs the training packs' logs say they trained."""
+    logs = (cwd / "results/tiny/logs/packs").rglob("*.log")
+    return sum(int(m) for log in logs for m in re.findall(r"training (\d+) of \d+ runs", log.read_text()))
+
+
+def _models(stored: dict[str, str]) -> set[str]:
+    """The runs whose model is among ``stored`` files."""
+    return {path.removesuffix("/model.pt") for path in stored if path.endswith("/model.pt")}
+
+
+def test_adding_a_seed_trains_only_the_new_runs_and_computes_only_the_new_stores(study_dir: Path, tmp_path: Path) -> None:
+    def add_seed(config: dict) -> None:
+        for stage in ("pretrain", "finetune", "prune_data", "prune_network"):
+            config[stage]["seeds"] = [*config[stage]["seeds"], max(config[stage]["seeds"]) + 1]
+
+    cwd, before_study, study = _grown(study_dir, tmp_path, add_seed)
+    results = Path(study.root)
+    # The random scores' spec lists the seeds (one draw per seed): the one store that changes.
+    random = "prune_data/scores/random/scores.zarr"
+    draws = xr.open_zarr(results / random).score.load()
+    before = {path: h for path, h in _stored(results).items() if not path.startswith(random)}
+    for log in (results / "logs/packs").rglob("*.log"):
+        log.unlink()
+    snakemake(cwd, configfiles=(TINY, "grown.yaml"))
+    after = _stored(results)
+    assert {path: after.get(path) for path in before} == before  # every finished file, bitwise
+    xr.testing.assert_identical(xr.open_zarr(results / random).score.sel(init=draws.init).load(), draws)
+    new_runs = set(study.training_runs()) - set(before_study.training_runs())
+    assert _models(after) - _models(before) == new_runs
+    assert _trained(cwd) == len(new_runs) > 30  # every stage's new seed, and no other run
+    new_stores = {p for p in after if p.endswith("/zarr.json") and p.count(".zarr/") == 1} - set(before)
+    assert new_stores  # the new runs' activations, similarities, spectra ... and nothing already there
+    assert planned(cwd, configfiles=(TINY, "grown.yaml")) == {}
+
+
+def test_adding_a_temperature_trains_only_the_new_students(study_dir: Path, tmp_path: Path) -> None:
+    cwd, before_study, study = _grown(study_dir, tmp_path, lambda c: c["distill"].update(temperature=[4.0, 2.0]))
+    results = Path(study.root)
+    before = _stored(results)
+    for log in (results / "logs/packs").rglob("*.log"):
+        log.unlink()
+    snakemake(cwd, configfiles=(TINY, "grown.yaml"))
+    after = _stored(results)
+    assert {path: after.get(path) for path in before} == before
+    students = set(study.training_runs()) - set(before_study.training_runs())
+    assert students and all("/T2-a0.5/" in run for run in students)
+    assert _trained(cwd) == len(students) == 12  # 6 methods x 2 teachers
+
+
+def test_a_forced_pack_retrains_its_runs_and_their_children_and_nothing_else(study_dir: Path, tmp_path: Path) -> None:
+    """--forcerun of a pack retrains every run of it, though stored for its key; its children
+    retrain too, since their keys name their parent's content, not only its spec."""
+    cwd, study, _ = _grown(study_dir, tmp_path, lambda c: None)
+    results = Path(study.root)
+    before = _stored(results)
+    pack = study.pack_of("pretrain/mnist1d/s0")
+    forced = "pretrain_" + re.sub(r"\W", "_", pack.id.split("/", 1)[1])  # its rule (rules/train.smk)
+    assert forced in stage_rules(cwd, "pretrain")
+    children = ["finetune/mnist1d/full/s0", "finetune/mnist1d/linear_probe/s0"]
+    snakemake(cwd, *(str(Path(study.path(run, "model.pt")).relative_to(cwd)) for run in children), "--forcerun", forced)
+    after = _stored(results)
+    changed = {path.removesuffix("/model.pt") for path in before if path.endswith("/model.pt") and after[path] != before[path]}
+    assert changed == {*pack.runs, *children}
+    for sibling in ("pretrain/synthetic/s0", "finetune/synthetic/full/s0", "finetune/scratch/s0"):
+        assert sibling not in changed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,45 @@ def test_adding_a_seed_reruns_only_the_analyses_of_the_packs_that_gain_it(defaul
     changed = {bid for bid in new if old.get(bid) != new[bid]}
     assert changed == {b.id for b in after.analysis_batches() if b.pack in gained}
     assert all(bid.startswith("analyze/prune_network/") for bid in changed)
+
+
+STUDIES = ["default"] + sorted(p.stem for p in (Path(__file__).parent.parent / "config" / "studies").glob("*.yaml"))
+
+
+def _grown(config: dict) -> dict:
+    """A shipped study with at least two seeds in every stage and two rewind steps, so that
+    its packs hold runs that differ in seed and rewind step, as a real study's do."""
+    config = copy.deepcopy(config)
+    for settings in config.values():
+        if isinstance(settings, dict) and len(settings.get("seeds", [0, 1])) < 2:
+            settings["seeds"] = [*settings["seeds"], max(settings["seeds"]) + 1]
+    pn = config.get("prune_network")
+    if pn and len(pn.get("rewind_steps", [0, 1])) < 2:
+        pn["rewind_steps"] = [*pn["rewind_steps"], max(pn["rewind_steps"]) + 1]
+    return config
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_pack_of_every_shipped_study_trains_its_runs_with_the_same_settings(read_config, name) -> None:
+    """Training settings are decided in one place: a run whose job decides some of them
+    (FLOPs-matched epochs, from its parent's masks) trains in a pack of its own; the runs
+    of every other pack share every training setting of their specs."""
+    from workflow.stages.registry import TRAINING_STAGES
+
+    study = Study(_grown(read_config(name)))
+    for pack in study.packs():
+        specs = [study.spec(run) for run in pack.runs]
+        stage = TRAINING_STAGES[pack.stage]
+        if len(specs) > 1:
+            assert not any(stage.decided_by_job(spec) for spec in specs), pack.id
+            assert len({study.dumps(spec["train"]) for spec in specs}) == 1, pack.id
+            assert len({study.dumps(spec["model"]) for spec in specs}) == 1, pack.id
+
+
+def test_flops_matched_scratch_runs_train_alone(read_config) -> None:
+    study = Study(_grown(read_config("lottery")))
+    scratch = [run for run in study.network_pruning_runs() if study.parse(run)["method"] == "scratch"]
+    assert len(scratch) == 3 * 2 * 8  # seeds x rewind steps x levels
+    assert all(study.pack_of(run).runs == (run,) for run in scratch)
+    reinit = [run for run in study.network_pruning_runs() if study.parse(run)["method"] == "reinit"]
+    assert max(len(study.pack_of(run).runs) for run in reinit) > 1  # fixed epochs: still packed

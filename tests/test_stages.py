@@ -639,8 +639,14 @@ def test_an_analysis_batch_writes_every_store_as_the_single_analysis_does(pipeli
     for got, expected in pairs:
         g, e = storage.open_dataset(got), storage.open_dataset(expected)
         xr.testing.assert_identical(g.drop_attrs(), e.drop_attrs())  # bitwise: the same numbers
-        assert {k: v for k, v in g.attrs.items() if k != "created"} == {
+        assert g.attrs.pop("key")  # the batch records its cache key (workflow.cache) ...
+        assert {k: v for k, v in g.attrs.items() if k != "created"} == {  # ... and is otherwise the single analysis
             k: v for k, v in e.attrs.items() if k != "created"}, got
+    # run again: every store is stored for its key, and left as it is
+    before = {p: p.stat().st_mtime_ns for p in batch.rglob("zarr.json")}
+    analysis.run_batch({"batch": "test", "data": str(pipeline.task_path), "settings": settings, "tasks": tasks},
+                       device="cpu", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in batch.rglob("zarr.json")} == before
 
 
 def test_an_analysis_batch_refuses_an_unknown_kind_of_task(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,25 @@ class Checkpointing:
         return None if path is None else cls(Path(path), every=every, key=cls.key_of(spec))
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none or it belongs to another run."""
+        """The saved state, or None when there is none.
+
+        A checkpoint of other work (another key: a changed spec, parent, input or
+        engine) or one that cannot be read is never resumed into: it is deleted, with a
+        line on stderr (the job's log), and training starts afresh.
+        """
         if not self.path.exists():
             return None
-        state = storage.load_torch(self.path)
-        return state if state.get("key") == self.key else None
+        try:
+            state = storage.load_torch(self.path)
+            found = state.get("key")
+        except Exception as err:  # noqa: BLE001 (a half-written or foreign file: start afresh)
+            state, found = None, f"unreadable ({type(err).__name__}: {err})"
+        if state is not None and found == self.key:
+            return state
+        print(f"discarding checkpoint {self.path}: it is of other work (key {found}, this job's {self.key}); "
+              "training starts afresh", file=sys.stderr, flush=True)
+        self.remove()
+        return None
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically: a kill during the write leaves the previous checkpoint."""

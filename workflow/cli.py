@@ -54,6 +54,11 @@ def _checkpoints(p: argparse.ArgumentParser, file: str) -> None:
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
 
 
+def _recompute(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recompute", action="store_true", help="compute every result, even those already stored "
+                   "for exactly their spec and inputs (by default they are left as they are)")
+
+
 def _stack(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", default="sequential", choices=("auto", "stacked", "sequential"),
                    help="how the models of a pack step: one after another (sequential), as one "
@@ -132,6 +137,7 @@ def _train_pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="resumable training: the pack's checkpoint file "
                    "(outside every run's folder, so a failed job's clean-up keeps it)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    _recompute(p)
     _common(p)
 
 
@@ -144,7 +150,8 @@ def _train_pack(args: argparse.Namespace) -> None:
     pack = json.loads(Path(args.pack).read_text())
     with _announce_preemption(f"pack {pack['pack']}"):
         train_pack_job(pack, device=args.device, threads=args.threads, progress=not args.no_progress,
-                       checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+                       checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                       recompute=args.recompute)
 
 
 def _scores_options(p: argparse.ArgumentParser) -> None:
@@ -154,6 +161,7 @@ def _scores_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="scores.zarr")
     _checkpoints(p, "<folder>/scores/<score>.pt")
     _stack(p)
+    _recompute(p)
     _common(p)
 
 
@@ -167,7 +175,7 @@ def _scores(args: argparse.Namespace) -> None:
             spec, args.out, data_path=args.data, model_path=args.model, device=args.device,
             threads=args.threads, progress=not args.no_progress,
             checkpoint=f"{args.checkpoints}/scores/{spec['score']}.pt" if args.checkpoints else None,
-            checkpoint_every=args.checkpoint_every, stack=args.stack,
+            checkpoint_every=args.checkpoint_every, stack=args.stack, recompute=args.recompute,
         )
 
 
@@ -252,6 +260,7 @@ def _wiseft_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alphas", required=True, help="JSON list of alphas in [0, 1]")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="wiseft.zarr")
+    _recompute(p)
     _common(p)
 
 
@@ -260,13 +269,14 @@ def _wiseft(args: argparse.Namespace) -> None:
     from workflow.jobs import wiseft
 
     wiseft(args.start, args.end, json.loads(args.alphas), args.out, data_path=args.data,
-           device=args.device, threads=args.threads)
+           device=args.device, threads=args.threads, recompute=args.recompute)
 
 
 def _ensemble_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--member", action="append", required=True, help="model.pt of a member; repeatable")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="ensemble.zarr")
+    _recompute(p)
     _common(p)
 
 
@@ -274,7 +284,8 @@ def _ensemble_options(p: argparse.ArgumentParser) -> None:
 def _ensemble(args: argparse.Namespace) -> None:
     from workflow.jobs import ensemble
 
-    ensemble(args.member, args.out, data_path=args.data, device=args.device, threads=args.threads)
+    ensemble(args.member, args.out, data_path=args.data, device=args.device, threads=args.threads,
+             recompute=args.recompute)
 
 
 def _collect_options(p: argparse.ArgumentParser) -> None:
@@ -302,6 +313,7 @@ def _collect(args: argparse.Namespace) -> None:
 def _analyze_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", required=True, help="JSON file: the batch's tasks, data and settings per "
                    "kind, as the workflow writes it beside the batch's log")
+    _recompute(p)
     _common(p)
 
 
@@ -313,7 +325,7 @@ def _analyze(args: argparse.Namespace) -> None:
     from workflow.analysis.stages import run_batch
 
     run_batch(json.loads(Path(args.batch).read_text()), device=args.device, threads=args.threads,
-              progress=not args.no_progress)
+              progress=not args.no_progress, recompute=args.recompute)
 
 
 def _plot_options(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +19,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from workflow import storage
+from workflow import cache, storage
 from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
 from workflow.checkpoint import Checkpointing
 from workflow.data import TaskData, load_data
@@ -65,29 +66,47 @@ def train_pack_job(
     progress: bool = True,
     checkpoint: PathLike | None = None,
     checkpoint_every: int = 1,
+    recompute: bool = False,
 ) -> None:
-    """Train every run of a pack (see :meth:`workflow.study.Study.pack_description`) in one loop.
+    """Train the runs of a pack (see :meth:`workflow.study.Study.pack_description`) that are
+    not already stored, in one loop.
 
-    Each run's stage (:data:`workflow.stages.registry.TRAINING_STAGES`) prepares its
-    training from its input files, in the order of the pack; then the one training
-    loop trains them together, stepped as ``pack["stack"]`` says. Writes each run's
-    ``metrics.zarr`` (per-epoch metrics) and then ``model.pt`` (weights, spec, masks),
-    each atomically, into its own folder. With ``checkpoint`` (a file outside every
-    run's folder), training saves the pack's state there every ``checkpoint_every``
+    A run whose ``model.pt`` and ``metrics.zarr`` are stored for its key (its spec and the
+    identity of its data and input files, :mod:`workflow.cache`) is left as it is, unless
+    ``recompute``. Each other run's stage (:data:`workflow.stages.registry.TRAINING_STAGES`)
+    prepares its training from its input files, in the order of the pack; then the one
+    training loop trains them together, stepped as ``pack["stack"]`` says. Writes each
+    run's ``metrics.zarr`` (per-epoch metrics) and then ``model.pt`` (weights, spec,
+    masks), each atomically, into its own folder. With ``checkpoint`` (a file outside
+    every run's folder), training saves the pack's state there every ``checkpoint_every``
     epochs and when stopped by SIGTERM or SIGUSR1, resumes from it when run again with
-    the same pack, and deletes it once every output is written (see
-    :mod:`workflow.checkpoint`).
+    the same runs to train (their keys) and engine, and deletes it once every output is
+    written (see :mod:`workflow.checkpoint`).
     """
+    keys = [cache.key({"spec": run["spec"]}, {"data": pack["data"], **run["inputs"]}) for run in pack["runs"]]
+    todo = [(run, key) for run, key in zip(pack["runs"], keys)
+            if recompute or not cache.is_stored([Path(run["out"]) / "model.pt", Path(run["out"]) / "metrics.zarr"], key)]
+    print(f"{pack['pack']}: training {len(todo)} of {len(keys)} runs; the others are stored for their spec "
+          "and inputs" + "".join(f"\n  {'train ' if (run, key) in todo else 'stored'} {run['spec']['run']}"
+                                 for run, key in zip(pack["runs"], keys)), flush=True)
+    if not todo:
+        return
     dev = job_device(device, threads)
     data = load_data(pack["data"], dev)
     setups, members = [], []
-    for run in pack["runs"]:
+    for run, _ in todo:
         spec = run["spec"]
         seed = spec.get("train_seed", spec["seed"])  # ensemble members: their own initialisation and data order
         seed_everything(seed)
         model = seeded_model(spec["model"], data.in_length, data.num_classes, seed, dev)
         setup = TrainingSetup(model, data, TrainConfig.from_dict(spec["train"]), seed, dev)
-        TRAINING_STAGES[spec["stage"]].prepare(spec, setup, {role: Path(path) for role, path in run["inputs"].items()})
+        stage = TRAINING_STAGES[spec["stage"]]
+        planned = setup.cfg
+        stage.prepare(spec, setup, {role: Path(path) for role, path in run["inputs"].items()})
+        changed = {f.name for f in fields(planned) if getattr(planned, f.name) != getattr(setup.cfg, f.name)}
+        if changed - set(stage.decided_by_job(spec)):  # the planner packs runs on the spec's settings
+            raise RuntimeError(f"{spec['run']}: its stage changed the training settings {sorted(changed)} at job "
+                               "time; declare them in its decided_by_job, so that the planner packs it alone")
         setups.append(setup)
         members.append(Member(model, setup.data, seed, setup.loss_fn, setup.masks, setup.sampler,
                               setup.snapshot_steps, desc=spec["run"]))
@@ -96,11 +115,12 @@ def train_pack_job(
         raise ValueError(f"the runs of pack {pack['pack']} train with different settings: {sorted(map(str, cfgs))}")
     trainable = [sum(p.numel() for p in m.model.parameters() if p.requires_grad) for m in members]
     stack = resolve_stack(pack["stack"], dev)
-    saving = Checkpointing.of_spec(checkpoint, pack, checkpoint_every)
+    # Resumable into exactly these runs (their keys cover parents and inputs) and this engine.
+    saving = Checkpointing.of_spec(checkpoint, {"runs": [key for _, key in todo], "stack": stack}, checkpoint_every)
     results = train_pack(members, cfgs.pop(), stack=stack, progress=progress, desc=pack["pack"], checkpoint=saving)
 
-    names = [run["spec"]["run"] for run in pack["runs"]]
-    for run, setup, result, n_trainable in zip(pack["runs"], setups, results, trainable):
+    names = [run["spec"]["run"] for run, _ in todo]
+    for (run, key), setup, result, n_trainable in zip(todo, setups, results, trainable):
         spec, model, out = run["spec"], setup.model, Path(run["out"])
         if setup.snapshot_steps:  # the dense run of network pruning: its rewind points
             setup.rewind = {step: result.snapshots[step] for step in setup.snapshot_steps}
@@ -108,7 +128,8 @@ def train_pack_job(
         metrics = result.history
         metrics["trainable_params"] = xr.DataArray(n_trainable, attrs={"description": "parameters the run trained"})
         metrics.update(setup.metrics)
-        attrs = storage.provenance(spec, parent=spec.get("parent"), seed=setup.seed, device=str(dev))
+        with storage.stamp(key):
+            attrs = storage.provenance(spec, parent=spec.get("parent"), seed=setup.seed, device=str(dev))
         attrs.update(steps=result.steps, pack=pack["pack"], pack_runs=names, stack=stack)
         if result.resumed_step is not None:
             attrs["resumed_from_step"] = result.resumed_step
@@ -140,10 +161,14 @@ def _test_metrics(state: Mapping[str, torch.Tensor], template: nn.Module, data: 
 
 def wiseft(
     start: PathLike, end: PathLike, alphas: Sequence[float], out: PathLike, *, data_path: PathLike,
-    device: str = "auto", threads: int | None = None,
+    device: str = "auto", threads: int | None = None, recompute: bool = False,
 ) -> None:
     """WiSE-FT: test loss and accuracy of the weights interpolated from ``start`` (alpha = 0)
-    to ``end`` (alpha = 1), over ``alpha``."""
+    to ``end`` (alpha = 1), over ``alpha``; nothing when ``out`` is stored for these inputs
+    (:mod:`workflow.cache`), unless ``recompute``."""
+    key = cache.key({"wiseft": list(alphas)}, {"start": start, "end": end, "data": data_path})
+    if not cache.needed([out], key, recompute):
+        return
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
     (model, a), (_, b) = load_model(start, dev), load_model(end, dev)
@@ -152,16 +177,22 @@ def wiseft(
         {"test_loss": ("alpha", [r[0] for r in rows]), "test_acc": ("alpha", [r[1] for r in rows])},
         coords={"alpha": np.asarray(alphas, dtype=np.float64)},
     )
-    attrs = storage.provenance(None, device=str(dev))
+    with storage.stamp(key):
+        attrs = storage.provenance(None, device=str(dev))
     attrs.update(start=str(start), end=str(end), method="WiSE-FT: (1 - alpha) start + alpha end, every floating tensor")
     storage.write_dataset(ds, out, attrs)
 
 
 def ensemble(
     members: Sequence[PathLike], out: PathLike, *, data_path: PathLike, device: str = "auto", threads: int | None = None,
+    recompute: bool = False,
 ) -> None:
     """Test accuracy and loss of each member, of their ensemble (mean probabilities) and of
-    their uniform soup (mean weights)."""
+    their uniform soup (mean weights); nothing when ``out`` is stored for these inputs
+    (:mod:`workflow.cache`), unless ``recompute``."""
+    key = cache.key({"ensemble": len(members)}, {"data": data_path, **{f"member{i}": m for i, m in enumerate(members)}})
+    if not cache.needed([out], key, recompute):
+        return
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
     loaded = [load_model(path, dev) for path in members]
@@ -178,7 +209,8 @@ def ensemble(
         },
         coords={"member": np.arange(len(members))},
     )
-    attrs = storage.provenance(None, device=str(dev))
+    with storage.stamp(key):
+        attrs = storage.provenance(None, device=str(dev))
     attrs["members"] = [str(p) for p in members]
     storage.write_dataset(ds, out, attrs)
 
@@ -195,19 +227,24 @@ def compute_scores(
     checkpoint: PathLike | None = None,
     checkpoint_every: int = 1,
     stack: str = "sequential",
+    recompute: bool = False,
 ) -> None:
-    """Score every training example once; write ``score`` over (init, sample) to ``out``.
+    """Score every training example once; write ``score`` over (init, sample) to ``out``;
+    nothing when ``out`` is stored for this spec and these inputs (:mod:`workflow.cache`),
+    unless ``recompute``.
 
     ``model_path``: the embedding model, for methods that score in a model's
     representation (prototypes). ``checkpoint``: as for :func:`train_pack_job`, for the
     methods that train (see :mod:`workflow.scoring`), whose repetitions train as one
     pack, stepped as ``stack`` says (:data:`workflow.engines.STACK_MODES`).
     """
+    key = cache.key({"spec": spec}, {"data": data_path, "model": model_path})
+    if not cache.needed([out], key, recompute):
+        return
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
     stack = resolve_stack(stack, dev)
-    saving = Checkpointing.of_spec(checkpoint, {**spec, "stack": stack} if stack != "sequential" else spec,
-                                   checkpoint_every)
+    saving = Checkpointing.of_spec(checkpoint, {"scores": key, "stack": stack}, checkpoint_every)
     ctx = ScoreContext(spec, data, dev, str(model_path) if model_path else None, progress, saving, stack)
     rows = SCORERS[spec["score"]](ctx)
     ds = xr.Dataset(
@@ -217,7 +254,8 @@ def compute_scores(
         },
         coords={"init": rows.inits, "sample": np.arange(len(data.y_train))},
     )
-    attrs = storage.provenance(spec, device=str(dev))
+    with storage.stamp(key):
+        attrs = storage.provenance(spec, device=str(dev))
     attrs["stack"] = stack
     storage.write_dataset(ds, out, attrs)
     if saving is not None:

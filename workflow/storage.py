@@ -8,6 +8,7 @@ nothing or a finished result, never a half store that looks finished.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import glob
 import json
@@ -24,6 +25,21 @@ import xarray as xr
 from workflow import __version__
 
 PathLike = str | os.PathLike
+
+# The cache key of what is being written (see workflow.cache): set by the job around the
+# writes of one result, so the science that builds the result's attributes needs no part in it.
+_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar("key", default=None)
+
+
+@contextlib.contextmanager
+def stamp(key: str) -> Iterator[None]:
+    """Every result written inside records ``key`` in its provenance (:func:`provenance`):
+    a later job finds it stored for that key and leaves it (:mod:`workflow.cache`)."""
+    token = _KEY.set(key)
+    try:
+        yield
+    finally:
+        _KEY.reset(token)
 
 
 @contextlib.contextmanager
@@ -65,7 +81,7 @@ def provenance(
     """Attributes that say where a result came from.
 
     ``spec`` is the resolved configuration of the run, stored as JSON text so that
-    any Zarr reader can show it.
+    any Zarr reader can show it. Inside :func:`stamp`, ``key`` is the cache key.
     """
     attrs: dict[str, Any] = {
         "package": "dlsci",
@@ -81,6 +97,8 @@ def provenance(
         attrs["seed"] = int(seed)
     if device is not None:
         attrs["device"] = device
+    if _KEY.get() is not None:
+        attrs["key"] = _KEY.get()
     return attrs
 
 

@@ -218,7 +218,11 @@ class RunState:
         self.sampler.load_state_dict(saved["sampler"])
         if self.member.on_batch is not None:
             self.member.on_batch.load_state_dict(saved["hook"])  # type: ignore[attr-defined]
-        self.history, self.snapshots, self.start = saved["history"], saved["snapshots"], saved["start"]
+        # A checkpoint is read onto the CPU: what is compared with the weights goes back to their device.
+        device = next(self.member.model.parameters()).device
+        self.history = saved["history"]
+        self.snapshots = {step: {k: v.to(device) for k, v in weights.items()} for step, weights in saved["snapshots"].items()}
+        self.start = [p0.to(device) for p0 in saved["start"]]
         self.start_norm = _norm(self.start)
         self.order = saved["order"]
 

@@ -29,4 +29,9 @@ os.dup2(fd, 2)
 options = snakemake.params.options.format(threads=snakemake.threads).split()  # noqa: F821
 if snakemake.params.get("checkpoint"):  # noqa: F821
     options += ["--checkpoint", snakemake.params.checkpoint]  # noqa: F821
-raise SystemExit(main([command, FILE_OPTION[command], str(described), *options]))
+forced = Path(f"{log}.recompute")  # left by onstart when this job was forced (rules/common.smk)
+if forced.exists() and command != "collect":
+    options.append("--recompute")
+status = main([command, FILE_OPTION[command], str(described), *options])
+forced.unlink(missing_ok=True)
+raise SystemExit(status)

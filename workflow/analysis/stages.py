@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from workflow import storage
+from workflow import cache, storage
 from workflow.analysis.activations import activations_dataset, pool_positions, record_activations
 from workflow.analysis.connectivity import linear_connectivity
 from workflow.analysis.hessian import hessian_analysis
@@ -251,11 +251,14 @@ _TASKS: dict[str, Any] = {
 
 
 def run_batch(batch: Mapping[str, Any], *, device: str = "auto", threads: int | None = None,
-              progress: bool = True) -> None:
+              progress: bool = True, recompute: bool = False) -> None:
     """Every task of an analysis batch (:func:`workflow.analysis.batches.describe`), in order,
-    each writing its own store exactly as the single analysis would.
+    each writing its own store exactly as the single analysis would, except those stored for
+    exactly their settings and inputs (:mod:`workflow.cache`), unless ``recompute``.
 
-    Similarity runs on the CPU, as it always does; the others on ``device``.
+    A task's key is taken when its turn comes, after the tasks before it in the batch
+    (the activations it compares) are written. Similarity runs on the CPU, as it always
+    does; the others on ``device``.
     """
     from tqdm import tqdm
 
@@ -263,4 +266,9 @@ def run_batch(batch: Mapping[str, Any], *, device: str = "auto", threads: int | 
     if unknown:
         raise ValueError(f"batch {batch['batch']}: unknown kinds of task {unknown}; allowed: {', '.join(_TASKS)}")
     for task in tqdm(batch["tasks"], desc=batch["batch"], disable=not progress, mininterval=1.0):
-        _TASKS[task["kind"]](task, batch["data"], batch["settings"][task["kind"]], device, threads)
+        settings = batch["settings"][task["kind"]]
+        key = cache.key({"kind": task["kind"], "runs": task["runs"], "settings": settings},
+                        {"data": batch["data"], **task["inputs"]})
+        if cache.needed([task["out"]], key, recompute):
+            with storage.stamp(key):
+                _TASKS[task["kind"]](task, batch["data"], settings, device, threads)

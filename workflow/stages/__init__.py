@@ -72,8 +72,22 @@ class TrainingStage:
     stackable: tuple[str, ...] = ()
 
     def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """What runs must share to train in one pack: the spec without what may differ."""
-        return {k: v for k, v in spec.items() if k not in STACKABLE + self.stackable}
+        """What runs must share to train in one pack: the spec without what may differ.
+
+        A run whose job decides some of its training settings (:meth:`decided_by_job`) is
+        keyed on its own id, so it trains in a pack of its own: its pack mates could not
+        be known, when the study is planned, to train with the same settings.
+        """
+        key = {k: v for k, v in spec.items() if k not in STACKABLE + self.stackable}
+        if self.decided_by_job(spec):
+            key["run"] = spec["run"]
+        return key
+
+    def decided_by_job(self, spec: Mapping[str, Any]) -> tuple[str, ...]:
+        """The training settings (fields of ``train``) that the job of a run decides from its
+        input files rather than its spec, e.g. FLOPs-matched epochs from its parent's masks.
+        Every other setting is decided once, at planning time, in the spec."""
+        return ()
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         """The runs of this stage in a study (a loaded config), in DAG order: which runs

@@ -129,11 +129,11 @@ class NetworkPruning(TrainingStage):
     name = "prune_network"
     stackable = ("method", "level", "rewind", "init_seed")  # masks and start weights
 
-    def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        key = super().pack_key(spec)
-        if spec["method"] != "dense" and PRUNING[spec["method"]].flops_matched:  # its epochs depend on its masks
-            key.update(method=spec["method"], level=spec["level"])
-        return key
+    def decided_by_job(self, spec: Mapping[str, Any]) -> tuple[str, ...]:
+        # FLOPs-matched epochs follow the masks, which follow the parent's trained weights
+        # (with global pruning they differ between seeds and rewind steps).
+        flops_matched = spec["method"] != "dense" and PRUNING[spec["method"]].flops_matched
+        return ("epochs",) if flops_matched else ()
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         if "prune_network" not in config:
