@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one call of at most 5 minutes on one GPU:
+# The checks that need a GPU, in one call of at most 10 minutes on one GPU. The GPU machines
+# reach no package registry: first, where PyPI is reachable, `bash benchmarks/fetch_wheels.sh`
+# (the wheels they lack, into .wheels/); then, with .wheels carried along,
 #   bash benchmarks/device_check.sh
-# It installs the package (the README's test set-up), prints the GPU, runs every test
-# that needs CUDA, the pack benchmark (a stacked pack of 256 MNIST-1D CNNs against 256
-# runs in turn) and one epoch of a pack of 8 CIFAR-shaped ResNet-20s.
+# It installs those wheels (no network) into /tmp/site and puts them and the project on
+# PYTHONPATH, prints the GPU, runs every test that needs CUDA (resume on CUDA among them),
+# counts what a pack dispatches per epoch (bench_dispatch.py), and times packs of up to 256
+# MNIST-1D CNNs and a pack of 8 CIFAR-shaped ResNet-20s (bench_pack.py).
+# DEVICE=cpu KS=1,4 rehearses it on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q torch==2.14.1 torchvision==0.29.1 >/dev/null
-python -m pip install -q -e '.[test]' >/dev/null
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+DEVICE=${DEVICE:-cuda}
+KS=${KS:-1,16,64,256}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .wheels/*.whl
+export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python3 -c "import torch, zarr, xarray, mnist1d, jsonschema, workflow.jobs; print('torch', torch.__version__, 'zarr', zarr.__version__, 'xarray', xarray.__version__)"
+if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; fi
 echo "== CUDA tests"
-python -m pytest -q -p no:cacheprovider -rs tests/test_pack.py tests/test_activations.py tests/test_forgetting.py \
-  -k "cuda or gpu or device" 2>&1 | tail -15
+python3 -m pytest -q -p no:cacheprovider -rs tests/test_pack.py tests/test_activations.py tests/test_forgetting.py \
+  tests/test_checkpoint.py -k "cuda or gpu or device" 2>&1 | tail -15
+echo "== ops and host reads per epoch of a pack"
+timeout 200 python3 benchmarks/bench_dispatch.py --device "$DEVICE" --ks "$KS" 2>&1 | grep -v USDT
 echo "== packs of MNIST-1D CNNs, 1 epoch each"
-timeout 150 python benchmarks/bench_pack.py --device cuda --ks 1,16,64,256 --epochs 1 --ways turn,sequential,stacked
+timeout 150 python3 benchmarks/bench_pack.py --device "$DEVICE" --ks "$KS" --epochs 1 --ways turn,sequential,stacked
 echo "== a pack of 8 ResNet-20s, one epoch of 50,000 CIFAR-shaped examples, batch 128"
-timeout 90 python benchmarks/bench_pack.py --device cuda --ks 8 --epochs 1 --ways sequential,stacked --batch-size 128 \
+timeout 90 python3 benchmarks/bench_pack.py --device "$DEVICE" --ks 8 --epochs 1 --ways sequential,stacked --batch-size 128 \
   --data '{"name": "synthetic", "args": {"shape": [3, 32, 32], "num_train": 50000, "num_test": 1000}}' \
   --model '{"name": "resnet20"}'

@@ -3,9 +3,9 @@ localrules:
 
 
 # Every analysis store is computed by the batch of its training pack (workflow.analysis.batches):
-# one rule per pack and kind of job, e.g. analyze_finetune_595252e4_0 (activations of the
+# one rule per pack and kind of job, e.g. analyze_finetune_a47f3f28_0 (activations of the
 # pack's runs, then the similarity, relative representations and connectivity that end at
-# them) and spectra_finetune_595252e4_0. Asking for one store runs its batch;
+# them) and spectra_finetune_a47f3f28_0. Asking for one store runs its batch;
 # `--set-resources analyze:...` or `spectra:...` applies to every batch of that kind.
 # Like a pack's, its outputs are update() outputs: it computes only the stores not stored
 # for their key (workflow.cache).

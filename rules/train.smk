@@ -4,7 +4,7 @@
 # update() outputs, which Snakemake neither deletes before the job nor loses when it fails
 # (it restores them), and the job trains only the runs not stored for their key
 # (workflow.cache), so a pack that gains a run leaves its finished runs as they are. A pack's rule is named for the layout of its
-# stage's run ids and the pack, e.g. finetune_595252e4_0 (`snakemake --list-rules`);
+# stage's run ids and the pack, e.g. finetune_a47f3f28_0 (`snakemake --list-rules`);
 # `--set-resources finetune:...` (or a profile's set-resources) names the layout and
 # applies to each of its packs.
 import re

@@ -109,6 +109,7 @@ def test_a_changed_spec_or_a_retrained_parent_retrains_the_run(study: Study, cap
 
     # its parent trained again, to an unchanged spec: a new parent, so the child trains again
     jobs.train_pack_job(_pack(study, [parent]), device="cpu", progress=False, recompute=True)
+    capsys.readouterr()
     jobs.train_pack_job(description, device="cpu", progress=False)
     assert "training 1 of 1 runs" in capsys.readouterr().out
     assert _bytes(Path(study.path(child))) != trained

@@ -214,7 +214,7 @@ def test_a_pack_steps_on_cuda_without_waiting_for_the_host(make_cnn, task, stack
 
     device = torch.device("cuda")
     models = [make_cnn(seed=s).to(device) for s in range(4)]
-    engine = ENGINES[stack](models, [None] * 4, CFG, 10)
+    engine = ENGINES[stack](models, [None] * 4, [CFG] * 4, 10)
     finite = Finite(4, device)
     x, y = task.x_train[:160].to(device), task.y_train[:160].to(device)
     engine.train_mode()
@@ -243,3 +243,74 @@ def test_a_stacked_pack_on_cuda_agrees_with_the_sequential_one(make_cnn, task) -
         for k in sa:
             if sa[k].is_floating_point():
                 assert (sa[k] - sb[k]).norm() <= 1e-3 * sb[k].norm().clamp_min(1e-30), k
+
+
+# --- element-wise settings per member, and divergence as data ---------------------------------
+
+
+@pytest.mark.parametrize("optimizer, settings", [
+    ("adam", [{"lr": 0.001}, {"lr": 0.01}, {"lr": 0.03, "weight_decay": 1e-3}]),
+    ("adamw", [{"lr": 0.001, "weight_decay": 0.1}, {"lr": 0.01}, {"lr": 0.02, "weight_decay": 0.01}]),
+    ("sgd", [{"lr": 0.01, "momentum": 0.0}, {"lr": 0.05, "momentum": 0.9}, {"lr": 0.1, "momentum": 0.5,
+                                                                        "weight_decay": 1e-3}]),
+])
+def test_a_stacked_pack_of_three_learning_rates_equals_each_run_alone(make_cnn, task, optimizer, settings) -> None:
+    """Each member keeps its own learning rate, weight decay, momentum and cosine schedule."""
+    base = replace(CFG, optimizer=optimizer, schedule="cosine")
+    cfgs = [replace(base, **s) for s in settings]
+
+    def pack():
+        return [Member(make_cnn(seed=k), task.subset(range(40 * k, 40 * k + 120)), seed=k, cfg=c, desc=str(k))
+                for k, c in enumerate(cfgs)]
+
+    alone = [(m, _alone(m, m.cfg)) for m in pack()]
+    stacked = pack()
+    results = train_pack(stacked, base, stack="stacked", progress=False)
+    for (a, ra), b, rb in zip(alone, stacked, results):
+        sa, sb = _state(a.model), _state(b.model)
+        for k in sa:
+            if sa[k].is_floating_point():
+                torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-5)
+        xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-5, atol=1e-5)
+    sequential = pack()
+    for (a, ra), b, rb in zip(alone, sequential, train_pack(sequential, base, progress=False)):
+        _assert_bitwise(a.model, ra, b.model, rb)
+
+
+def test_a_pack_refuses_members_that_differ_in_more_than_elementwise_settings(make_cnn, task) -> None:
+    pack = [Member(make_cnn(seed=0), task, 0), Member(make_cnn(seed=1), task, 1, cfg=replace(CFG, epochs=3))]
+    with pytest.raises(ValueError, match="may differ only in lr, weight_decay, momentum"):
+        train_pack(pack, CFG, progress=False)
+
+
+@pytest.mark.parametrize("stack", ["sequential", "stacked"])
+def test_a_diverging_member_is_recorded_and_the_rest_train_on(make_cnn, task, stack) -> None:
+    """on_divergence="record": the member whose loss stops being finite stops updating, its
+    metrics are NaN from that epoch on, its result says where; the others are as alone."""
+    cfg = replace(CFG, epochs=3, optimizer="sgd", lr=0.01)
+
+    def pack():
+        return [Member(make_cnn(seed=k), task.subset(range(40 * k, 40 * k + 120)), seed=k, desc=str(k),
+                       cfg=replace(cfg, lr=1e30) if k == 1 else None)
+                for k in range(3)]
+
+    alone = [(m, _alone(m, cfg)) for m in pack() if m.cfg is None]
+    members = pack()
+    with pytest.raises(DivergenceError, match="1: loss is"):
+        train_pack(pack(), cfg, stack=stack, progress=False)
+    results = train_pack(members, cfg, stack=stack, progress=False, on_divergence="record")
+    diverged = results[1]
+    epoch, step = diverged.diverged
+    assert epoch == 1 and 1 <= step <= 3  # 3 steps an epoch: it diverged in the first
+    assert diverged.history["test_acc"].isel(epoch=0).notnull()
+    assert diverged.history["test_acc"].isel(epoch=slice(1, None)).isnull().all()
+    assert all(torch.isfinite(p).all() for p in members[1].model.parameters())  # stopped before its bad step
+    assert all(torch.isfinite(b).all() for b in members[1].model.buffers())
+    for (a, ra), b, rb in zip(alone, [members[0], members[2]], [results[0], results[2]]):
+        assert rb.diverged is None
+        if stack == "sequential":
+            _assert_bitwise(a.model, ra, b.model, rb)
+        else:
+            xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="allowed: fail, record"):
+        train_pack(pack(), cfg, progress=False, on_divergence="ignore")

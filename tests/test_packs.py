@@ -231,3 +231,16 @@ def test_flops_matched_scratch_runs_train_alone(read_config) -> None:
     assert all(study.pack_of(run).runs == (run,) for run in scratch)
     reinit = [run for run in study.network_pruning_runs() if study.parse(run)["method"] == "reinit"]
     assert max(len(study.pack_of(run).runs) for run in reinit) > 1  # fixed epochs: still packed
+
+
+def test_runs_that_differ_in_elementwise_optimiser_settings_share_a_pack(default_config) -> None:
+    """Learning rate, weight decay and momentum are per member (workflow.engines): a study whose
+    stage sweeps them packs those runs together, as it packs seeds."""
+    from workflow.stages.registry import TRAINING_STAGES
+
+    study = _study(default_config)
+    spec = study.spec("pretrain/mnist1d/s0")
+    stage = TRAINING_STAGES["pretrain"]
+    other = {**spec, "train": {**spec["train"], "lr": 0.1, "weight_decay": 0.5, "momentum": 0.0}}
+    assert stage.pack_key(other) == stage.pack_key(spec)
+    assert stage.pack_key({**spec, "train": {**spec["train"], "epochs": 99}}) != stage.pack_key(spec)

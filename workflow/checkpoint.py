@@ -31,6 +31,10 @@ from workflow.runs import digest
 # (``--signal=USR1@<seconds>``).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+# The layout of a saved training state; raised whenever an engine or the loop saves
+# something else, so that no job resumes from a state it cannot read.
+FORMAT = 2
+
 
 class Preempted(SystemExit):
     """Training stopped on a signal after saving its checkpoint; the job should exit non-zero.
@@ -67,8 +71,9 @@ class Checkpointing:
 
     @staticmethod
     def key_of(spec: Mapping[str, Any]) -> str:
-        """A short key of a run's spec, from its canonical JSON (:func:`workflow.runs.digest`)."""
-        return digest(spec)
+        """A short key of a run's spec and of the layout of saved states (:data:`FORMAT`), from
+        their canonical JSON (:func:`workflow.runs.digest`)."""
+        return digest({"spec": spec, "format": FORMAT})
 
     @classmethod
     def of_spec(cls, path: str | Path | None, spec: Mapping[str, Any], every: int = 1) -> Checkpointing | None:

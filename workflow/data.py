@@ -16,12 +16,19 @@ import torch
 
 @dataclass
 class TaskData:
-    """A classification task held as tensors on one device."""
+    """A classification task held as tensors on one device.
+
+    A subset (:meth:`subset`) remembers the task it was cut from (``base``) and which
+    of its training examples it holds (``rows``), so that a pack can gather the batches
+    of all its members from that one task in one indexing operation.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    base: TaskData | None = None
+    rows: torch.Tensor | None = None  # (len(y_train),) indices into base's training examples
 
     @property
     def num_classes(self) -> int:
@@ -34,7 +41,14 @@ class TaskData:
     def subset(self, indices: np.ndarray) -> TaskData:
         """The same task with only the training examples at ``indices``."""
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.x_train.device)
-        return TaskData(self.x_train[idx], self.y_train[idx], self.x_test, self.y_test)
+        base, rows = (self, idx) if self.base is None else (self.base, self.rows[idx])
+        return TaskData(self.x_train[idx], self.y_train[idx], self.x_test, self.y_test, base, rows)
+
+    def source(self) -> tuple[TaskData, torch.Tensor]:
+        """The task this one's training examples are drawn from, and their rows in it."""
+        if self.base is None:
+            return self, torch.arange(len(self.y_train), device=self.y_train.device)
+        return self.base, self.rows
 
 
 def load_data(path: str | Path, device: torch.device | str = "cpu") -> TaskData:

@@ -23,7 +23,7 @@ from workflow import cache, storage
 from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
 from workflow.checkpoint import Checkpointing
 from workflow.data import TaskData, load_data
-from workflow.engines import resolve_stack
+from workflow.engines import resolve_stack, same_but_elementwise
 from workflow.lora import merge_lora
 from workflow.models import load_model, seeded_model
 from workflow.runtime import evaluate, job_device, seed_everything
@@ -109,15 +109,19 @@ def train_pack_job(
                                "time; declare them in its decided_by_job, so that the planner packs it alone")
         setups.append(setup)
         members.append(Member(model, setup.data, seed, setup.loss_fn, setup.masks, setup.sampler,
-                              setup.snapshot_steps, desc=spec["run"]))
-    cfgs = {setup.cfg for setup in setups}
-    if len(cfgs) > 1:
-        raise ValueError(f"the runs of pack {pack['pack']} train with different settings: {sorted(map(str, cfgs))}")
+                              setup.snapshot_steps, desc=spec["run"], cfg=setup.cfg))
+    try:
+        same_but_elementwise([setup.cfg for setup in setups])
+    except ValueError as err:
+        raise ValueError(f"the runs of pack {pack['pack']} train with different settings: {err}") from None
     trainable = [sum(p.numel() for p in m.model.parameters() if p.requires_grad) for m in members]
     stack = resolve_stack(pack["stack"], dev)
+    on_divergence = pack.get("on_divergence", "fail")
     # Resumable into exactly these runs (their keys cover parents and inputs) and this engine.
-    saving = Checkpointing.of_spec(checkpoint, {"runs": [key for _, key in todo], "stack": stack}, checkpoint_every)
-    results = train_pack(members, cfgs.pop(), stack=stack, progress=progress, desc=pack["pack"], checkpoint=saving)
+    saving = Checkpointing.of_spec(checkpoint, {"runs": [key for _, key in todo], "stack": stack,
+                                                "on_divergence": on_divergence}, checkpoint_every)
+    results = train_pack(members, setups[0].cfg, stack=stack, progress=progress, desc=pack["pack"], checkpoint=saving,
+                         on_divergence=on_divergence)
 
     names = [run["spec"]["run"] for run, _ in todo]
     for (run, key), setup, result, n_trainable in zip(todo, setups, results, trainable):
@@ -128,6 +132,12 @@ def train_pack_job(
         metrics = result.history
         metrics["trainable_params"] = xr.DataArray(n_trainable, attrs={"description": "parameters the run trained"})
         metrics.update(setup.metrics)
+        if on_divergence == "record":  # divergence as data: where the run stopped, NaN if it did not
+            epoch, step = result.diverged or (np.nan, np.nan)
+            metrics["diverged_epoch"] = xr.DataArray(float(epoch), attrs={
+                "description": "the epoch in which the loss stopped being finite (metrics NaN from it on); NaN: never"})
+            metrics["diverged_step"] = xr.DataArray(float(step), attrs={
+                "description": "the optimiser step at which the loss stopped being finite; NaN: never"})
         with storage.stamp(key):
             attrs = storage.provenance(spec, parent=spec.get("parent"), seed=setup.seed, device=str(dev))
         attrs.update(steps=result.steps, pack=pack["pack"], pack_runs=names, stack=stack)

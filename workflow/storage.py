@@ -86,7 +86,7 @@ def provenance(
     attrs: dict[str, Any] = {
         "package": "dlsci",
         "package_version": __version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),  # a rewrite is a new result
         "host": socket.gethostname(),
     }
     if spec is not None:

@@ -239,7 +239,9 @@ class Study(AnalysisPlan):
             job = self.training_job(run)
             members.append({"spec": self.spec(run), "out": self.path(run),
                             "inputs": {role: path for role, path in job.inputs.items() if role != "data"}})
-        self._descriptions[pack.id] = {"pack": pack.id, "stack": self.config["execution"]["stack"],
+        execution = self.config["execution"]
+        self._descriptions[pack.id] = {"pack": pack.id, "stack": execution["stack"],
+                                       "on_divergence": execution["on_divergence"],
                                        "data": self.data_path(self.task(pack.runs[0])), "runs": members}
         return self._descriptions[pack.id]
 

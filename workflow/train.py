@@ -45,6 +45,9 @@ A hook that keeps state across batches must have ``state_dict()`` and
 ``load_state_dict(state)`` to be used with checkpoints (see :func:`train`)."""
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+ON_DIVERGENCE = ("fail", "record")
+"""``execution.on_divergence``: a non-finite loss stops the pack (fail), or stops only its
+member, whose metrics are NaN from then on (record: divergence as data)."""
 SCHEDULES = ("cosine", "constant")
 
 
@@ -100,6 +103,9 @@ class TrainResult:
     # What stopped the run before it was resumed: the signal it saved on (SIGTERM,
     # SIGUSR1), or "kill" when it died without warning and went on from a periodic checkpoint.
     stopped_by: str | None = None
+    # With on_divergence="record": the epoch and optimiser step at which its loss stopped
+    # being finite (from that epoch on its metrics are NaN), or None.
+    diverged: tuple[int, int] | None = None
 
 
 class EpochSampler(Protocol):
@@ -144,6 +150,14 @@ def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return batches
 
 
+def _bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Where each batch of :func:`_batches` of ``n`` examples starts and ends."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
     """The Euclidean norm of several tensors taken as one vector, in float64."""
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
@@ -177,6 +191,7 @@ class Member:
     snapshot_steps: Sequence[int] = ()
     on_batch: BatchHook | None = None
     desc: str = "train"  # names the run in errors
+    cfg: TrainConfig | None = None  # its own settings, which may differ from the pack's in ELEMENTWISE ones
 
 
 class RunState:
@@ -193,10 +208,17 @@ class RunState:
         self.start = [p.detach().to(torch.float64, copy=True) for p in member.model.parameters()]
         self.start_norm = _norm(self.start)
         self.order: torch.Tensor | None = None  # this epoch's examples, in order (CPU)
+        self.diverged: tuple[int, int] | None = None  # (epoch, step) its loss stopped being finite
 
-    def record(self) -> None:
-        """Append this epoch's metrics to the history (the member's module holds its weights)."""
+    def record(self, measured: Mapping[str, float] | None = None) -> None:
+        """Append this epoch's metrics to the history: ``measured`` (every one of
+        :data:`HISTORY`), or as the member's module measures now; NaN from the epoch the
+        run diverged in on."""
         model, data, history = self.member.model, self.member.data, self.history
+        if self.diverged is not None or measured is not None:
+            for name, values in history.items():
+                values.append(math.nan if self.diverged is not None else measured[name])  # type: ignore[index]
+            return
         for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
             loss, acc = evaluate(model, x, y)
             history[f"{split}_loss"].append(loss)
@@ -211,6 +233,7 @@ class RunState:
             "generator": self.generator.get_state(), "order": self.order, "history": self.history,
             "snapshots": self.snapshots, "start": self.start, "sampler": self.sampler.state_dict(),
             "hook": hook.state_dict() if hook is not None else None,  # type: ignore[attr-defined]
+            "diverged": self.diverged,
         }
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
@@ -225,6 +248,7 @@ class RunState:
         self.start = [p0.to(device) for p0 in saved["start"]]
         self.start_norm = _norm(self.start)
         self.order = saved["order"]
+        self.diverged = saved["diverged"]
 
 
 class Finite:
@@ -246,16 +270,33 @@ class Finite:
         self.bad_step = torch.where(first, step, self.bad_step)
         self.bad_loss = torch.where(first, losses.to(self.bad_loss.dtype), self.bad_loss)
 
-    def check(self, members: Sequence[Member], epoch: int, lr: Callable[[int], float]) -> None:
-        """Raise :class:`DivergenceError` naming the first member whose loss was not finite."""
+    def check(self, members: Sequence[Member], epoch: int, lr: Callable[[int, int], float],
+              record: bool = False) -> dict[int, int]:
+        """Raise :class:`DivergenceError` naming the first member whose loss was not finite;
+        with ``record``, return instead the members whose loss was not finite, each with
+        the first such step."""
         bad = self.bad_step.tolist()  # the one wait for the device in an epoch
-        for k, step in enumerate(bad):
-            if step:
-                raise DivergenceError(
-                    f"{members[k].desc}: loss is {float(self.bad_loss[k])} at epoch {epoch}, step {step} "
-                    f"(lr={lr(step):.3g}); lower the learning rate or check the data"
-                )
+        if not record:
+            for k, step in enumerate(bad):
+                if step:
+                    raise DivergenceError(
+                        f"{members[k].desc}: loss is {float(self.bad_loss[k])} at epoch {epoch}, step {step} "
+                        f"(lr={lr(step, k):.3g}); lower the learning rate or check the data"
+                    )
         self.clear()
+        return {k: step for k, step in enumerate(bad) if step}
+
+
+def _shared_source(members: Sequence[Member]) -> tuple[TaskData, torch.Tensor] | None:
+    """The one task every member's training set is drawn from, and each member's rows of it
+    (K, N), when the members share one task, its test set and a training-set size."""
+    sources = [m.data.source() for m in members]
+    task = sources[0][0]
+    if any(t is not task or m.data.x_test is not task.x_test for (t, _), m in zip(sources, members)):
+        return None
+    if len({len(rows) for _, rows in sources}) > 1:
+        return None
+    return task, torch.stack([rows for _, rows in sources])
 
 
 def train(
@@ -289,6 +330,7 @@ def train_pack(
     progress: bool = True,
     desc: str = "train",
     checkpoint: Checkpointing | None = None,
+    on_divergence: str = "fail",
 ) -> list[TrainResult]:
     """Train every member's model in place, in lockstep, and return each one's metrics.
 
@@ -310,9 +352,15 @@ def train_pack(
       e.g. repeated random sampling trains on a fresh subset every epoch.
     * ``cfg.augment`` transforms each training batch (the loss, ``on_batch`` and the
       teacher of a distillation all see the augmented batch); metrics use clean data.
+    * A member's ``cfg`` may differ from ``cfg`` in its element-wise optimiser settings
+      (:data:`~workflow.stages.ELEMENTWISE`: learning rate, weight decay, momentum);
+      each member keeps its own values and schedule.
     * A non-finite loss raises :class:`DivergenceError` at the end of its epoch, naming
       the run (its ``desc``), the epoch and the step (checked on the device, so steps
-      never wait).
+      never wait). With ``on_divergence="record"`` (:data:`ON_DIVERGENCE`) it stops
+      that member instead: it takes no optimiser step from then on, its metrics are
+      NaN from that epoch on, and its result records the epoch and step
+      (``diverged``); the others train on.
     * Besides loss and accuracy, every epoch records ``weight_distance``, the norm of
       the change of all parameters since the start of this run (lazy vs rich
       training), and ``relative_weight_distance``, that over the starting norm.
@@ -324,6 +372,9 @@ def train_pack(
     """
     if not members:
         raise ValueError("a pack needs at least one member")
+    if on_divergence not in ON_DIVERGENCE:
+        raise ValueError(f"on_divergence {on_divergence!r} unknown; allowed: {', '.join(ON_DIVERGENCE)}")
+    record_divergence = on_divergence == "record"
     for m in members:
         if checkpoint is not None and m.on_batch is not None and not (
             hasattr(m.on_batch, "state_dict") and hasattr(m.on_batch, "load_state_dict")
@@ -355,9 +406,14 @@ def train_pack(
             apply_masks(m.model, m.masks)
 
     device = members[0].data.x_train.device
-    engine = ENGINES[resolve_stack(stack, device)]([m.model for m in members], [m.masks for m in members], cfg,
-                            max(1, cfg.epochs * steps_per_epoch))
+    engine = ENGINES[resolve_stack(stack, device)]([m.model for m in members], [m.masks for m in members],
+                                                   [m.cfg or cfg for m in members],
+                                                   max(1, cfg.epochs * steps_per_epoch), record_divergence)
+    # A stacked pack whose members draw their training sets from one task gathers every
+    # member's batch in one indexing operation, and measures them all at once.
+    shared = _shared_source(members) if engine.name == "stacked" else None
     runs = [RunState(m, s) for m, s in zip(members, samplers)]
+    hooks = any(m.on_batch is not None for m in members)
     loss_fns = [m.loss_fn or cross_entropy for m in members]
     finite = Finite(len(members), device)
     epoch_done, step, done = 0, 0, 0  # whole epochs done; optimiser steps; batches of the next epoch done
@@ -369,13 +425,31 @@ def train_pack(
             for run in wanted:
                 run.snapshots[step] = {k: v.detach().clone() for k, v in run.member.model.state_dict().items()}
 
+    def diverge(bad: dict[int, int], epoch: int) -> None:
+        """Note the members whose loss stopped being finite in ``epoch`` (record mode)."""
+        for k, at in bad.items():
+            if runs[k].diverged is None:
+                runs[k].diverged = (epoch, at)
+
     def record() -> None:
-        engine.sync()
+        if shared is None:
+            engine.sync()
+            for run in runs:
+                run.record()
+        else:  # on the device for every member at once, and read in one go
+            source, rows = shared
+            train, test = engine.evaluate(source.x_train, source.y_train, rows), engine.evaluate(source.x_test, source.y_test)
+            table = torch.stack([*train, *test, *engine.distance()]).tolist()
+            for k, run in enumerate(runs):
+                run.record({name: table[i][k] for i, name in enumerate(HISTORY)})
         for run in runs:
-            run.record()
             # The last optimiser step can break the weights after its own loss was finite.
             loss = run.history["train_loss"][-1]
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) and run.diverged is None and record_divergence:
+                run.diverged = (len(run.history["train_loss"]) - 1, step)
+                for values in run.history.values():
+                    values[-1] = math.nan
+            elif not math.isfinite(loss) and run.diverged is None:
                 raise DivergenceError(
                     f"{run.member.desc}: the training-set loss is {loss} after epoch "
                     f"{len(run.history['train_loss']) - 1}, step {step}; lower the learning rate or check the data"
@@ -402,27 +476,38 @@ def train_pack(
             for run in runs:
                 if run.order is None:
                     run.order = run.sampler(run.generator)
-            # One copy of each order to the device per epoch; the steps then never wait for the host.
-            batches = [_batches(run.order.to(device), cfg.batch_size) for run in runs]
+            # One copy of the orders to the device per epoch; the steps then never wait for the host.
+            if shared is None:
+                batches = [_batches(run.order.to(device), cfg.batch_size) for run in runs]
+            else:
+                orders = torch.stack([run.order for run in runs]).to(device)
+                bounds = _bounds(orders.shape[1], cfg.batch_size)
             for i in range(done, steps_per_epoch):
-                idx = [b[i] for b in batches]
-                xbs = [m.data.x_train[j] for m, j in zip(members, idx)]
-                ybs = [m.data.y_train[j] for m, j in zip(members, idx)]
+                if shared is None:
+                    idx = [b[i] for b in batches]
+                    xbs = [m.data.x_train[j] for m, j in zip(members, idx)]
+                    ybs = [m.data.y_train[j] for m, j in zip(members, idx)]
+                else:  # (K, B) positions in each member's training set, their rows in the shared task
+                    positions = orders[:, bounds[i][0]:bounds[i][1]]
+                    picked = shared[1].gather(1, positions)
+                    xbs, ybs = shared[0].x_train[picked], shared[0].y_train[picked]
+                    idx = list(positions) if hooks else []
                 if augment is not None:
                     xbs = [augment(xb, run.generator) for xb, run in zip(xbs, runs)]
                 losses, logits = engine.step(xbs, ybs, loss_fns)
                 step += 1
                 done += 1
                 finite.watch(losses, step)
-                for m, j, lg, yb in zip(members, idx, logits, ybs):
-                    if m.on_batch is not None:
-                        m.on_batch(j, lg, yb)
+                if hooks:
+                    for m, j, lg, yb in zip(members, idx, logits, ybs):
+                        if m.on_batch is not None:
+                            m.on_batch(j, lg, yb)
                 snapshot()
                 if (signum := stop()) is not None and done < steps_per_epoch:
-                    finite.check(members, epoch, engine.lr)
+                    diverge(finite.check(members, epoch, engine.lr, record_divergence), epoch)
                     checkpoint.save(state(signum))  # type: ignore[union-attr]
                     raise Preempted(signum)
-            finite.check(members, epoch, engine.lr)
+            diverge(finite.check(members, epoch, engine.lr, record_divergence), epoch)
             epoch_done, done = epoch, 0
             for run in runs:
                 run.order = None
@@ -435,4 +520,5 @@ def train_pack(
                     raise Preempted(signum)
     engine.sync()
     resumed_step, stopper = (None, None) if saved is None else (saved["step"], stopped_by(saved))
-    return [TrainResult(history_dataset(run.history), run.snapshots, step, resumed_step, stopper) for run in runs]
+    return [TrainResult(history_dataset(run.history), run.snapshots, step, resumed_step, stopper, run.diverged)
+            for run in runs]

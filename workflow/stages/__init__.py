@@ -60,6 +60,9 @@ class TrainingSetup:
 
 # What every run's spec has that may differ between the runs of one pack (see :meth:`TrainingStage.pack_key`).
 STACKABLE = ("run", "seed", "parent", "train_seed")
+# The training settings an optimiser applies element by element: the runs of one pack may
+# differ in them too, each keeping its own values and schedule (workflow.engines).
+ELEMENTWISE = ("lr", "weight_decay", "momentum")
 
 
 class TrainingStage:
@@ -79,6 +82,7 @@ class TrainingStage:
         be known, when the study is planned, to train with the same settings.
         """
         key = {k: v for k, v in spec.items() if k not in STACKABLE + self.stackable}
+        key["train"] = {k: v for k, v in spec["train"].items() if k not in ELEMENTWISE}
         if self.decided_by_job(spec):
             key["run"] = spec["run"]
         return key
