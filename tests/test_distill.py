@@ -79,3 +79,18 @@ def test_kd_loss_validates(batch, temperature: float, alpha: float, name: str) -
     student, teacher, targets = batch
     with pytest.raises(ValueError, match=name):
         kd_loss(student, teacher, targets, temperature, alpha)
+
+
+def test_the_stacked_kd_loss_of_k_students_is_each_ones_kd_loss() -> None:
+    from workflow.distill import stacked_kd_loss
+
+    g = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(3, 8, 5, generator=g, dtype=torch.float64), torch.randn(3, 8, 5, generator=g,
+                                                                                          dtype=torch.float64)
+    targets = torch.randint(0, 5, (3, 8), generator=g)
+    temperature, alpha = torch.tensor([1.0, 4.0, 2.5], dtype=torch.float64), torch.tensor([0.0, 0.5, 1.0],
+                                                                                          dtype=torch.float64)
+    got = stacked_kd_loss(student, teacher, targets, temperature, alpha)
+    expected = torch.stack([kd_loss(student[k], teacher[k], targets[k], float(temperature[k]), float(alpha[k]))
+                            for k in range(3)])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

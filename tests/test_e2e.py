@@ -414,3 +414,28 @@ def test_a_forced_pack_retrains_its_runs_and_their_children_and_nothing_else(stu
     assert changed == {*pack.runs, *children}
     for sibling in ("pretrain/synthetic/s0", "finetune/synthetic/full/s0", "finetune/scratch/s0"):
         assert sibling not in changed
+
+
+def test_a_small_twin_of_the_lottery_study_runs_to_the_end(tmp_path: Path) -> None:
+    """The lottery study's shape at toy scale: every method, global pruning, two seeds, two
+    rewind steps. Its FLOPs-matched scratch runs, whose epochs follow their own masks, train
+    in packs of their own; with packs keyed on the spec alone this stopped with "the runs of
+    pack ... train with different settings"."""
+    cwd = copy_workflow(tmp_path)
+    twin = yaml.safe_load((cwd / "config/studies/lottery.yaml").read_text())
+    twin.update(results="results/lottery_twin", data={"target": {"name": "mnist1d", "args": {"num_samples": 600}}},
+                model={"name": "cnn1d", "channels": 4},
+                train={"epochs": 3, "batch_size": 50, "optimizer": "adam", "lr": 0.01, "schedule": "cosine"})
+    twin["prune_network"].update(levels=2, rewind_steps=[0, 5], seeds=[0, 1])
+    twin["analyze"] = {"probe_size": 50, "spectra": {"hutchinson_probes": 5}}  # 120 test examples
+    (cwd / "twin.yaml").write_text(yaml.safe_dump(twin))
+    snakemake(cwd, configfiles=("twin.yaml",))
+    study = Study({**twin, "results": str(cwd / twin["results"])})
+    scratch = [run for run in study.network_pruning_runs() if study.parse(run)["method"] == "scratch"]
+    assert len(scratch) == 2 * 2 * 2
+    for run in study.training_runs():
+        metrics = xr.open_zarr(study.path(run, "metrics.zarr"))
+        assert metrics.attrs["pack_runs"] == [run] or run not in scratch
+        assert metrics.sizes["epoch"] >= 4  # 3 epochs and the start; scratch more, as its mask saves multiply-adds
+    assert any(xr.open_zarr(study.path(run, "metrics.zarr")).sizes["epoch"] > 4 for run in scratch)
+    assert planned(cwd, configfiles=("twin.yaml",)) == {}

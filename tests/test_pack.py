@@ -314,3 +314,32 @@ def test_a_diverging_member_is_recorded_and_the_rest_train_on(make_cnn, task, st
             xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="allowed: fail, record"):
         train_pack(pack(), cfg, progress=False, on_divergence="ignore")
+
+
+def test_a_stacked_pack_of_students_distils_from_every_teacher_at_once(make_cnn, task) -> None:
+    """Students of a trained and an untrained teacher, at other temperatures and alphas: the
+    stacked engine runs every teacher in one vmapped pass and equals each student alone."""
+    from workflow.distill import KDLoss
+    from workflow.engines import Stacked
+
+    teachers = [make_cnn(seed=9).eval().requires_grad_(False), make_cnn(seed=8).eval().requires_grad_(False)]
+    losses = [KDLoss(teachers[0], 4.0, 0.5), KDLoss(teachers[1], 2.0, 0.9), KDLoss(teachers[0], 1.0, 0.2)]
+
+    def pack():
+        return [Member(make_cnn(seed=k), task.subset(range(40 * k, 40 * k + 120)), seed=k, loss_fn=fn, desc=str(k))
+                for k, fn in enumerate(losses)]
+
+    alone = [(m, _alone(m)) for m in pack()]
+    stacked = pack()
+    results = train_pack(stacked, CFG, stack="stacked", progress=False)
+    for (a, ra), b, rb in zip(alone, stacked, results):
+        sa, sb = _state(a.model), _state(b.model)
+        for k in sa:
+            if sa[k].is_floating_point():
+                torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-5)
+        xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-5, atol=1e-5)
+    engine = Stacked([m.model for m in pack()], [None] * 3, [CFG] * 3, 10)
+    teachers_once = engine.stacked_teachers(losses)
+    assert teachers_once is not None and engine.stacked_teachers(losses) is teachers_once  # built once
+    assert Stacked([m.model for m in pack()], [None] * 3, [CFG] * 3, 10).stacked_teachers(
+        [losses[0], lambda logits, xb, yb: logits.sum(), losses[2]]) is None  # not every member distils

@@ -36,6 +36,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
+from workflow.distill import KDLoss, stacked_kd_loss
 from workflow.prune_network import apply_masks
 from workflow.stages import ELEMENTWISE
 
@@ -317,6 +318,7 @@ class Stacked:
 
         self.forward = torch.compile(vmap(forward)) if self.cfg.compile else vmap(forward)
         self.forward_shared = vmap(forward, in_dims=(0, 0, None))  # one input for every member
+        self._teachers: tuple[Any, ...] | None = None  # distillation's teachers, stacked at the first step
 
     def params(self) -> dict[str, torch.Tensor]:
         """Every parameter as a (K, ...) tensor: views of the trainable (K, N) tensor, and the frozen ones."""
@@ -341,6 +343,11 @@ class Stacked:
             logits = self.forward(self.params(), self.buffers, xb)
             if all(fn is cross_entropy for fn in loss_fns):  # one kernel for every member's loss
                 losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(len(xb), -1).mean(1)
+            elif teachers := self.stacked_teachers(loss_fns):  # every teacher in one forward pass
+                forward, params, buffers, temperature, alpha = teachers
+                with torch.no_grad():
+                    teacher_logits = forward(params, buffers, xb)
+                losses = stacked_kd_loss(logits, teacher_logits, yb, temperature, alpha)
             else:
                 losses = torch.stack([fn(logits[k], xb[k], yb[k]) for k, fn in enumerate(loss_fns)])
         self.flat.grad = None
@@ -358,6 +365,32 @@ class Stacked:
 
     def lr(self, step: int, member: int = 0) -> float:
         return self.opt.lr(step, member)
+
+    def stacked_teachers(self, loss_fns: Sequence[LossFn]) -> tuple[Any, ...] | None:
+        """When every member distils (:class:`~workflow.distill.KDLoss`) from a teacher of one
+        architecture: a vmapped forward pass of the teachers, their stacked weights and
+        buffers, and the temperatures and alphas (K,). Built once; None otherwise."""
+        if self._teachers is None:
+            self._teachers = ()
+            if all(isinstance(fn, KDLoss) for fn in loss_fns):
+                teachers = [fn.teacher for fn in loss_fns]  # type: ignore[attr-defined]
+                layout = [(n, p.shape) for n, p in teachers[0].named_parameters()]
+                if all([(n, p.shape) for n, p in t.named_parameters()] == layout for t in teachers):
+                    base = copy.deepcopy(teachers[0]).to("meta").eval()
+
+                    def forward(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                                x: torch.Tensor) -> torch.Tensor:
+                        return functional_call(base, (params, buffers), (x,))
+
+                    def stacked(tensors: str) -> dict[str, torch.Tensor]:
+                        named = [dict(getattr(t, tensors)()) for t in teachers]
+                        return {n: torch.stack([d[n].detach() for d in named]) for n in named[0]}
+
+                    device = self.flat.device
+                    self._teachers = (vmap(forward), stacked("named_parameters"), stacked("named_buffers"),
+                                      torch.tensor([fn.temperature for fn in loss_fns], device=device),  # type: ignore[attr-defined]
+                                      torch.tensor([fn.alpha for fn in loss_fns], device=device))  # type: ignore[attr-defined]
+        return self._teachers or None
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None,

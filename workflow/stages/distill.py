@@ -45,9 +45,7 @@ class Distill(TrainingStage):
         return {**subset_inputs(study, spec), **teacher}
 
     def prepare(self, spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mapping[str, Path]) -> None:
-        import torch
-
-        from workflow.distill import kd_loss
+        from workflow.distill import KDLoss
         from workflow.models import load_model, seeded_model
 
         prepare_subset(spec, setup, inputs)
@@ -57,11 +55,4 @@ class Distill(TrainingStage):
             teacher = seeded_model(spec["model"], setup.data.in_length, setup.data.num_classes,
                                    spec["teacher_seed"], setup.device).eval()
         teacher.requires_grad_(False)
-        T, alpha = spec["temperature"], spec["alpha"]
-
-        def loss_fn(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                teacher_logits = teacher(xb)
-            return kd_loss(logits, teacher_logits, yb, T, alpha)
-
-        setup.loss_fn = loss_fn
+        setup.loss_fn = KDLoss(teacher, spec["temperature"], spec["alpha"])
