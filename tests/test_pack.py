@@ -248,6 +248,18 @@ def test_a_stacked_pack_on_cuda_agrees_with_the_sequential_one(make_cnn, task) -
 # --- element-wise settings per member, and divergence as data ---------------------------------
 
 
+def _assert_stacked_is_alone(pack, cfg: TrainConfig, alone) -> None:
+    """A stacked pack of ``pack()`` trains each member to within 1e-5 of it alone (``alone``:
+    (member, result) pairs)."""
+    stacked = pack()
+    for (a, ra), b, rb in zip(alone, stacked, train_pack(stacked, cfg, stack="stacked", progress=False)):
+        sa, sb = _state(a.model), _state(b.model)
+        for k in sa:
+            if sa[k].is_floating_point():
+                torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-5)
+        xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("optimizer, settings", [
     ("adam", [{"lr": 0.001}, {"lr": 0.01}, {"lr": 0.03, "weight_decay": 1e-3}]),
     ("adamw", [{"lr": 0.001, "weight_decay": 0.1}, {"lr": 0.01}, {"lr": 0.02, "weight_decay": 0.01}]),
@@ -264,14 +276,7 @@ def test_a_stacked_pack_of_three_learning_rates_equals_each_run_alone(make_cnn, 
                 for k, c in enumerate(cfgs)]
 
     alone = [(m, _alone(m, m.cfg)) for m in pack()]
-    stacked = pack()
-    results = train_pack(stacked, base, stack="stacked", progress=False)
-    for (a, ra), b, rb in zip(alone, stacked, results):
-        sa, sb = _state(a.model), _state(b.model)
-        for k in sa:
-            if sa[k].is_floating_point():
-                torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-5)
-        xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-5, atol=1e-5)
+    _assert_stacked_is_alone(pack, base, alone)
     sequential = pack()
     for (a, ra), b, rb in zip(alone, sequential, train_pack(sequential, base, progress=False)):
         _assert_bitwise(a.model, ra, b.model, rb)
@@ -329,15 +334,7 @@ def test_a_stacked_pack_of_students_distils_from_every_teacher_at_once(make_cnn,
         return [Member(make_cnn(seed=k), task.subset(range(40 * k, 40 * k + 120)), seed=k, loss_fn=fn, desc=str(k))
                 for k, fn in enumerate(losses)]
 
-    alone = [(m, _alone(m)) for m in pack()]
-    stacked = pack()
-    results = train_pack(stacked, CFG, stack="stacked", progress=False)
-    for (a, ra), b, rb in zip(alone, stacked, results):
-        sa, sb = _state(a.model), _state(b.model)
-        for k in sa:
-            if sa[k].is_floating_point():
-                torch.testing.assert_close(sb[k], sa[k], rtol=1e-5, atol=1e-5)
-        xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-5, atol=1e-5)
+    _assert_stacked_is_alone(pack, CFG, [(m, _alone(m)) for m in pack()])
     engine = Stacked([m.model for m in pack()], [None] * 3, [CFG] * 3, 10)
     teachers_once = engine.stacked_teachers(losses)
     assert teachers_once is not None and engine.stacked_teachers(losses) is teachers_once  # built once
