@@ -394,7 +394,7 @@ class Stacked:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None,
-                 examples: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+                 examples: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
         """Every member's mean cross-entropy and accuracy (K,), in eval mode, in float64 on the
         device: on ``x[rows[k]]`` for member k (``rows`` (K, N)), or on all of ``x``. One
         vmapped forward pass per chunk of about ``examples`` inputs, whatever K is."""
