@@ -331,6 +331,7 @@ def train_pack(
     desc: str = "train",
     checkpoint: Checkpointing | None = None,
     on_divergence: str = "fail",
+    measure_together: bool | None = None,
 ) -> list[TrainResult]:
     """Train every member's model in place, in lockstep, and return each one's metrics.
 
@@ -364,6 +365,9 @@ def train_pack(
     * Besides loss and accuracy, every epoch records ``weight_distance``, the norm of
       the change of all parameters since the start of this run (lazy vs rich
       training), and ``relative_weight_distance``, that over the starting norm.
+    * ``measure_together``: a stacked pack whose members share one task measures them
+      all in one vmapped pass per chunk and reads the metrics once an epoch; by default
+      on a GPU only, since on a CPU a loop over the members is twice as fast (16 CNNs).
     * ``checkpoint``: save the whole state of training every ``checkpoint.every``
       epochs, and on SIGTERM or SIGUSR1 after the current step, then raise
       :class:`~workflow.checkpoint.Preempted`; start from a saved state when there is
@@ -410,8 +414,9 @@ def train_pack(
                                                    [m.cfg or cfg for m in members],
                                                    max(1, cfg.epochs * steps_per_epoch), record_divergence)
     # A stacked pack whose members draw their training sets from one task gathers every
-    # member's batch in one indexing operation, and measures them all at once.
+    # member's batch in one indexing operation, and (on a GPU) measures them all at once.
     shared = _shared_source(members) if engine.name == "stacked" else None
+    together = shared is not None and (device.type != "cpu" if measure_together is None else measure_together)
     runs = [RunState(m, s) for m, s in zip(members, samplers)]
     hooks = any(m.on_batch is not None for m in members)
     loss_fns = [m.loss_fn or cross_entropy for m in members]
@@ -432,12 +437,12 @@ def train_pack(
                 runs[k].diverged = (epoch, at)
 
     def record() -> None:
-        if shared is None:
+        if not together:
             engine.sync()
             for run in runs:
                 run.record()
         else:  # on the device for every member at once, and read in one go
-            source, rows = shared
+            source, rows = shared  # type: ignore[misc]
             train, test = engine.evaluate(source.x_train, source.y_train, rows), engine.evaluate(source.x_test, source.y_test)
             table = torch.stack([*train, *test, *engine.distance()]).tolist()
             for k, run in enumerate(runs):
