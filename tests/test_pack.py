@@ -340,3 +340,19 @@ def test_a_stacked_pack_of_students_distils_from_every_teacher_at_once(make_cnn,
     assert teachers_once is not None and engine.stacked_teachers(losses) is teachers_once  # built once
     assert Stacked([m.model for m in pack()], [None] * 3, [CFG] * 3, 10).stacked_teachers(
         [losses[0], lambda logits, xb, yb: logits.sum(), losses[2]]) is None  # not every member distils
+
+
+def test_measuring_a_stacked_pack_at_once_equals_measuring_each_member(make_cnn, task) -> None:
+    """The GPU's way (every member's train and test metrics and weight distance in one vmapped
+    pass, read once an epoch) agrees with evaluating each member's module, and the weights
+    are the same either way."""
+    def pack():
+        return [Member(make_cnn(seed=k), task.subset(range(40 * k, 40 * k + 120)), seed=k, desc=str(k))
+                for k in range(3)]
+
+    apart, together = pack(), pack()
+    a = train_pack(apart, CFG, stack="stacked", progress=False, measure_together=False)
+    b = train_pack(together, CFG, stack="stacked", progress=False, measure_together=True)
+    for ma, mb, ra, rb in zip(apart, together, a, b):
+        assert all(torch.equal(x, y) for x, y in zip(_state(ma.model).values(), _state(mb.model).values()))
+        xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-6, atol=1e-6)
