@@ -141,21 +141,18 @@ class Shuffle:
         pass
 
 
-def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    batches = list(order.split(batch_size))
-    # A batch of one breaks BatchNorm in train mode; fold it into the previous one.
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = torch.cat(batches[-2:])
-        batches.pop()
-    return batches
-
-
 def _bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """Where each batch of :func:`_batches` of ``n`` examples starts and ends."""
+    """Where each batch of an epoch of ``n`` examples starts and ends."""
     starts = list(range(0, n, batch_size))
+    # A batch of one breaks BatchNorm in train mode; fold it into the previous one.
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     return list(zip(starts, starts[1:] + [n]))
+
+
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """An epoch's order cut into its batches (:func:`_bounds`)."""
+    return [order[a:b] for a, b in _bounds(len(order), batch_size)]
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
