@@ -3,7 +3,8 @@
 A run is the unit of identity and storage; a pack is the unit of execution. The
 runs of one stage share a pack when their specs agree on everything but what a
 training loop can step side by side (:meth:`workflow.stages.TrainingStage.pack_key`:
-seeds, equal-size subsets, masks, teachers, parents) and when neither depends on
+seeds, equal-size subsets, masks, teachers, parents, element-wise optimiser
+settings) and when neither depends on
 the other (a run and its parent in the same stage, e.g. two IMP levels, never
 share one).
 

@@ -219,7 +219,8 @@ class Study(AnalysisPlan):
         """The job that trains a pack: what each member's :meth:`training_job` reads and writes.
 
         Its ``specs`` key every output on the whole pack's description (every member's
-        spec and the stack mode), so that changing one run retrains its pack.
+        spec and the stack mode), so that changing one run reruns its pack's job, which
+        trains the runs not stored for their key (:mod:`workflow.cache`).
         """
         jobs = [self.training_job(run) for run in pack.runs]
         inputs = {"data": jobs[0].inputs["data"]}

@@ -15,8 +15,9 @@ job, not one per store. Each training pack has at most two analysis jobs:
 
 Every store keeps its own path, so summaries read them as before. A batch's job is
 keyed on its description (every task and the settings of its kinds): changing a
-run retrains its pack and reruns the batches that read its files; changing one
-analysis's settings reruns the batches that hold that analysis.
+run retrains it and reruns the batches that read its files; changing one
+analysis's settings reruns the batches that hold that analysis. A batch that runs
+computes only the stores not already written for their key (:mod:`workflow.cache`).
 """
 
 from __future__ import annotations
