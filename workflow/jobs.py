@@ -84,11 +84,12 @@ def train_pack_job(
     written (see :mod:`workflow.checkpoint`).
     """
     keys = [cache.key({"spec": run["spec"]}, {"data": pack["data"], **run["inputs"]}) for run in pack["runs"]]
-    todo = [(run, key) for run, key in zip(pack["runs"], keys)
-            if recompute or not cache.is_stored([Path(run["out"]) / "model.pt", Path(run["out"]) / "metrics.zarr"], key)]
+    stored = [not recompute and cache.is_stored([Path(run["out"]) / "model.pt", Path(run["out"]) / "metrics.zarr"], key)
+              for run, key in zip(pack["runs"], keys)]
+    todo = [(run, key) for run, key, done in zip(pack["runs"], keys, stored) if not done]
     print(f"{pack['pack']}: training {len(todo)} of {len(keys)} runs; the others are stored for their spec "
-          "and inputs" + "".join(f"\n  {'train ' if (run, key) in todo else 'stored'} {run['spec']['run']}"
-                                 for run, key in zip(pack["runs"], keys)), flush=True)
+          "and inputs" + "".join(f"\n  {'stored' if done else 'train '} {run['spec']['run']}"
+                                 for run, done in zip(pack["runs"], stored)), flush=True)
     if not todo:
         return
     dev = job_device(device, threads)
