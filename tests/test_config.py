@@ -214,6 +214,32 @@ ERRORS = {
         ["'pretrain.train.batch_size' (or 'train.batch_size') = 100 exceeds the 64 training examples of "
          "data.sources.synthetic"],
     ),
+    "probe set larger than the test set": (
+        lambda c: c["analyze"].update(probe_size=5000),
+        ["config key 'analyze.probe_size' = 5000 exceeds the 1500 test examples of data.target; allowed: at most 1500"],
+    ),
+    "default probe set of a small test set": (
+        lambda c: c["data"]["target"]["args"].update(num_samples=600, train_split=0.8),
+        ["config key 'analyze.probe_size' = 500 exceeds the 120 test examples of data.target"],
+    ),
+    "more anchors than training examples": (
+        lambda c: c["analyze"].setdefault("relative", {}).update(anchors=5000),
+        ["config key 'analyze.relative.anchors' = 5000 exceeds the 500 training examples of data.target",
+         "allowed: at most 500"],
+    ),
+    "rewind beyond the dense run's steps": (
+        lambda c: c["prune_network"].update(rewind_steps=[0, 1000000]),
+        ["config key 'prune_network.rewind_steps' = 1000000 exceeds the 300 optimiser steps of the dense run "
+         "(30 epochs of 10 steps); allowed: at most 300"],
+    ),
+    "more CCA directions than the probe set allows": (
+        lambda c: c["analyze"].update(probe_size=50, similarity={"measures": ["svcca"], "cca_dims": 49}),
+        ["config key 'analyze.similarity.cca_dims' = 49 exceeds", "allowed: at most 48"],
+    ),
+    "more prototypes than training examples": (
+        lambda c: c["prune_data"].update(scores=["prototypes"], prototypes={"k": 501, "embedding": "pretrain/mnist1d/s0"}),
+        ["config key 'prune_data.prototypes.k' = 501 exceeds the 500 training examples of data.target"],
+    ),
     "similarity edge named twice": (
         lambda c: c["analyze"]["similarity"].update(edges=["within", "within"]),
         ["'analyze.similarity.edges'", "non-unique elements"],

@@ -43,3 +43,18 @@ def test_lineage_tables_average_matched_layers_and_within_tables_the_others(tmp_
     within_table = text.split("similarity within each model, mean over pairs of different layers: linear_cka\n")[1]
     assert within_table.splitlines()[2].split()[-3] == f"{(0.5 + 0.2 + 0.4) / 3:.3f}"
     assert "procrustes" not in text  # the lineage tables show linear CKA alone
+
+
+def test_the_report_says_once_which_code_made_the_stores(tmp_path: Path) -> None:
+    ds = xr.Dataset({"test_acc": (("seed", "epoch"), [[0.5, 0.6]])}, coords={"seed": [0], "epoch": [1, 2]})
+    for run in ("pretrain/a/s0", "pretrain/a/s1"):
+        storage.write_dataset(ds.isel(seed=0), tmp_path / run / "metrics.zarr", storage.provenance(None))
+    storage.write_dataset(ds.expand_dims(source=["a"]), tmp_path / "summary" / "pretrain.zarr", storage.provenance(None))
+    storage.write_dataset(ds, tmp_path / "old.zarr", {"package": "dlsci"})  # made before commits were recorded
+    text = report(tmp_path)
+    code = storage.code_version()
+    lines = text.split("provenance: the code that made the stores\n")[1].splitlines()
+    assert lines[0].startswith(f"  3 stores: commit {code['git_commit'][:12]}")
+    assert f"torch {code['versions']['torch']}" in lines[0] and "snakemake" in lines[0]
+    assert lines[1] == "  1 store: not recorded (made before provenance recorded its code)"
+    assert text.count("provenance:") == 1

@@ -184,6 +184,22 @@ def test_provenance_omits_what_is_not_given() -> None:
     assert {"package_version", "created"} <= set(attrs)
 
 
+def test_provenance_records_the_commit_the_tree_and_the_versions_that_made_it() -> None:
+    import importlib.metadata
+    import subprocess
+
+    attrs = storage.provenance(None)
+    repo = Path(storage.__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # the package is a git checkout (it is, in CI's clone)
+        assert attrs["git_commit"] == head.stdout.strip()
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True)
+        assert attrs["git_dirty"] is bool(status.stdout.strip())
+    assert set(attrs["versions"]) == {"dlsci", "torch", "xarray", "zarr", "numpy", "snakemake"}
+    assert attrs["versions"]["torch"] == importlib.metadata.version("torch") == torch.__version__.split("+")[0]
+    assert attrs["versions"]["xarray"] == xr.__version__
+
+
 def test_provenance_survives_a_zarr_round_trip(tmp_path: Path) -> None:
     spec = {"lr": 0.1, "methods": ["full", "scratch"]}
     storage.write_dataset(_dataset(), tmp_path / "a.zarr", storage.provenance(spec, seed=np.int64(2)))

@@ -150,6 +150,7 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                     f"config key '{stage}.train.augment' (or 'train.augment') = {augment} needs an image "
                     f"dataset, but data.{task} is {name!r}; image datasets: {', '.join(images)}"
                 )
+    problems += _size_problems(config)
     # the schema holds: the runs a teacher or an embedding may name can be listed
     pretrained, finetuned = TRAINING_STAGES["pretrain"].runs(config), TRAINING_STAGES["finetune"].runs(config)
     ft = config.get("finetune", {"methods": [], "seeds": []})
@@ -181,6 +182,44 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _size_problems(config: Mapping[str, Any]) -> list[str]:
+    """Sizes the config sets against the sizes of the data it makes, where the config
+    determines them (a torchvision dataset's sizes are known only from its files)."""
+    from workflow.batching import steps_per_epoch
+    from workflow.datasets import test_examples, train_examples
+
+    target = config["data"]["target"]
+    n_train, n_test = train_examples(target), test_examples(target)
+    problems = []
+
+    def at_most(key: str, value: int, limit: int | None, what: str) -> None:
+        if limit is not None and value > limit:
+            problems.append(f"config key '{key}' = {value} exceeds {what}; allowed: at most {limit}")
+
+    analyze = config.get("analyze", {})
+    probe = analyze.get("probe_size", 0)
+    at_most("analyze.probe_size", probe, n_test, f"the {n_test} test examples of data.target")
+    relative = analyze.get("relative", {})
+    at_most("analyze.relative.anchors", relative.get("anchors", 0), n_train,
+            f"the {n_train} training examples of data.target (the anchors are drawn from them)")
+    similarity = analyze.get("similarity", {})
+    cca_dims = similarity.get("cca_dims", "refuse")
+    if cca_dims != "refuse" and {"svcca", "pwcca"} & set(similarity.get("measures", [])):
+        at_most("analyze.similarity.cca_dims", cca_dims, probe - 2,
+                f"what analyze.probe_size = {probe} examples allow (CCA needs more examples than directions + 1)")
+    prototypes = config.get("prune_data", {}).get("prototypes")
+    if prototypes is not None and "prototypes" in config["prune_data"]["scores"]:
+        at_most("prune_data.prototypes.k", prototypes["k"], n_train, f"the {n_train} training examples of data.target")
+    pn = config.get("prune_network")
+    if pn is not None and n_train is not None:
+        train = {**config["train"], **pn.get("train", {})}
+        steps = train["epochs"] * steps_per_epoch(n_train, train["batch_size"])
+        at_most("prune_network.rewind_steps", max(pn["rewind_steps"]), steps,
+                f"the {steps} optimiser steps of the dense run ({train['epochs']} epochs of "
+                f"{steps_per_epoch(n_train, train['batch_size'])} steps)")
+    return problems
 
 
 def load_config(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -> dict[str, Any]:

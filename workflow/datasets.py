@@ -30,6 +30,7 @@ class DatasetSource:
     images: bool = False  # examples are (channels, height, width): image augmentations apply
     # The number of training examples the settings make, when it is known before making them.
     train_count: Callable[[dict[str, Any]], int] | None = None
+    test_count: Callable[[dict[str, Any]], int] | None = None  # likewise, of test examples
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -93,7 +94,14 @@ def _mnist1d_train_count(settings: dict[str, Any]) -> int:
     return int(settings["num_samples"] // 10 * 10 * settings["train_split"])
 
 
-DATASETS.register("mnist1d")(DatasetSource(_mnist1d, _mnist1d_settings, train_count=_mnist1d_train_count))
+def _mnist1d_test_count(settings: dict[str, Any]) -> int:
+    """The examples make_dataset makes that its split leaves out of training."""
+    return settings["num_samples"] // 10 * 10 - _mnist1d_train_count(settings)
+
+
+DATASETS.register("mnist1d")(
+    DatasetSource(_mnist1d, _mnist1d_settings, train_count=_mnist1d_train_count, test_count=_mnist1d_test_count)
+)
 
 
 def _synthetic_settings() -> dict[str, Any]:
@@ -138,7 +146,8 @@ def _synthetic(args: dict[str, Any]) -> Arrays:
 
 
 DATASETS.register("synthetic")(
-    DatasetSource(_synthetic, _synthetic_settings, train_count=lambda settings: settings["num_train"])
+    DatasetSource(_synthetic, _synthetic_settings, train_count=lambda settings: settings["num_train"],
+                  test_count=lambda settings: settings["num_test"])
 )
 
 
@@ -242,6 +251,12 @@ def train_examples(spec: dict[str, Any]) -> int | None:
     count = source.train_count({**source.settings(), **(spec.get("args") or {})}) if source.train_count else None
     sizes = [n for n in (count, spec.get("train_size")) if n is not None]
     return min(sizes) if sizes else None
+
+
+def test_examples(spec: dict[str, Any]) -> int | None:
+    """How many test examples a dataset spec makes, or None when only making it tells."""
+    source = DATASETS[spec["name"]]
+    return source.test_count({**source.settings(), **(spec.get("args") or {})}) if source.test_count else None
 
 
 def dataset_settings(name: str) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import xarray as xr
@@ -49,6 +51,29 @@ LINEAGE_TABLES = {
     "similarity_distill": "trained teacher vs student",
     "similarity_seeds": "first vs second seed",
 }
+
+
+def _code_of(store: Path) -> str:
+    """The code a store records it was made with (:func:`workflow.storage.code_version`), as text."""
+    try:
+        attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return "unreadable store"
+    if "git_commit" not in attrs:
+        return "not recorded (made before provenance recorded its code)"
+    dirty = attrs["git_dirty"]
+    tree = {True: "with uncommitted changes", False: "clean"}.get(dirty, f"tree {dirty}")
+    versions = ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items())
+    return f"commit {attrs['git_commit'][:12]} ({tree}); {versions}"
+
+
+def provenance_table(results: str | Path) -> str:
+    """Which code made the study's stores: each distinct commit and set of versions, with
+    how many stores (every Zarr store under ``results``) it made."""
+    counts = Counter(_code_of(store) for store in sorted(Path(results).rglob("*.zarr")) if store.is_dir())
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    lines = [f"  {n} store{'' if n == 1 else 's'}: {code}" for code, n in ranked]
+    return "provenance: the code that made the stores\n" + "\n".join(lines) + "\n"
 
 
 def report(results: str | Path) -> str:
@@ -113,4 +138,5 @@ def report(results: str | Path) -> str:
                 parts.append(_table("mode connectivity", 100 * ds[name], f"{name} (percentage points)"))
     if not parts:
         raise FileNotFoundError(f"no summaries under {summary}; run the study first")
+    parts.append(provenance_table(results))
     return "\n".join(parts)

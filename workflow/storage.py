@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as _dt
+import functools
 import glob
+import importlib.metadata
 import json
 import os
 import shutil
 import socket
+import subprocess
 import uuid
 import warnings
 from pathlib import Path
@@ -71,6 +74,40 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# The libraries whose versions every result records beside the project's own.
+RECORDED_PACKAGES = ("dlsci", "torch", "xarray", "zarr", "numpy", "snakemake")
+
+
+def _git(*args: str) -> str | None:
+    """``git <args>`` in the checkout this package was loaded from, or None outside one."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """What code made a result: the git commit of the package's checkout and whether its
+    tree differed from it (tracked changes or untracked files), and the installed
+    versions of :data:`RECORDED_PACKAGES`. Read once per process."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain") if commit else None
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "git_commit": commit or "unknown",  # e.g. an installed wheel, not a checkout
+        "git_dirty": bool(status) if commit else "unknown",
+        "versions": versions,
+    }
+
+
 def provenance(
     spec: Mapping[str, Any] | None = None,
     *,
@@ -86,6 +123,7 @@ def provenance(
     attrs: dict[str, Any] = {
         "package": "dlsci",
         "package_version": __version__,
+        **code_version(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),  # a rewrite is a new result
         "host": socket.gethostname(),
     }

@@ -25,6 +25,7 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
+from workflow.batching import batch_bounds
 from workflow.augment import AUGMENTATIONS, compose
 from workflow.checkpoint import (
     Checkpointing,
@@ -141,18 +142,9 @@ class Shuffle:
         pass
 
 
-def _bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """Where each batch of an epoch of ``n`` examples starts and ends."""
-    starts = list(range(0, n, batch_size))
-    # A batch of one breaks BatchNorm in train mode; fold it into the previous one.
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return list(zip(starts, starts[1:] + [n]))
-
-
 def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """An epoch's order cut into its batches (:func:`_bounds`)."""
-    return [order[a:b] for a, b in _bounds(len(order), batch_size)]
+    """An epoch's order cut into its batches (:func:`~workflow.batching.batch_bounds`)."""
+    return [order[a:b] for a, b in batch_bounds(len(order), batch_size)]
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
@@ -483,7 +475,7 @@ def train_pack(
                 batches = [_batches(run.order.to(device), cfg.batch_size) for run in runs]
             else:
                 orders = torch.stack([run.order for run in runs]).to(device)
-                bounds = _bounds(orders.shape[1], cfg.batch_size)
+                bounds = batch_bounds(orders.shape[1], cfg.batch_size)
             for i in range(done, steps_per_epoch):
                 if shared is None:
                     idx = [b[i] for b in batches]
