@@ -128,7 +128,7 @@ def _normalised(raw: np.ndarray, like_train: np.ndarray) -> np.ndarray:
 def test_the_image_datasets_are_registered_with_their_settings() -> None:
     for name in IMAGE_DATASETS:
         assert name in DATASETS
-        assert dataset_settings(name) == {"root": "data/torchvision", "download": False, "normalize": True}
+        assert dataset_settings(name) == {"root": None, "download": False, "normalize": True}
 
 
 def test_cifar10_is_read_by_torchvision_channels_first_and_normalised_with_the_training_statistics(
@@ -153,6 +153,20 @@ def test_cifar10_is_read_by_torchvision_channels_first_and_normalised_with_the_t
     np.testing.assert_allclose(arrays["x_train"], _normalised(train, train), atol=1e-5)
     np.testing.assert_allclose(arrays["x_test"], _normalised(test, train), atol=1e-5)
     assert np.abs(arrays["x_test"].mean(axis=(0, 2, 3))).max() > 1e-3  # not its own statistics
+
+
+def test_without_a_root_every_study_reads_the_shared_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = write_cifar(tmp_path / "shared" / "torchvision", monkeypatch)
+    monkeypatch.setenv("DLSCI_DATA", str(tmp_path / "shared"))
+    with np.load(make_data({"name": "cifar10", "args": {}}, tmp_path / "task.npz")) as f:
+        np.testing.assert_array_equal(f["y_train"], raw["y_train"])
+    monkeypatch.delenv("DLSCI_DATA")
+    monkeypatch.chdir(tmp_path)  # unset: ./data, which git ignores
+    with pytest.raises(FileNotFoundError, match="DLSCI_DATA"):
+        make_data({"name": "cifar10", "args": {}}, tmp_path / "task2.npz")
+    assert "data/" in (Path(__file__).parent.parent / ".gitignore").read_text().split()
 
 
 def test_cifar10_without_normalisation_is_scaled_to_the_unit_interval(

@@ -51,6 +51,7 @@ def test_the_report_says_once_which_code_made_the_stores(tmp_path: Path) -> None
         storage.write_dataset(ds.isel(seed=0), tmp_path / run / "metrics.zarr", storage.provenance(None))
     storage.write_dataset(ds.expand_dims(source=["a"]), tmp_path / "summary" / "pretrain.zarr", storage.provenance(None))
     storage.write_dataset(ds, tmp_path / "old.zarr", {"package": "dlsci"})  # made before commits were recorded
+    storage.write_dataset(ds, tmp_path / "other" / "summary" / "pretrain.zarr", {})  # another study, inside
     text = report(tmp_path)
     code = storage.code_version()
     lines = text.split("provenance: the code that made the stores\n")[1].splitlines()

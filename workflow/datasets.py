@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -162,8 +163,20 @@ TORCHVISION_CLASSES: dict[str, str] = {
 """Registered name -> class of ``torchvision.datasets`` that reads its on-disk layout."""
 
 
+# The folder every study shares for downloaded datasets, unless a dataset's ``args.root``
+# names another: ``$DLSCI_DATA/torchvision``, with ``data`` (ignored by git) by default.
+DATA_FOLDER_VARIABLE = "DLSCI_DATA"
+
+
+def shared_data_folder() -> Path:
+    """Where downloaded datasets live, for every study: ``$DLSCI_DATA``, else ``./data``."""
+    return Path(os.environ.get(DATA_FOLDER_VARIABLE) or "data")
+
+
 def _torchvision_settings() -> dict[str, Any]:
-    return {"root": "data/torchvision", "download": False, "normalize": True}
+    # root None: the shared data folder, read when the data are made (it is not part of
+    # the data's identity: the same files anywhere make the same task)
+    return {"root": None, "download": False, "normalize": True}
 
 
 def torchvision_files(name: str, root: str | Path) -> list[Path]:
@@ -204,7 +217,7 @@ def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
     for key in ("download", "normalize"):
         if not isinstance(settings[key], bool):
             raise ValueError(f"{name} setting {key!r} must be true or false, not {settings[key]!r}")
-    root = Path(settings["root"])
+    root = Path(settings["root"]) if settings["root"] is not None else shared_data_folder() / "torchvision"
 
     from torchvision import datasets as tvd
 
@@ -216,7 +229,8 @@ def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
                             and (legacy / "test.pt").is_file()):
             raise FileNotFoundError(
                 f"{name}: dataset files not found under {root.resolve()} (torchvision's layout); "
-                f"missing: {', '.join(missing)}. Put the dataset there, point `args.root` at it, "
+                f"missing: {', '.join(missing)}. Put the dataset there (the shared data folder is "
+                f"${DATA_FOLDER_VARIABLE}/torchvision, ./data/torchvision by default), point `args.root` at it, "
                 f"or set `download: true` in its `args` to fetch it"
             )
     splits = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -67,10 +68,24 @@ def _code_of(store: Path) -> str:
     return f"commit {attrs['git_commit'][:12]} ({tree}); {versions}"
 
 
+def _stores(results: Path) -> list[Path]:
+    """Every Zarr store of the study under ``results``, not those of another study's folder
+    inside it (e.g. ``results/lottery`` within the default study's ``results``)."""
+    found = []
+    for folder, subfolders, _ in os.walk(results):
+        here = Path(folder)
+        if here != results and (here / "summary").is_dir():
+            subfolders.clear()  # another study's root
+            continue
+        found += [here / name for name in subfolders if name.endswith(".zarr")]
+        subfolders[:] = sorted(name for name in subfolders if not name.endswith(".zarr"))
+    return sorted(found)
+
+
 def provenance_table(results: str | Path) -> str:
     """Which code made the study's stores: each distinct commit and set of versions, with
-    how many stores (every Zarr store under ``results``) it made."""
-    counts = Counter(_code_of(store) for store in sorted(Path(results).rglob("*.zarr")) if store.is_dir())
+    how many of the study's Zarr stores it made."""
+    counts = Counter(_code_of(store) for store in _stores(Path(results)))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     lines = [f"  {n} store{'' if n == 1 else 's'}: {code}" for code, n in ranked]
     return "provenance: the code that made the stores\n" + "\n".join(lines) + "\n"
