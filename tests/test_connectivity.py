@@ -133,8 +133,13 @@ def test_a_linear_models_curve_matches_the_formula() -> None:
         errors.append(float((z.argmax(1) != y).double().mean()))
     np.testing.assert_allclose(ds.test_loss.values, losses, rtol=1e-12)
     np.testing.assert_allclose(ds.test_error.values, errors, rtol=0, atol=1e-15)
-    assert float(ds.test_loss_barrier) == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2, rel=1e-12)
-    assert float(ds.test_error_barrier) == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2, abs=1e-15)
+    line = lambda v: [(1 - a) * v[0] + a * v[-1] for a in alphas]  # noqa: E731
+    assert float(ds.test_loss_barrier) == pytest.approx(max(np.subtract(losses, line(losses))), rel=1e-9, abs=1e-12)
+    assert float(ds.test_error_barrier) == pytest.approx(max(np.subtract(errors, line(errors))), abs=1e-15)
+    assert float(ds.test_loss_max_minus_mean_of_ends) == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2,
+                                                                       rel=1e-12)
+    assert float(ds.test_error_max_minus_mean_of_ends) == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2,
+                                                                        abs=1e-15)
     assert bool(ds.stable) == (float(ds.test_error_barrier) < 0.02)
 
 
@@ -169,12 +174,26 @@ def test_batchnorm_recompute_needs_training_data(make_cnn, task) -> None:
         linear_connectivity(make_cnn(), make_cnn(), task.x_test, task.y_test)
 
 
-def test_the_linear_barrier_is_the_rise_above_the_line_between_the_ends() -> None:
-    from workflow.analysis.connectivity import barrier, linear_barrier
+def test_the_barrier_is_the_rise_above_the_line_between_the_ends() -> None:
+    from workflow.analysis.connectivity import barrier, max_minus_mean_of_ends
 
     alphas = np.linspace(0, 1, 5)
     falling = np.array([0.4, 0.3, 0.2, 0.1, 0.0])  # monotone: no bump
-    assert linear_barrier(falling, alphas) == pytest.approx(0.0, abs=1e-15)
-    assert barrier(falling, alphas) == pytest.approx(0.2)  # max - mean of the ends
+    assert barrier(falling, alphas) == pytest.approx(0.0, abs=1e-15)
+    assert max_minus_mean_of_ends(falling, alphas) == pytest.approx(0.2)  # half the ends' gap
+    convex = np.array([0.4, 0.1, 0.05, 0.02, 0.0])  # falls faster than the line: below it everywhere
+    assert barrier(convex, alphas) == pytest.approx(0.0, abs=1e-15)
     bump = np.array([0.1, 0.2, 0.5, 0.2, 0.1])  # equal ends: the two agree
-    assert linear_barrier(bump, alphas) == pytest.approx(barrier(bump, alphas)) == pytest.approx(0.4)
+    assert barrier(bump, alphas) == pytest.approx(max_minus_mean_of_ends(bump, alphas)) == pytest.approx(0.4)
+    tilted = np.array([0.0, 0.3, 0.4, 0.35, 0.2])  # the line at 0.5 is 0.1; the rise there is 0.3
+    assert barrier(tilted, alphas) == pytest.approx(0.3)
+
+
+def test_a_falling_pair_is_stable_whatever_the_gap_of_its_ends() -> None:
+    from workflow.analysis.connectivity import _connectivity_dataset
+
+    alphas = np.linspace(0, 1, 5)
+    rows = [{"test": (loss, loss)} for loss in (0.4, 0.3, 0.2, 0.1, 0.0)]
+    ds = _connectivity_dataset(rows, alphas, 0.02, ("a", "b"))
+    assert float(ds.test_error_barrier) == 0 and bool(ds.stable)
+    assert float(ds.test_error_max_minus_mean_of_ends) == pytest.approx(0.2)

@@ -384,8 +384,9 @@ def _connectivity(n_seeds: int) -> xr.Dataset:
         {
             "test_error": (dims + ("alpha",), error),
             "test_loss": (dims + ("alpha",), loss),
-            "test_error_barrier": (dims, error.max(-1) - (error[..., 0] + error[..., -1]) / 2),
-            "test_loss_barrier": (dims, loss.max(-1) - (loss[..., 0] + loss[..., -1]) / 2),
+            "test_error_barrier": (dims, (error - ((1 - alphas) * error[..., :1] + alphas * error[..., -1:])).max(-1)),
+            "test_error_max_minus_mean_of_ends": (dims, error.max(-1) - (error[..., 0] + error[..., -1]) / 2),
+            "test_loss_barrier": (dims, (loss - ((1 - alphas) * loss[..., :1] + alphas * loss[..., -1:])).max(-1)),
         },
         coords={"pair": CONNECTIVITY_PAIRS, "source": FINETUNE_SOURCES, "seed": np.arange(n_seeds),
                 "alpha": alphas},
@@ -723,6 +724,19 @@ def test_spectra_hides_rounding_noise_and_shows_negative_curvature() -> None:
     np.testing.assert_allclose(heights[-2], mean)
     assert np.isnan(heights[-1]) and "not run" in [t.get_text() for t in trace.texts]
     assert "from scratch (baseline)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    # every seed's Hessian eigenvalues are drawn as they are: signs that differ are never averaged
+    hessian = _axis_titled(fig, "Top Hessian")
+    drawn = [line.get_ydata() for line in hessian.get_lines() if len(line.get_ydata()) == 8]
+    values = ds["hessian_eigenvalues"].stack(run=("source", "model", "seed")).transpose("run", ...)
+    expected = [v for v in values.values if np.isfinite(v).any()]
+    assert len(drawn) == len(expected)
+    for v in expected:
+        assert any(np.allclose(d, v) for d in drawn)
+    # the trace's error bars, like the condition number's, run from the seeds' min to max
+    where = {"source": "synthetic", "model": "full"}
+    low, high = (float(getattr(ds["hessian_trace"].sel(where), f)("seed")) for f in ("min", "max"))
+    bars = [c for c in trace.collections if c.get_segments()]
+    assert any(np.allclose(seg[:, 1], [low, high]) for c in bars for seg in c.get_segments())
 
 
 def test_spectra_without_hessian_says_no_data() -> None:
@@ -736,7 +750,7 @@ def test_spectra_without_hessian_says_no_data() -> None:
     assert _axis_titled(fig, "NTK spectrum").get_lines()
 
 
-def test_connectivity_writes_the_barrier_and_the_mean_of_the_ends() -> None:
+def test_connectivity_writes_the_barrier_and_draws_the_line_between_the_ends() -> None:
     ds = _connectivity(2)
     fig = plots.connectivity(ds)
     assert [ax.get_title() for ax in fig.axes] == [
@@ -745,10 +759,12 @@ def test_connectivity_writes_the_barrier_and_the_mean_of_the_ends() -> None:
     where = {"pair": "siblings", "source": "synthetic"}
     barrier = 100 * float(ds["test_error_barrier"].sel(where).mean("seed"))
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
-    assert f"synthetic: barrier {barrier:.1f} pp" in labels and len(labels) == 2
+    frankle = 100 * float(ds["test_error_max_minus_mean_of_ends"].sel(where).mean("seed"))
+    assert f"synthetic: barrier {barrier:.1f} pp (max − mean of ends {frankle:.1f})" in labels and len(labels) == 2
     mean = 100 * ds["test_error"].sel(where).mean("seed")
     dashed = [line for line in fig.axes[1].get_lines() if line.get_linestyle() == "--"]
-    assert any(np.isclose(line.get_ydata()[0], (mean[0] + mean[-1]) / 2) for line in dashed)
+    assert any(np.allclose(line.get_ydata(), [mean[0], mean[-1]]) and list(line.get_xdata()) == [0, 1]
+               for line in dashed)
     ticket = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
     assert len(ticket) == 1 and ticket[0].startswith("no pretraining: barrier")
 

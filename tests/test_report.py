@@ -59,3 +59,19 @@ def test_the_report_says_once_which_code_made_the_stores(tmp_path: Path) -> None
     assert f"torch {code['versions']['torch']}" in lines[0] and "snakemake" in lines[0]
     assert lines[1] == "  1 store: not recorded (made before provenance recorded its code)"
     assert text.count("provenance:") == 1
+
+
+def test_stitching_is_printed_beside_what_it_is_read_against(tmp_path: Path) -> None:
+    space = ["absolute", "relative"]
+    ds = xr.Dataset(
+        {"stitched_acc": (("model", "space"), [[0.141, 0.729]]),
+         "classifier_acc_a": (("model", "space"), [[0.817, 0.922]]),
+         "model_acc_a": ("model", [0.94]), "model_acc_b": ("model", [0.93]),
+         "similarity": (("model", "space", "measure"), [[[0.3], [0.9]]])},
+        coords={"model": ["finetune/mnist1d/full"], "space": space, "measure": ["linear_cka"]})
+    storage.write_dataset(ds, tmp_path / "summary" / "relative.zarr")
+    text = report(tmp_path)
+    table = text.split("zero-shot stitching")[1].split("\n\n")[0]
+    assert "ridge classifier" in table and "not the model's own head" in table
+    row = table.splitlines()[-1].split()
+    assert row[0] == "finetune/mnist1d/full" and row[1:] == ["72.9", "92.2", "14.1", "81.7", "94.0"]

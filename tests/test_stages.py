@@ -546,13 +546,21 @@ def test_relative_representations_of_two_seeds_and_stitching(pipeline: Pipeline,
     ds = storage.open_dataset(tmp_path / "r.zarr")
     assert ds["similarity"].dims == ("space", "measure") and set(ds["space"].values) == {"absolute", "relative"}
     assert ds.sizes["anchor_index"] == 20 and len(set(ds["anchor"].values.tolist())) == 20
-    assert ((ds["stitching"] >= 0) & (ds["stitching"] <= 1)).all()
-    # a model against itself: identical spaces, and stitching is the model's own accuracy
+    assert ((ds["stitched_acc"] >= 0) & (ds["stitched_acc"] <= 1)).all()
+    from workflow.data import load_data
+    from workflow.models import load_model
+
+    data = load_data(pipeline.task_path)
+    for path, name in ((a, "model_acc_a"), (b, "model_acc_b")):  # each model's own head, on the test set
+        with torch.no_grad():
+            assert float(ds[name]) == evaluate(load_model(path)[0], data.x_test, data.y_test)[1]
+    # a model against itself: identical spaces, and the classifier stitches at its accuracy on the model
     analysis.relative(a, a, pipeline.task_path, tmp_path / "self.zarr", names=("s0", "s0"),
                       settings={"anchors": 20, "seed": 0}, device="cpu")
     same = storage.open_dataset(tmp_path / "self.zarr")
     np.testing.assert_allclose(same["similarity"].values, 1.0, rtol=1e-9)
-    np.testing.assert_array_equal(same["stitching"].values, same["accuracy_a"].values)
+    np.testing.assert_array_equal(same["stitched_acc"].values, same["classifier_acc_a"].values)
+    assert float(same["model_acc_a"]) == float(same["model_acc_b"]) == float(ds["model_acc_a"])
 
 
 def test_record_refuses_a_probe_set_larger_than_the_test_set(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -91,6 +91,24 @@ def provenance_table(results: str | Path) -> str:
     return "provenance: the code that made the stores\n" + "\n".join(lines) + "\n"
 
 
+def _stitching_table(ds: xr.Dataset) -> str:
+    """Zero-shot stitching beside what it is read against, per model (seed 0 against seed 1)."""
+    columns = {
+        "stitched, relative": ds["stitched_acc"].sel(space="relative"),
+        "on seed 0, relative": ds["classifier_acc_a"].sel(space="relative"),
+        "stitched, absolute": ds["stitched_acc"].sel(space="absolute"),
+        "on seed 0, absolute": ds["classifier_acc_a"].sel(space="absolute"),
+        "seed 0's own head": ds["model_acc_a"],
+    }
+    table = xr.concat([100 * da.drop_vars("space", errors="ignore") for da in columns.values()],
+                      dim=xr.DataArray(list(columns), dims="column"))
+    frame = table.to_series().unstack("column")[list(columns)].dropna(how="all")
+    return ("zero-shot stitching: test accuracy (%) of a ridge classifier fitted on seed 0's training "
+            "representations\n(the head's inputs; not the model's own head), applied to seed 1's test "
+            "representations (stitched)\nand to seed 0's own (on seed 0); the model's own head beside them\n"
+            f"{frame.round(1).to_string(na_rep='-')}\n")
+
+
 def report(results: str | Path) -> str:
     """Tables for every summary present under ``results/summary``."""
     summary = Path(results) / "summary"
@@ -145,12 +163,14 @@ def report(results: str | Path) -> str:
         for measure in ds["measure"].values:
             parts.append(_table("seed 0 vs seed 1, absolute and relative representations",
                                 ds["similarity"].sel({"measure": measure}), str(measure), 3))
-        parts.append(_table("zero-shot stitching, seed 0's head on seed 1's representations",
-                            100 * ds["stitching"], "test accuracy (%)"))
+        parts.append(_stitching_table(ds))
     if (ds := have("connectivity")) is not None:
-        for name in ("test_error_barrier", "test_error_barrier_linear"):
+        whats = {"test_error_barrier": "barrier: test error's rise above the line between the ends (points)",
+                 "test_error_max_minus_mean_of_ends": "test error's max minus the mean of the ends "
+                                                      "(Frankle et al.; points)"}
+        for name, what in whats.items():
             if name in ds:
-                parts.append(_table("mode connectivity", 100 * ds[name], f"{name} (percentage points)"))
+                parts.append(_table("mode connectivity", 100 * ds[name], what))
     if not parts:
         raise FileNotFoundError(f"no summaries under {summary}; run the study first")
     parts.append(provenance_table(results))

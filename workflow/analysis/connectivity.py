@@ -21,7 +21,7 @@ from workflow.averaging import interpolate
 from workflow.runtime import evaluate, model_device
 
 DEFAULT_ALPHAS = np.linspace(0.0, 1.0, 30)
-"""30 evenly spaced points of [0, 1], endpoints included (METHODS.md)."""
+"""30 evenly spaced points of [0, 1], endpoints included."""
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -77,20 +77,24 @@ def _curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) 
 
 
 def barrier(values: np.ndarray, alphas: np.ndarray) -> float:
-    """``max over alpha of values - mean of the values at alpha = 0 and alpha = 1``."""
-    ends = [values[np.flatnonzero(alphas == end)[0]] for end in (0.0, 1.0)]
-    return float(values.max() - (ends[0] + ends[1]) / 2)
+    """``max over alpha of values - ((1 - alpha) v0 + alpha v1)``: how far the curve rises above
+    the straight line between its ends.
 
-
-def linear_barrier(values: np.ndarray, alphas: np.ndarray) -> float:
-    """``max over alpha of values - ((1 - alpha) v0 + alpha v1)``: the rise above the straight line between the ends.
-
-    Unlike :func:`barrier`, a curve that falls monotonically from a worse end to a
-    better one has none (Entezari et al. 2022 use this form); the two agree when
-    the ends are equal.
+    A curve that falls monotonically from a worse end to a better one has none (the
+    form of Entezari et al. 2022); it is never negative, since the ends lie on the line.
     """
     ends = [values[np.flatnonzero(alphas == end)[0]] for end in (0.0, 1.0)]
     return float(np.max(values - ((1 - alphas) * ends[0] + alphas * ends[1])))
+
+
+def max_minus_mean_of_ends(values: np.ndarray, alphas: np.ndarray) -> float:
+    """``max over alpha of values - mean of the values at alpha = 0 and alpha = 1`` (Frankle et al. 2020).
+
+    Equal to :func:`barrier` when the ends are equal; between ends of different
+    values it counts half their gap even on a curve that only falls.
+    """
+    ends = [values[np.flatnonzero(alphas == end)[0]] for end in (0.0, 1.0)]
+    return float(values.max() - (ends[0] + ends[1]) / 2)
 
 
 def _check_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -126,9 +130,11 @@ def linear_connectivity(
     ``y_train`` is given too. The inputs' devices must match the models'.
 
     Returns a dataset with ``{split}_loss`` and ``{split}_error`` along dim
-    ``alpha``, the scalar barriers ``{split}_{loss,error}_barrier`` (max over
-    alpha minus the mean of the two ends; ``alphas`` must contain 0 and 1), and
-    ``stable``: whether the test error barrier is below ``stable_below``. The
+    ``alpha``; the scalar barriers ``{split}_{loss,error}_barrier`` (the rise above
+    the straight line between the ends, :func:`barrier`) and, beside them,
+    ``{split}_{loss,error}_max_minus_mean_of_ends`` (:func:`max_minus_mean_of_ends`);
+    ``alphas`` must contain 0 and 1. ``stable``: whether the test error barrier is
+    below ``stable_below``. The
     models' ``names`` are attrs ``model_a`` and ``model_b``. The two models are
     left as they were; the work is done on a copy.
     """
@@ -159,7 +165,7 @@ def _connectivity_dataset(rows: list[dict[str, tuple[float, float]]], alphas: np
             curve = np.array([row[split][i] for row in rows], dtype=np.float64)
             data[f"{split}_{metric}"] = ("alpha", curve)
             data[f"{split}_{metric}_barrier"] = ((), barrier(curve, alphas))
-            data[f"{split}_{metric}_barrier_linear"] = ((), linear_barrier(curve, alphas))
+            data[f"{split}_{metric}_max_minus_mean_of_ends"] = ((), max_minus_mean_of_ends(curve, alphas))
     data["stable"] = ((), bool(data["test_error_barrier"][1] < stable_below))
     # attrs that netCDF and zarr both store: no None, no bools
     stored = {k: ("all" if v is None else int(v) if isinstance(v, bool) else v) for k, v in attrs.items()}

@@ -34,7 +34,7 @@ from workflow.analysis.similarity import similarity_matrices
 from workflow.data import TaskData, load_data
 from workflow.models import load_model
 from workflow.storage import PathLike
-from workflow.runtime import job_device
+from workflow.runtime import evaluate, job_device
 
 
 def _two_models(model_a: PathLike, model_b: PathLike, data_path: PathLike, device: str,
@@ -197,9 +197,12 @@ def relative(
     Representations are the inputs of each model's head. ``anchors`` training
     examples (class-balanced, drawn by ``seed``; their indices are stored) are the
     same for both models. Stores ``similarity`` (space, measure) of the two models'
-    test representations, absolute and relative, and ``stitching`` (space): the
-    accuracy of a ridge head fitted on model a's training representations and
-    applied to model b's test ones, with ``accuracy_a`` (space) for reference.
+    test representations, absolute and relative; ``stitched_acc`` (space): the test
+    accuracy of a ridge classifier fitted on model a's training representations (not
+    the model's own head) applied to model b's test representations; and what it is
+    read against: ``classifier_acc_a`` (space), the same classifier on model a's own
+    test representations, and ``model_acc_a``/``model_acc_b``, each model's own test
+    accuracy with its trained head.
     """
     data, models = _two_models(model_a, model_b, data_path, device, threads)
     anchors = choose_anchors(data.y_train, settings["anchors"], settings["seed"], class_balanced=True)
@@ -215,11 +218,15 @@ def relative(
         space: zero_shot_stitching(reps["a"][0], y_train, reps["a"][1], reps["b"][1], y_test, data.num_classes)
         for space, reps in spaces.items()
     }
+    with torch.no_grad():
+        own = [evaluate(model, data.x_test, data.y_test)[1] for model in models]
     ds = xr.Dataset(
         {
             "similarity": similarity,
-            "stitching": ("space", [float(stitched[s]["accuracy_stitched"]) for s in similarity["space"].values]),
-            "accuracy_a": ("space", [float(stitched[s]["accuracy_a"]) for s in similarity["space"].values]),
+            "stitched_acc": ("space", [float(stitched[s]["accuracy_stitched"]) for s in similarity["space"].values]),
+            "classifier_acc_a": ("space", [float(stitched[s]["accuracy_a"]) for s in similarity["space"].values]),
+            "model_acc_a": ((), float(own[0])),
+            "model_acc_b": ((), float(own[1])),
             "anchor": ("anchor_index", anchors),
         },
     )

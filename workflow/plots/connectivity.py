@@ -26,10 +26,10 @@ PAIR_ENDS = {
 }
 
 
-def _ends(curve: xr.DataArray) -> float:
-    """Mean of ``curve`` (dim ``alpha``) at alpha = 0 and alpha = 1 (NaN if either is missing)."""
+def _ends(curve: xr.DataArray) -> tuple[float, float]:
+    """``curve`` (dim ``alpha``) at alpha = 0 and alpha = 1 (NaN where missing)."""
     alpha = curve["alpha"].values
-    return float(curve.isel(alpha=np.isclose(alpha, 0.0) | np.isclose(alpha, 1.0)).mean(skipna=False))
+    return tuple(float(curve.isel(alpha=np.isclose(alpha, end)).mean(skipna=False)) for end in (0.0, 1.0))
 
 
 def _pair_text(pair: Hashable) -> tuple[str, str]:
@@ -48,8 +48,9 @@ def _pair_text(pair: Hashable) -> tuple[str, str]:
 def connectivity(ds: xr.Dataset) -> Figure:
     """Linear mode connectivity: test error along the line between two models, one panel per pair.
 
-    One line per pretraining source; the dashed line is the mean of the two ends, so
-    the barrier is how far the curve rises above it.
+    One line per pretraining source; the dashed line joins the two ends, so the
+    barrier is how far the curve rises above it. Frankle et al.'s max minus the mean
+    of the ends is given beside it in the legend.
     """
     pairs, sources = coord_values(ds, "pair"), coord_values(ds, "source")
     colours = distinct_colours(sources)
@@ -72,15 +73,15 @@ def connectivity(ds: xr.Dataset) -> Figure:
                 barrier = over_seeds(100.0 * ds["test_error_barrier"].sel(where)).mean
                 if barrier.notnull():
                     label += f": barrier {float(barrier):.1f} pp"
-                if "test_error_barrier_linear" in ds:
-                    above = over_seeds(100.0 * ds["test_error_barrier_linear"].sel(where)).mean
-                    if above.notnull():
-                        label += f", above the line {float(above):.1f}"
+                if "test_error_max_minus_mean_of_ends" in ds:
+                    frankle = over_seeds(100.0 * ds["test_error_max_minus_mean_of_ends"].sel(where)).mean
+                    if frankle.notnull():
+                        label += f" (max − mean of ends {float(frankle):.1f})"
             plot_band(ax, ds["alpha"].values, stats, color=colours[source], marker="o",
                       markersize=2, label=label)
             ends = _ends(stats.mean)
-            if np.isfinite(ends):
-                ax.axhline(ends, color=colours[source], linestyle="--", linewidth=1.0)
+            if np.isfinite(ends).all():
+                ax.plot([0.0, 1.0], ends, color=colours[source], linestyle="--", linewidth=1.0)
         title, xlabel = _pair_text(pair)
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel(xlabel, fontsize="small")
@@ -89,6 +90,6 @@ def connectivity(ds: xr.Dataset) -> Figure:
         legend(ax, fontsize="small")
     how = seeds_text("mean line, min–max band", ds)
     fig.suptitle("Linear mode connectivity: weights (1 − α) θ_A + α θ_B\n"
-                 "dashed: mean error of the two ends; barrier: how far the curve peaks above it\n"
+                 "dashed: the straight line between the ends' errors; barrier: how far the curve rises above it\n"
                  f"(barriers: mean over seeds; curves: {how})", fontsize="medium")
     return fig

@@ -80,13 +80,24 @@ def _ntk_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
     ax.grid(which="major", alpha=0.3)
 
 
+# Markers of the seeds' lines in the Hessian panel: a run's seeds share its colour and style.
+SEED_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+
+
 def _hessian_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
-    """The top Hessian eigenvalues (by magnitude, so possibly negative) against their index."""
+    """The top Hessian eigenvalues (by magnitude, so possibly negative) against their index,
+    one line per seed: the i-th eigenvalues of two seeds may have opposite signs, and
+    their mean would be a curvature neither model has."""
     if "hessian_eigenvalues" in ds:
         eigenvalues = ds["hessian_eigenvalues"]
+        index = eigenvalues["hessian_eig"].values + 1
+        seeds = eigenvalues["seed"].values if "seed" in eigenvalues.dims else [None]
         for where, label, style in runs:
-            plot_band(ax, eigenvalues["hessian_eig"].values + 1, over_seeds(eigenvalues.sel(where)),
-                      marker="o", markersize=3, label=label, **style)
+            for i, seed in enumerate(seeds):
+                values = eigenvalues.sel(where if seed is None else {**where, "seed": seed}).values
+                if np.isfinite(values).any():
+                    ax.plot(index, values, marker=SEED_MARKERS[i % len(SEED_MARKERS)], markersize=3,
+                            linewidth=1.0, alpha=0.8, label=label if i == 0 else None, **style)
         _signed_log_axis(ax, eigenvalues.values)
     if not ax.lines:
         no_data(ax)
@@ -94,37 +105,37 @@ def _hessian_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
     ax.set_xlabel("index (1 = largest magnitude)")
     ax.set_ylabel("loss Hessian eigenvalue (symmetric log)" if ax.get_yscale() == "symlog"
                   else "loss Hessian eigenvalue")
-    ax.set_title("Top Hessian eigenvalues (sharpness)", fontsize="medium")
+    ax.set_title("Top Hessian eigenvalues by magnitude (sharpness), each seed a line (marker)",
+                 fontsize="medium")
     ax.grid(which="major", alpha=0.3)
 
 
-def _condition_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
-    """The NTK condition number per run: mean over seeds, min–max error bars, log y in whole decades."""
-    stats = [over_seeds(ds["ntk_condition_number"].sel(where)) for where, _, _ in runs]
+def _min_max_bars(ax: Axes, runs: Sequence[Run], da: xr.DataArray) -> np.ndarray:
+    """Bars of the mean over seeds of ``da`` per run, error bars from the seeds' min to max; the means."""
+    stats = [over_seeds(da.sel(where)) for where, _, _ in runs]
     means = np.array([float(s.mean) for s in stats])
     spread = np.array([means - [float(s.low) for s in stats], [float(s.high) for s in stats] - means])
     _bars(ax, runs, means, spread)
-    positive = means[means > 0]
-    if not positive.size:
+    return means + spread[1]
+
+
+def _condition_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
+    """The NTK condition number per run (:func:`_min_max_bars`), log y in whole decades."""
+    tops = _min_max_bars(ax, runs, ds["ntk_condition_number"])
+    positive = [float(p.get_height()) for p in ax.patches if p.get_height() > 0]
+    if not positive:
         no_data(ax)
         return
     ax.set_yscale("log")
     # Whole decades, with room above the highest bar for its value.
-    top = float(np.nanmax(means + spread[1]))
-    ax.set_ylim(10.0 ** np.floor(np.log10(positive.min())), 10.0 ** np.ceil(np.log10(4 * top)))
+    ax.set_ylim(10.0 ** np.floor(np.log10(min(positive))), 10.0 ** np.ceil(np.log10(4 * float(np.nanmax(tops)))))
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _trace_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
-    """The Hessian trace per run: mean over seeds, error bars the standard error of that mean."""
-    means, errors = [], []
-    for where, _, _ in runs:
-        trace = ds["hessian_trace"].sel(where)
-        means.append(float(over_seeds(trace).mean))
-        # Hutchinson estimates of different seeds are independent.
-        stderr = ds["hessian_trace_stderr"].sel(where).where(trace.notnull())
-        errors.append(float(np.sqrt((stderr**2).sum()) / max(int(stderr.count()), 1)))
-    _bars(ax, runs, np.array(means), np.array([errors, errors]))
+    """The Hessian trace per run (:func:`_min_max_bars`; each seed's Hutchinson standard
+    error is in the summary, ``hessian_trace_stderr``)."""
+    _min_max_bars(ax, runs, ds["hessian_trace"])
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.margins(y=0.2)
 
@@ -137,10 +148,8 @@ def spectra(ds: xr.Dataset) -> Figure:
     runs = run_lines(ds, variables, "model")
     _ntk_panel(axes["ntk"], ds, runs)
     _hessian_panel(axes["hessian"], ds, runs)
-    bars = [("condition", _condition_panel, ("ntk_condition_number",),
-             "NTK condition number (bar: mean; error bar: min–max over seeds)"),
-            ("trace", _trace_panel, ("hessian_trace", "hessian_trace_stderr"),
-             "Hessian trace (Hutchinson; error bar: its standard error)")]
+    bars = [("condition", _condition_panel, ("ntk_condition_number",), "NTK condition number"),
+            ("trace", _trace_panel, ("hessian_trace",), "Hessian trace (Hutchinson)")]
     for name, draw, needs, title in bars:
         ax = axes[name]
         if runs and all(var in ds for var in needs):
@@ -154,6 +163,7 @@ def spectra(ds: xr.Dataset) -> Figure:
     for label in axes["trace"].get_xticklabels():
         label.set_horizontalalignment("right")
     run_key(fig, runs, "model")
-    how = seeds_text("mean line, min–max band", ds)
-    fig.suptitle(f"NTK and loss-Hessian spectra of pretrained and fine-tuned models ({how})")
+    how = seeds_text("NTK spectrum and bars: mean over seeds, band and error bars from min to max", ds)
+    fig.suptitle(f"NTK and loss-Hessian spectra of pretrained and fine-tuned models\n({how}; "
+                 "Hessian eigenvalues: every seed, never averaged)")
     return fig
