@@ -9,6 +9,8 @@ localrules:
 # `--set-resources analyze:...` or `spectra:...` applies to every batch of that kind.
 # Like a pack's, its outputs are update() outputs: it computes only the stores not stored
 # for their key (workflow.cache).
+from collections import Counter
+
 for _batch in STUDY.analysis_batches():
     _name = _batch.job + "_" + pack_rule(PACKS[_batch.pack])
 
@@ -27,22 +29,29 @@ for _batch in STUDY.analysis_batches():
             ENV
         threads: config["threads"]
         log:
-            f"{R}/logs/{_batch.id}.log",
+            f"{R}/logs/{_batch.job}/{_name}.log",
         script:
             "scripts/job.py"
 
     give_stage_resources(_name, _batch.job)
+    _kinds = ", ".join(f"{n} {kind}" for kind, n in Counter(task.kind for task in _batch.tasks).items())
+    describe_rule(_name, f"Analyses of the runs of pack {_batch.pack} (stage {PACKS[_batch.pack].stage}): "
+                         f"{_kinds} store(s).")
     RECOMPUTE_RULES.add(_name)
 
 
 # One job gathers every summary: a summary is cheap to gather, and a study of many runs
 # would otherwise pay a process start-up per summary.
 rule collect:
-    """Gather per-run stores into the study's summaries, each with its sweep axes as dimensions."""
+    """Gather per-run stores into the study's summaries, each with its sweep axes as dimensions,
+    and write the run index (summary/runs.zarr, runs.csv): every run, its coordinates, parent,
+    pack, files and final metrics."""
     input:
-        list(dict.fromkeys(path for entries in STUDY.summaries().values() for _, path in entries)),
+        STUDY.summary_inputs(),
     output:
         [directory(STUDY.summary_path(name)) for name in STUDY.summaries()],
+        directory(STUDY.run_index_paths()["zarr"]),
+        STUDY.run_index_paths()["csv"],
     params:
         job="collect",
         spec=digest(STUDY.summaries_description()),

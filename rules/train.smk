@@ -3,8 +3,10 @@
 # Asking for one run's file runs its pack. The run is the unit of caching: the outputs are
 # update() outputs, which Snakemake neither deletes before the job nor loses when it fails
 # (it restores them), and the job trains only the runs not stored for their key
-# (workflow.cache), so a pack that gains a run leaves its finished runs as they are. A pack's rule is named for the layout of its
-# stage's run ids and the pack, e.g. finetune_a47f3f28_0 (`snakemake --list-rules`);
+# (workflow.cache), so a pack that gains a run leaves its finished runs as they are.
+# A pack's rule is named for the layout of its stage's run ids (which starts with the
+# stage's name) and the pack, e.g. finetune_a47f3f28_0, and its log for the rule
+# (logs/packs/finetune_a47f3f28_0.log); `snakemake --list-rules` says what each holds.
 # `--set-resources finetune:...` (or a profile's set-resources) names the layout and
 # applies to each of its packs.
 import re
@@ -13,7 +15,7 @@ from workflow.runs import digest
 
 TRAIN_RULES = {
     "pretrain": ("pretrain", 0),
-    "scratch": ("finetune", 0),  # finetune/scratch/s<seed>: no source
+    "finetune_scratch": ("finetune", 0),  # finetune/scratch/s<seed>: no source
     "finetune": ("finetune", 1),
     "ensemble_member": ("ensemble", 0),
     "prune_data": ("prune_data", 0),
@@ -47,6 +49,16 @@ def pack_rule(pack):
     return layout_rule(pack.runs[0]) + "_" + re.sub(r"\W", "_", pack.id.split("/", 1)[1])
 
 
+def runs_text(runs):
+    """A pack's runs for its rule's description: all of a few, the ends of many."""
+    return ", ".join(runs) if len(runs) <= 4 else f"{runs[0]}, {runs[1]}, ... {runs[-1]}"
+
+
+def describe_rule(name, text):
+    """What `snakemake --list-rules` prints for a rule made in a loop (a docstring must be literal)."""
+    workflow.get_rule(name).docstring = text
+
+
 PACKS = {pack.id: pack for pack in STUDY.packs()}
 
 for _pack in PACKS.values():
@@ -73,9 +85,10 @@ for _pack in PACKS.values():
             ENV
         threads: config["threads"]
         log:
-            f"{R}/logs/packs/{_pack.id}.log",
+            f"{R}/logs/packs/{_name}.log",
         script:
             "scripts/job.py"
 
     give_stage_resources(_name, _base)
+    describe_rule(_name, f"Train {len(_pack.runs)} run(s) of stage {_pack.stage} in one job: {runs_text(_pack.runs)}.")
     RECOMPUTE_RULES.add(_name)

@@ -156,20 +156,21 @@ def test_every_similarity_store_compares_its_two_models_layer_by_layer(study: St
 def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
     expected = {
         "pretrain": {"source", "seed", "epoch"},
-        "finetune": {"source", "method", "seed", "epoch"},
-        "data_pruning": {"method", "fraction", "seed", "epoch"},
-        "distill": {"method", "fraction", "teacher", "temperature", "alpha", "seed", "epoch"},
-        "scores": {"method", "init", "sample"},
-        "network_pruning": {"method", "rewind", "level", "seed", "epoch", "param"},
-        "similarity": {"source", "method", "seed", "layer_a", "layer_b"},
-        "similarity_prune": {"method", "rewind", "level", "seed", "layer_a", "layer_b"},
-        "similarity_distill": {"method", "fraction", "temperature", "alpha", "seed", "layer_a", "layer_b"},
-        "similarity_seeds": {"source", "model", "layer_a", "layer_b"},
-        "similarity_within": {"source", "model", "seed", "layer_a", "layer_b"},
-        "spectra": {"source", "model", "seed", "eig", "hessian_eig", "layer", "representation_layer"},
-        "connectivity": {"pair", "source", "seed", "alpha"},
-        "relative": {"source", "model", "space", "measure", "anchor_index"},
-        "wiseft": {"source", "method", "seed", "alpha"},
+        "finetune": {"model", "seed", "epoch"},
+        "data_pruning": {"selection", "fraction", "seed", "epoch"},
+        "distill": {"selection", "fraction", "teacher", "temperature", "alpha", "seed", "epoch"},
+        "scores": {"scoring", "init", "sample"},
+        "network_pruning": {"pruning", "rewind", "level", "seed", "epoch", "param"},
+        "similarity": {"model", "seed", "layer_a", "layer_b"},
+        "similarity_prune": {"pruning", "rewind", "level", "seed", "layer_a", "layer_b"},
+        "similarity_distill": {"selection", "fraction", "teacher", "temperature", "alpha", "seed", "layer_a",
+                               "layer_b"},
+        "similarity_seeds": {"model", "layer_a", "layer_b"},
+        "similarity_within": {"model", "seed", "layer_a", "layer_b"},
+        "spectra": {"model", "seed", "eig", "hessian_eig", "param", "layer"},
+        "connectivity": {"pair", "seed", "alpha"},
+        "relative": {"model", "space", "measure", "anchor_index"},
+        "wiseft": {"model", "seed", "alpha"},
         "ensemble": {"source", "kind", "seed", "member"},
     }
     assert set(study.summaries()) == set(expected)
@@ -180,14 +181,94 @@ def test_summaries_have_sweep_axes_as_dimensions(study: Study) -> None:
         if name.startswith("similarity"):
             assert set(ds.data_vars) == measures, name
     seeds = open_quietly(Path(study.summary_path("similarity_seeds")))
-    assert seeds["model"].values.tolist() == ["pretrained"]  # the tiny study fine-tunes one seed
+    # the tiny study fine-tunes one seed: only pretrained models have a twin
+    assert seeds["model"].values.tolist() == ["pretrain/mnist1d", "pretrain/synthetic"]
+    assert set(seeds["finetuning"].values.tolist()) == {"none"} and set(seeds["stage"].values.tolist()) == {"pretrain"}
     dp = open_quietly(Path(study.summary_path("data_pruning")))
     kd = open_quietly(Path(study.summary_path("distill")))
     assert sorted(kd["teacher"].values) == ["trained", "untrained"]
-    assert sorted(kd["method"].values) == sorted(dp["method"].values)
-    assert sorted(dp["method"].values) == [
+    assert sorted(kd["selection"].values) == sorted(dp["selection"].values)
+    assert sorted(dp["selection"].values) == [
         "el2n-hard", "forgetting-hard", "grand-hard", "prototypes-hard", "random", "rs2"
     ]
+    spectra = open_quietly(Path(study.summary_path("spectra")))
+    similarity = open_quietly(Path(study.summary_path("similarity_within")))
+    # one name per layer in every store: the recorded layers, and parameters by their state-dict keys
+    assert spectra["layer"].values.tolist() == similarity["layer_a"].values.tolist()
+    pruning = open_quietly(Path(study.summary_path("network_pruning")))
+    assert set(spectra["param"].values.tolist()) >= set(pruning["param"].values.tolist())
+
+
+def test_every_summary_is_safe_to_query_by_keyword(study: Study) -> None:
+    """Every summary of the tiny study: one label selected along every dimension with keyword
+    .sel; no dimension named like a .sel argument; every cell filled; counts are integers and
+    flags booleans; every variable has its long name and unit."""
+    import inspect
+
+    import xarray as xr
+
+    from workflow import axes
+
+    arguments = {name for f in (xr.Dataset.sel, xr.Dataset.isel, xr.Dataset.interp, xr.Dataset.reindex)
+                 for name in inspect.signature(f).parameters} - {"self"}
+    assert arguments <= axes.SELECTION_ARGUMENTS | {"indexers_kwargs", "coords_kwargs"}
+    for name in study.summaries():
+        ds = open_quietly(Path(study.summary_path(name)))
+        assert not set(ds.coords) & axes.SELECTION_ARGUMENTS, name
+        assert set(ds.dims) <= set(axes.DIMENSIONS), (name, set(ds.dims) - set(axes.DIMENSIONS))
+        one = ds.sel(**{dim: ds[dim].values[-1] for dim in ds.dims if dim in ds.coords})
+        assert one.sizes == {dim: n for dim, n in ds.sizes.items() if dim not in ds.coords}, name
+        for var in ds.data_vars:
+            da = ds[var]
+            assert da.attrs.get("long_name") and da.attrs.get("units"), (name, var)
+            _, _, kind = axes.variable_info(str(var))
+            complete = not bool(da.isnull().any())  # a missing cell (a seed a stage lacks) has no integer
+            if kind == "int" and complete:
+                assert da.dtype.kind == "i", (name, var, da.dtype)
+            elif kind == "bool" and complete:
+                assert da.dtype == bool, (name, var, da.dtype)
+            # no cell is empty by construction (runs stopping at different epochs aside)
+            ragged = [d for d in axes.RAGGED if d in da.dims]  # runs reach different epochs, scores repeat differently
+            filled = da.notnull().any(ragged) if ragged else da.notnull()
+            if {"model", "seed"} <= set(da.dims):  # stages may have different seeds: a run's cell exists
+                runs = set(study.training_runs())
+                exists = xr.DataArray([[f"{m}/s{s}" in runs for s in ds["seed"].values] for m in ds["model"].values],
+                                      dims=("model", "seed"), coords={"model": ds["model"], "seed": ds["seed"]})
+                assert bool((filled == exists).all()), (name, var)
+            else:
+                assert bool(filled.all()), (name, var, float(filled.mean()))
+    finetune = open_quietly(Path(study.summary_path("finetune")))
+    one = finetune.test_acc.sel(model="finetune/mnist1d/full", seed=0)
+    by_axes = finetune.set_index(model=["source", "finetuning"]).test_acc.sel(source="mnist1d", finetuning="full")
+    assert float(one.isel(epoch=-1)) == float(by_axes.sel(seed=0).isel(epoch=-1))
+
+
+def test_the_run_index_lists_every_run_with_its_coordinates_files_and_final_metrics(study: Study) -> None:
+    import pandas as pd
+
+    paths = study.run_index_paths()
+    index = open_quietly(Path(paths["zarr"]))
+    table = pd.read_csv(paths["csv"], index_col="run", keep_default_na=False)
+    assert index["run"].values.tolist() == study.training_runs() == table.index.tolist()
+    full = index.sel(run="finetune/mnist1d/full/s0")
+    assert full["stage"].item() == "finetune" and full["finetuning"].item() == "full"
+    assert full["source"].item() == "mnist1d" and int(full["seed"]) == 0
+    assert full["parent"].item() == "pretrain/mnist1d/s0" and full["pack"].item() == study.pack_of(full.run.item()).id
+    root = Path(study.root)  # the paths are relative to the study's results folder
+    metrics = open_quietly(root / full["metrics"].item())
+    assert float(full["final_test_acc"]) == float(metrics["test_acc"].isel(epoch=-1))
+    assert int(full["epochs"]) == int(metrics["epoch"].values[-1])
+    assert full["model"].item() == "finetune/mnist1d/full/s0/model.pt"
+    assert (root / full["model"].item()).is_file() and (root / full["activations"].item()).is_dir()
+    stores = full["other_stores"].item().split(";")
+    assert "analyze/similarity/finetune/finetune/mnist1d/full/s0/analysis.zarr" in stores
+    assert all((root / p).is_dir() for p in stores)
+    # picking runs by their coordinates, as the README shows
+    pruned = index.where(index.stage == "prune_network", drop=True)  # as the README picks runs
+    assert sorted(pruned["run"].values.tolist()) == sorted(study.stage_runs("prune_network"))
+    assert table.loc["prune_data/random/f0.5/s0", "selection"] == "random"
+    assert float(table.loc["prune_data/random/f0.5/s0", "final_test_acc"]) == pytest.approx(
+        float(index.sel(run="prune_data/random/f0.5/s0")["final_test_acc"]))
 
 
 def test_the_report_has_a_table_for_every_summary(study: Study) -> None:
@@ -200,7 +281,8 @@ def test_the_report_has_a_table_for_every_summary(study: Study) -> None:
                   "similarity, dense vs pruned", "similarity, trained teacher vs student",
                   "similarity, first vs second seed", "similarity within each model"):
         assert f"{title}" in text, title
-    assert "nan" not in text.lower()
+    assert not re.search(r"\bnan\b", text.lower())
+    assert text.count("provenance: the code that made the stores") == 1 and "commit " in text
 
 
 def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
@@ -239,7 +321,7 @@ def test_forcerun_reruns_the_stage_and_only_what_depends_on_it(study_dir: Path) 
     # prototype scores cluster pretrain/mnist1d/s0's embedding: that store, and the packs of
     # its runs (every score-based method at f0.5 shares the prototype run's pack)
     assert jobs["scores"] == 1 and jobs["prune_data"] == 5 and jobs["distill"] == 10
-    for untouched in ("make_data", "scratch", "prune_network_dense", "prune_network"):
+    for untouched in ("make_data", "finetune_scratch", "prune_network_dense", "prune_network"):
         assert untouched not in jobs
 
 
@@ -287,6 +369,17 @@ def test_plots_are_redrawn_from_stored_results_without_training(study_dir: Path,
     assert ran <= {"plot", "plots"}, ran
 
 
+def test_a_results_folder_copied_as_the_readme_says_redraws_its_figures_without_training(
+    study_dir: Path, tmp_path: Path
+) -> None:
+    """``cp -a`` keeps the files' times, which Snakemake compares: in the copy, nothing is out
+    of date, and forcing the figures runs the plot job alone."""
+    elsewhere = copy_workflow(tmp_path / "elsewhere")
+    subprocess.run(["cp", "-a", str(study_dir / "results"), str(elsewhere / "results")], check=True)
+    assert planned(elsewhere) == {}
+    assert planned(elsewhere, "plots", "--forcerun", "plot") == {"plot": 1, "plots": 1}
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -314,7 +407,7 @@ def test_a_diverging_run_fails_loudly_and_leaves_no_result(tmp_path: Path) -> No
     bad.write_text(yaml.safe_dump({"pretrain": {"seeds": [0], "train": {"lr": 1e30, "optimizer": "sgd"}}}))
     proc = snakemake(cwd, "results/tiny/pretrain/mnist1d/s0/model.pt", configfiles=(TINY, str(bad)), check=False)
     assert proc.returncode != 0
-    (log,) = [p.read_text() for p in (cwd / "results/tiny/logs/packs/pretrain").glob("*.log")
+    (log,) = [p.read_text() for p in (cwd / "results/tiny/logs/packs").glob("pretrain_*.log")
               if "mnist1d/s0" in p.with_suffix(".json").read_text()]  # its pack's log, beside its description
     assert "DivergenceError" in log and "lower the learning rate" in log
     assert not (cwd / "results/tiny/pretrain/mnist1d/s0/model.pt").exists()
@@ -439,3 +532,24 @@ def test_a_small_twin_of_the_lottery_study_runs_to_the_end(tmp_path: Path) -> No
         assert metrics.sizes["epoch"] >= 4  # 3 epochs and the start; scratch more, as its mask saves multiply-adds
     assert any(xr.open_zarr(study.path(run, "metrics.zarr")).sizes["epoch"] > 4 for run in scratch)
     assert planned(cwd, configfiles=("twin.yaml",)) == {}
+
+
+def test_every_pack_and_batch_rule_says_what_it_holds_and_starts_with_its_stage(tmp_path: Path) -> None:
+    cwd = copy_workflow(tmp_path)
+    listed = snakemake(cwd, "--list-rules").stdout.splitlines()
+    rules = {line.split(" ", 1)[0]: line.split(" ", 1)[1] if " " in line else "" for line in listed}
+    packs = [name for name in rules if PACK_RULE.match(name) and not BATCH_RULE.match(name)]
+    batches = [name for name in rules if BATCH_RULE.match(name)]
+    assert len(packs) > 10 and len(batches) > 10
+    for name in packs:
+        stage = re.search(r"of stage (\w+)", rules[name]).group(1)
+        assert name.startswith(stage + "_"), (name, rules[name])
+        assert re.search(r"Train \d+ run\(s\) of stage \w+ in one job: \w", rules[name])
+    for name in batches:
+        assert re.search(r"Analyses of the runs of pack \S+ \(stage \w+\): \d+ \w+", rules[name]), name
+    # the README's way to force a stage: the names alone
+    grep = subprocess.run(f"{sys.executable} -m snakemake --configfile {TINY} --list-rules | grep -o '^finetune_[^ ]*'",
+                          shell=True,
+                          cwd=cwd, capture_output=True, text=True, check=True)
+    assert set(grep.stdout.split()) == {name for name in packs if name.startswith("finetune_")}
+    assert "finetune_scratch" in " ".join(grep.stdout.split())

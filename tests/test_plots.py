@@ -63,18 +63,18 @@ def _pretrain(n_seeds: int) -> xr.Dataset:
 
 def _only_real_combinations(ds: xr.Dataset) -> xr.Dataset:
     """NaN where no run exists, as in a collected summary: scratch only under "none", the rest only under sources."""
-    return ds.where((ds["source"] == "none") == (ds["method"] == "scratch"))
+    return ds.where((ds["source"] == "none") == (ds["finetuning"] == "scratch"))
 
 
 def _finetune(n_seeds: int) -> xr.Dataset:
     ds = _metrics_dataset(
-        {"source": ["mnist1d", "none", "synthetic"], "method": ["full", "linear_probe", "scratch"],
+        {"source": ["mnist1d", "none", "synthetic"], "finetuning": ["full", "linear_probe", "scratch"],
          "seed": np.arange(n_seeds)},
         n_epochs=6,
         seed=1,
     )
     # Methods that differ visibly, so the colours can be checked by eye.
-    offset = xr.DataArray([0.08, -0.12, 0.0], dims="method", coords={"method": ds["method"]})
+    offset = xr.DataArray([0.08, -0.12, 0.0], dims="finetuning", coords={"finetuning": ds["finetuning"]})
     ds["train_acc"] = (ds["train_acc"] + offset).clip(0.0, 1.0)
     ds["test_acc"] = (ds["test_acc"] + offset).clip(0.0, 1.0)
     ds["train_loss"] = ds["train_loss"] * (1 - offset)
@@ -84,7 +84,7 @@ def _finetune(n_seeds: int) -> xr.Dataset:
     ds["test_acc"][0, 0, 0, 2] = np.nan
     # The weights travel ~ log(epoch) ("Train longer, generalize better"); the linear
     # probe moves only its head. Epoch 0 is the start: distance 0.
-    speed = xr.DataArray([3.0, 0.4, 6.0], dims="method", coords={"method": ds["method"]})
+    speed = xr.DataArray([3.0, 0.4, 6.0], dims="finetuning", coords={"finetuning": ds["finetuning"]})
     further = xr.DataArray([1.0, 1.0, 1.3], dims="source", coords={"source": ds["source"]})
     distance = speed * further * np.log1p(ds["epoch"]) * (1 + 0.1 * ds["seed"])
     ds["weight_distance"] = distance.where(ds["train_loss"].notnull()).transpose(*ds["train_loss"].dims)
@@ -105,16 +105,16 @@ def _less_data(fractions: np.ndarray) -> xr.DataArray:
 
 def _data_pruning(n_seeds: int) -> xr.Dataset:
     ds = _metrics_dataset(
-        {"method": PRUNING_METHODS, "fraction": FRACTIONS, "seed": np.arange(n_seeds)},
+        {"selection": PRUNING_METHODS, "fraction": FRACTIONS, "seed": np.arange(n_seeds)},
         n_epochs=12,
         seed=2,
     )
     method_offset = xr.DataArray(
-        np.linspace(-0.04, 0.04, len(PRUNING_METHODS)), coords={"method": PRUNING_METHODS}
+        np.linspace(-0.04, 0.04, len(PRUNING_METHODS)), coords={"selection": PRUNING_METHODS}
     )
     ds["test_acc"] = (ds["test_acc"] - _less_data(FRACTIONS) + method_offset).clip(0.0, 1.0)
     # A combination that was not run.
-    ds["test_acc"].loc[{"method": "rs2", "fraction": 0.1}] = np.nan
+    ds["test_acc"].loc[{"selection": "rs2", "fraction": 0.1}] = np.nan
     return ds
 
 
@@ -128,7 +128,7 @@ def _distill(n_seeds: int) -> xr.Dataset:
     alphas = np.array([0.25, 0.5, 0.9])
     ds = _metrics_dataset(
         {
-            "method": PRUNING_METHODS[:5] + ["random"],
+            "selection": PRUNING_METHODS[:5] + ["random"],
             "fraction": FRACTIONS,
             "teacher": ["trained", "untrained"],
             "temperature": np.array([2.0, 4.0]),
@@ -148,9 +148,9 @@ def _distill(n_seeds: int) -> xr.Dataset:
     ds["test_acc"] = (ds["test_acc"] - _less_data(FRACTIONS) + gain).clip(0.0, 1.0)
     # Combinations not run: the untrained teacher only at T=4, and not at all for one method.
     ds["test_acc"].loc[{"teacher": "untrained", "temperature": 2.0}] = np.nan
-    ds["test_acc"].loc[{"teacher": "untrained", "method": "prototypes-hard"}] = np.nan
+    ds["test_acc"].loc[{"teacher": "untrained", "selection": "prototypes-hard"}] = np.nan
     # One (method, fraction) with no KD run at all.
-    ds["test_acc"].loc[{"method": "grand-hard", "fraction": 0.75}] = np.nan
+    ds["test_acc"].loc[{"selection": "grand-hard", "fraction": 0.75}] = np.nan
     return ds
 
 
@@ -184,10 +184,10 @@ def _scores(n_seeds: int) -> xr.Dataset:
     labels = rng.integers(0, 10, N_EXAMPLES)
     return xr.Dataset(
         {
-            "score": (("method", "init", "sample"), score),
-            "label": (("method", "sample"), np.tile(labels, (len(SCORE_METHODS), 1))),
+            "score": (("scoring", "init", "sample"), score),
+            "label": (("scoring", "sample"), np.tile(labels, (len(SCORE_METHODS), 1))),
         },
-        coords={"method": SCORE_METHODS, "init": np.arange(n_init),
+        coords={"scoring": SCORE_METHODS, "init": np.arange(n_init),
                 "sample": np.arange(N_EXAMPLES)},
     )
 
@@ -198,7 +198,7 @@ NETWORK_METHODS = ["imp", "random", "reinit"]
 def _network_pruning(n_seeds: int) -> xr.Dataset:
     """As collected: level 0 is the dense run; density is a variable over the run dims."""
     levels = np.arange(8)
-    coords = {"method": NETWORK_METHODS, "rewind": [0, 20], "level": levels, "seed": np.arange(n_seeds)}
+    coords = {"pruning": NETWORK_METHODS, "rewind": [0, 20], "level": levels, "seed": np.arange(n_seeds)}
     ds = _metrics_dataset(coords, n_epochs=5, seed=3)
     drop = np.where(levels > 5, 0.1 * (levels - 5), 0.0)[None, None, :, None, None]
     ds["test_acc"] = ds["test_acc"] - drop
@@ -208,9 +208,9 @@ def _network_pruning(n_seeds: int) -> xr.Dataset:
 
 def _with_trainable_params(ds: xr.Dataset) -> xr.Dataset:
     counts = {"full": 20_000, "linear_probe": 1_300, "scratch": 20_000}
-    values = xr.DataArray([counts[m] for m in ds["method"].values], dims="method", coords={"method": ds["method"]})
+    values = xr.DataArray([counts[m] for m in ds["finetuning"].values], dims="finetuning", coords={"finetuning": ds["finetuning"]})
     counts = values.broadcast_like(ds["test_acc"].isel(epoch=0, drop=True)).astype(float)
-    return ds.assign(trainable_params=counts.where((ds["source"] == "none") == (ds["method"] == "scratch")))
+    return ds.assign(trainable_params=counts.where((ds["source"] == "none") == (ds["finetuning"] == "scratch")))
 
 
 def _wiseft(n_seeds: int) -> xr.Dataset:
@@ -219,8 +219,8 @@ def _wiseft(n_seeds: int) -> xr.Dataset:
     bump = 0.8 + 0.1 * np.sin(np.pi * alphas)  # the usual shape: best in between
     acc = bump + 0.01 * rng.standard_normal((len(SOURCES), 2, n_seeds, len(alphas)))
     acc[0, 1, 0, 2] = np.nan  # a hole
-    return xr.Dataset({"test_acc": (("source", "method", "seed", "alpha"), acc)},
-                      coords={"source": SOURCES, "method": ["full", "lora"], "seed": np.arange(n_seeds), "alpha": alphas})
+    return xr.Dataset({"test_acc": (("source", "finetuning", "seed", "alpha"), acc)},
+                      coords={"source": SOURCES, "finetuning": ["full", "lora"], "seed": np.arange(n_seeds), "alpha": alphas})
 
 
 def _ensemble(n_seeds: int) -> xr.Dataset:
@@ -253,9 +253,9 @@ def _similarity(n_seeds: int) -> xr.Dataset:
     sim[2] = np.clip(sim[2] - 0.05, 0.0, 1.0)  # the other source moves a bit more
     measures = {"linear_cka": sim, "debiased_cka": sim**1.4, "svcca": sim**0.8, "pwcca": sim**0.9,
                 "procrustes": 1.6 * (1 - sim)}
-    dims = ("source", "method", "seed", "layer_a", "layer_b")
+    dims = ("source", "finetuning", "seed", "layer_a", "layer_b")
     ds = xr.Dataset({name: (dims, values.copy()) for name, values in measures.items()},
-                    coords={"source": FINETUNE_SOURCES, "method": methods, "seed": np.arange(n_seeds),
+                    coords={"source": FINETUNE_SOURCES, "finetuning": methods, "seed": np.arange(n_seeds),
                             "layer_a": LAYERS, "layer_b": LAYERS})
     ds["svcca"][2, 1, 0, 1, 1] = np.nan  # a hole on the diagonal
     return _only_real_combinations(ds)
@@ -281,8 +281,8 @@ DEPTH = xr.DataArray([0.2, 0.4, 0.7, 1.0], dims="layer_a", coords={"layer_a": LA
 def _similarity_prune(n_seeds: int) -> xr.Dataset:
     """Dense vs pruned: IMP keeps the representation longest, a re-initialised mask loses it at once."""
     levels = np.arange(1, 9)
-    coords = {"method": NETWORK_METHODS, "rewind": [0, 20], "level": levels, "seed": np.arange(n_seeds)}
-    rate = xr.DataArray([0.04, 0.09, 0.5], dims="method", coords={"method": NETWORK_METHODS})
+    coords = {"pruning": NETWORK_METHODS, "rewind": [0, 20], "level": levels, "seed": np.arange(n_seeds)}
+    rate = xr.DataArray([0.04, 0.09, 0.5], dims="pruning", coords={"pruning": NETWORK_METHODS})
     level = xr.DataArray(levels, dims="level", coords={"level": levels})
     return _layer_cka(coords, (rate * level).clip(0.0, 0.9) * DEPTH, seed=10)
 
@@ -290,8 +290,8 @@ def _similarity_prune(n_seeds: int) -> xr.Dataset:
 def _similarity_distill(n_seeds: int) -> xr.Dataset:
     """Teacher vs student: less data and a smaller alpha, a student less like its teacher."""
     methods = PRUNING_METHODS[:3]
-    coords = {"method": methods, "fraction": FRACTIONS, "temperature": [4.0], "alpha": [0.5, 0.9],
-              "seed": np.arange(n_seeds)}
+    coords = {"selection": methods, "fraction": FRACTIONS, "teacher": ["trained"], "temperature": [4.0],
+              "alpha": [0.5, 0.9], "seed": np.arange(n_seeds)}  # as collected: the trained teacher only
     fraction = xr.DataArray(FRACTIONS, dims="fraction", coords={"fraction": FRACTIONS})
     alpha = xr.DataArray([0.5, 0.9], dims="alpha", coords={"alpha": [0.5, 0.9]})
     return _layer_cka(coords, (0.6 - 0.3 * fraction - 0.2 * alpha) * DEPTH, seed=11)
@@ -299,33 +299,33 @@ def _similarity_distill(n_seeds: int) -> xr.Dataset:
 
 def _model_coords_only(ds: xr.Dataset) -> xr.Dataset:
     """NaN where no model exists: scratch only under "none", every other model only under a source."""
-    return ds.where((ds["source"] == "none") == (ds["model"] == "scratch"))
+    return ds.where((ds["source"] == "none") == (ds["finetuning"] == "scratch"))
 
 
 def _similarity_seeds(n_seeds: int) -> xr.Dataset:
     """Seed 0 vs seed 1 of each model (no seed dim): fine-tuned twins share their pretrained body."""
-    models = ["pretrained", "full", "linear_probe", "scratch"]
-    coords = {"source": FINETUNE_SOURCES, "model": models}
-    apart = xr.DataArray([0.5, 0.4, 0.5, 0.6], dims="model", coords={"model": models})
+    models = ["none", "full", "linear_probe", "scratch"]
+    coords = {"source": FINETUNE_SOURCES, "finetuning": models}
+    apart = xr.DataArray([0.5, 0.4, 0.5, 0.6], dims="finetuning", coords={"finetuning": models})
     return _model_coords_only(_layer_cka(coords, apart * DEPTH, seed=12))
 
 
 def _similarity_within(n_seeds: int) -> xr.Dataset:
     """Each model's layers against each other: 1 on the diagonal, symmetric, seeds a little apart."""
-    models = ["full", "linear_probe", "pretrained", "scratch"]  # as collected: sorted
-    coords = {"source": FINETUNE_SOURCES, "model": models, "seed": np.arange(n_seeds)}
+    models = ["full", "linear_probe", "none", "scratch"]  # as collected: sorted
+    coords = {"source": FINETUNE_SOURCES, "finetuning": models, "seed": np.arange(n_seeds)}
     gap = np.abs(np.subtract.outer(np.arange(len(LAYERS)), np.arange(len(LAYERS))))
-    decay = xr.DataArray([0.5, 0.4, 0.4, 0.8], dims="model", coords={"model": models}) * (1 + 0.1 * xr.DataArray(
+    decay = xr.DataArray([0.5, 0.4, 0.4, 0.8], dims="finetuning", coords={"finetuning": models}) * (1 + 0.1 * xr.DataArray(
         np.arange(n_seeds), dims="seed", coords={"seed": np.arange(n_seeds)}))
     cka = np.exp(-decay * xr.DataArray(gap, dims=("layer_a", "layer_b"),
                                        coords={"layer_a": LAYERS, "layer_b": LAYERS}))
     grid = xr.DataArray(np.zeros((len(FINETUNE_SOURCES), 1)), dims=("source", "one"),
                         coords={"source": FINETUNE_SOURCES}).isel(one=0, drop=True)
-    cka = (cka + grid).transpose("source", "model", "seed", "layer_a", "layer_b")
+    cka = (cka + grid).transpose("source", "finetuning", "seed", "layer_a", "layer_b")
     return _model_coords_only(xr.Dataset({"linear_cka": cka, "debiased_cka": cka**1.2}))
 
 
-SPECTRA_MODELS = ["pretrained", "full", "linear_probe", "scratch"]
+SPECTRA_MODELS = ["none", "full", "linear_probe", "scratch"]
 
 
 def _spectra(n_seeds: int) -> xr.Dataset:
@@ -342,7 +342,7 @@ def _spectra(n_seeds: int) -> xr.Dataset:
     hessian = hessian_scale * jitter() * np.arange(1, 9) ** -0.8
     hessian[:, [1, 3], :, -2:] *= -0.05  # small negative curvature
     trace = 3 * hessian.sum(-1)
-    dims = ("source", "model", "seed")
+    dims = ("source", "finetuning", "seed")
     ds = xr.Dataset(
         {
             "ntk_eigenvalues": (dims + ("eig",), ntk),
@@ -352,14 +352,14 @@ def _spectra(n_seeds: int) -> xr.Dataset:
             "hessian_trace": (dims, trace),
             "hessian_trace_stderr": (dims, 0.05 * np.abs(trace)),
         },
-        coords={"source": FINETUNE_SOURCES, "model": SPECTRA_MODELS, "seed": np.arange(n_seeds),
+        coords={"source": FINETUNE_SOURCES, "finetuning": SPECTRA_MODELS, "seed": np.arange(n_seeds),
                 "eig": np.arange(40), "hessian_eig": np.arange(8)},
     )
     # Scratch only under "none", everything else only under the real sources.
-    ds = ds.where((ds["source"] == "none") == (ds["model"] == "scratch"))
+    ds = ds.where((ds["source"] == "none") == (ds["finetuning"] == "scratch"))
     hessian_vars = ["hessian_eigenvalues", "hessian_trace", "hessian_trace_stderr"]
     for var in hessian_vars:  # one Hessian analysis not run
-        ds[var].loc[{"source": "synthetic", "model": "linear_probe"}] = np.nan
+        ds[var].loc[{"source": "synthetic", "finetuning": "linear_probe"}] = np.nan
     return ds
 
 
@@ -379,7 +379,7 @@ def _connectivity(n_seeds: int) -> xr.Dataset:
              + 0.005 * rng.standard_normal(shape))
     error[:, 2] += 0.02  # the other source: a little worse everywhere
     loss = 2 * error + 0.1
-    dims = ("pair", "source", "seed")
+    dims = ("ends", "source", "seed")
     ds = xr.Dataset(
         {
             "test_error": (dims + ("alpha",), error),
@@ -388,10 +388,10 @@ def _connectivity(n_seeds: int) -> xr.Dataset:
             "test_error_max_minus_mean_of_ends": (dims, error.max(-1) - (error[..., 0] + error[..., -1]) / 2),
             "test_loss_barrier": (dims, (loss - ((1 - alphas) * loss[..., :1] + alphas * loss[..., -1:])).max(-1)),
         },
-        coords={"pair": CONNECTIVITY_PAIRS, "source": FINETUNE_SOURCES, "seed": np.arange(n_seeds),
+        coords={"ends": CONNECTIVITY_PAIRS, "source": FINETUNE_SOURCES, "seed": np.arange(n_seeds),
                 "alpha": alphas},
     )
-    ds = ds.where((ds["source"] == "none") == ds["pair"].str.startswith("ticket"))
+    ds = ds.where((ds["source"] == "none") == ds["ends"].str.startswith("ticket"))
     ds["test_error"][0, 0, 0, 3] = np.nan  # a hole
     return ds
 
@@ -454,10 +454,10 @@ def test_final_value_takes_last_non_nan_epoch() -> None:
 def test_final_value_keeps_other_dims() -> None:
     ds = _data_pruning(2)
     out = plots.final_value(ds["test_acc"])
-    assert out.dims == ("method", "fraction", "seed")
+    assert out.dims == ("selection", "fraction", "seed")
     # Seed 1 stops two epochs early, so its final value is epoch n-3.
-    expected = ds["test_acc"].isel(seed=1, epoch=-3).sel({"method": "el2n-hard"})
-    np.testing.assert_allclose(out.isel(seed=1).sel({"method": "el2n-hard"}), expected)
+    expected = ds["test_acc"].isel(seed=1, epoch=-3).sel({"selection": "el2n-hard"})
+    np.testing.assert_allclose(out.isel(seed=1).sel({"selection": "el2n-hard"}), expected)
 
 
 @pytest.mark.parametrize("figure", sorted(plots.FIGURES))
@@ -502,12 +502,12 @@ def _labelled_line(ax, label: str):
 
 def test_network_pruning_plots_final_means_per_rewind_step_and_skips_missing_level() -> None:
     ds = _network_pruning(2)
-    ds["test_acc"].loc[{"method": "imp", "rewind": 20, "level": 7}] = np.nan  # never finished
+    ds["test_acc"].loc[{"pruning": "imp", "rewind": 20, "level": 7}] = np.nan  # never finished
     fig = plots.network_pruning(ds)
     assert [ax.get_title() for ax in fig.axes] == ["rewind to step 0 (original lottery ticket)", "rewind to step 20"]
     line = _labelled_line(fig.axes[1], plots.PRUNING_LABELS["imp"])
     np.testing.assert_allclose(line.get_xdata(), 100 * 0.8 ** np.arange(7))
-    expected = 100 * plots.final_value(ds["test_acc"]).sel({"method": "imp", "rewind": 20}).mean("seed")[:7]
+    expected = 100 * plots.final_value(ds["test_acc"]).sel({"pruning": "imp", "rewind": 20}).mean("seed")[:7]
     np.testing.assert_allclose(line.get_ydata(), expected)
     for method in NETWORK_METHODS:  # every method, in every panel
         for ax in fig.axes:
@@ -516,7 +516,7 @@ def test_network_pruning_plots_final_means_per_rewind_step_and_skips_missing_lev
 
 def test_network_pruning_density_with_a_missing_run() -> None:
     ds = _network_pruning(2)
-    ds["density"].loc[{"method": "imp", "rewind": 0, "level": 7, "seed": 1}] = np.nan  # one run missing
+    ds["density"].loc[{"pruning": "imp", "rewind": 0, "level": 7, "seed": 1}] = np.nan  # one run missing
     line = _labelled_line(plots.network_pruning(ds).axes[0], plots.PRUNING_LABELS["imp"])
     np.testing.assert_allclose(line.get_xdata(), 100 * 0.8 ** np.arange(8))
 
@@ -534,16 +534,16 @@ def _texts(fig) -> str:
 def test_best_over_picks_best_seed_mean_over_temperature_and_alpha() -> None:
     acc = xr.DataArray(
         np.full((2, 2, 3, 2), np.nan),
-        dims=("method", "temperature", "alpha", "seed"),
-        coords={"method": ["a", "b"], "temperature": [2.0, 4.0], "alpha": [0.25, 0.5, 0.9],
+        dims=("selection", "temperature", "alpha", "seed"),
+        coords={"selection": ["a", "b"], "temperature": [2.0, 4.0], "alpha": [0.25, 0.5, 0.9],
                 "seed": [0, 1]},
     )
     # Method a: alpha 0.9 has the best single seed (0.95) but alpha 0.5 at T=4 the best mean.
-    acc.loc[{"method": "a", "temperature": 2.0}] = [[0.6, 0.6], [0.7, 0.72], [0.95, 0.4]]
-    acc.loc[{"method": "a", "temperature": 4.0}] = [[0.6, 0.62], [0.8, 0.78], [np.nan, 0.5]]
+    acc.loc[{"selection": "a", "temperature": 2.0}] = [[0.6, 0.6], [0.7, 0.72], [0.95, 0.4]]
+    acc.loc[{"selection": "a", "temperature": 4.0}] = [[0.6, 0.62], [0.8, 0.78], [np.nan, 0.5]]
     # Method b was never run.
     best, where = plots.best_over(acc, ("temperature", "alpha"))
-    assert best.dims == ("method",) and set(where) == {"temperature", "alpha"}
+    assert best.dims == ("selection",) and set(where) == {"temperature", "alpha"}
     np.testing.assert_allclose(best.values, [0.79, np.nan])
     np.testing.assert_allclose(where["alpha"].values, [0.5, np.nan])
     np.testing.assert_allclose(where["temperature"].values, [4.0, np.nan])
@@ -559,7 +559,7 @@ def test_data_pruning_kd_points_are_at_best_temperature_and_alpha() -> None:
     pruned, distill = _data_pruning(2), _distill(2)
     fig = plots.data_pruning(pruned, distill)
     lines = _lines(fig.axes[0])
-    final = plots.final_value(distill["test_acc"]).sel({"method": "el2n-hard"})
+    final = plots.final_value(distill["test_acc"]).sel({"selection": "el2n-hard"})
     for teacher, style in (("trained", "KD, trained teacher"),
                            ("untrained", "KD, untrained (random) teacher")):
         mean = final.sel({"teacher": teacher}).mean("seed")
@@ -569,7 +569,7 @@ def test_data_pruning_kd_points_are_at_best_temperature_and_alpha() -> None:
         np.testing.assert_allclose(line.get_ydata(), expected)
     no_kd = 100 * (1 - plots.final_value(pruned["test_acc"]).mean("seed"))
     np.testing.assert_allclose(lines["el2n-hard, no KD"].get_ydata(),
-                               no_kd.sel({"method": "el2n-hard"}))
+                               no_kd.sel({"selection": "el2n-hard"}))
     # Styles: solid, dashed, dotted; prototypes-hard has no untrained-teacher line;
     # grand-hard's KD line skips the fraction not run; rs2 (no KD at all) is still drawn.
     assert lines["el2n-hard, no KD"].get_linestyle() == "-"
@@ -607,7 +607,7 @@ def test_best_alpha_follows_the_optimum() -> None:
     # Noise-free accuracy peaked at the optimal alpha of each fraction, T irrelevant.
     peak = 0.8 - (ds["alpha"] - _optimal_alpha(FRACTIONS)) ** 2
     ds["test_acc"] = ds["test_acc"].notnull() * peak.broadcast_like(ds["test_acc"])
-    ds["test_acc"].loc[{"method": "grand-hard", "fraction": 0.75}] = np.nan
+    ds["test_acc"].loc[{"selection": "grand-hard", "fraction": 0.75}] = np.nan
     ax = plots.best_alpha(ds).axes[0]
     lines = {line.get_label(): line for line in ax.get_lines() if line.get_marker() == "o"}
     assert list(lines) == PRUNING_METHODS[:5] + ["random"]
@@ -633,8 +633,8 @@ def test_score_correlations_equal_scipy_and_the_heatmap() -> None:
     assert np.isinf(means[SCORE_METHODS.index("forgetting")]).any()
     expected = stats.spearmanr(means.T).statistic
     rho = plots.score_correlations(ds)
-    assert rho.dims == ("method_a", "method_b")
-    assert rho["method_a"].values.tolist() == SCORE_METHODS
+    assert rho.dims == ("scoring_a", "scoring_b")
+    assert rho["scoring_a"].values.tolist() == SCORE_METHODS
     np.testing.assert_allclose(rho.values, expected, atol=1e-12)
     np.testing.assert_array_equal(np.diag(rho.values), 1.0)
     image = plots.score_agreement(ds).axes[0].images[0]
@@ -644,19 +644,19 @@ def test_score_correlations_equal_scipy_and_the_heatmap() -> None:
 
 def test_score_correlations_constant_method_is_nan_without_warnings() -> None:
     ds = _scores(1)
-    ds["score"].loc[{"method": "random"}] = 0.5
+    ds["score"].loc[{"scoring": "random"}] = 0.5
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rho = plots.score_correlations(ds)
-    assert np.isnan(rho.sel({"method_a": "random"})).all()
-    assert np.isfinite(rho.sel({"method_a": "el2n", "method_b": "grand"}))
+    assert np.isnan(rho.sel({"scoring_a": "random"})).all()
+    assert np.isfinite(rho.sel({"scoring_a": "el2n", "scoring_b": "grand"}))
 
 
 def test_score_distributions_counts_never_learned() -> None:
     ds = _scores(1)
     fig = plots.score_distributions(ds)
     forgetting = fig.axes[SCORE_METHODS.index("forgetting")]
-    mean = ds["score"].sel({"method": "forgetting"}).isel(init=[0, 1]).mean("init").values
+    mean = ds["score"].sel({"scoring": "forgetting"}).isel(init=[0, 1]).mean("init").values
     n_inf = int(np.isinf(mean).sum())
     assert 0 < n_inf < N_EXAMPLES
     assert any(f"{n_inf} of {N_EXAMPLES} never learned" in t.get_text() for t in forgetting.texts)
@@ -690,14 +690,14 @@ def test_similarity_draws_the_matched_layers_of_each_measure_present() -> None:
     assert [ax.get_title().split(" (")[0] for ax in fig.axes] == [
         "linear CKA", "debiased linear CKA", "SVCCA", "PWCCA", "Procrustes distance"]
     line = _labelled_line(fig.axes[0], "mnist1d → full")
-    diagonal = [ds["linear_cka"].sel({"source": "mnist1d", "method": "full", "layer_a": layer, "layer_b": layer})
+    diagonal = [ds["linear_cka"].sel({"source": "mnist1d", "finetuning": "full", "layer_a": layer, "layer_b": layer})
                 .mean("seed") for layer in LAYERS]
     np.testing.assert_allclose(line.get_ydata(), diagonal)
     assert line.get_linestyle() == "-"
     assert _labelled_line(fig.axes[0], "synthetic → full").get_linestyle() == "--"
     # The hole on the diagonal: that point is the other seed's value.
     svcca = _labelled_line(fig.axes[2], "synthetic → linear_probe").get_ydata()
-    assert svcca[1] == ds["svcca"].sel({"source": "synthetic", "method": "linear_probe", "seed": 1,
+    assert svcca[1] == ds["svcca"].sel({"source": "synthetic", "finetuning": "linear_probe", "seed": 1,
                                         "layer_a": "conv2", "layer_b": "conv2"})
     # Scratch has no parent, so no line and no key entry.
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [
@@ -713,27 +713,27 @@ def test_spectra_hides_rounding_noise_and_shows_negative_curvature() -> None:
     ds = _spectra(2)
     fig = plots.spectra(ds)
     ntk = _labelled_line(_axis_titled(fig, "NTK spectrum"), "pretrained: mnist1d")
-    expected = ds["ntk_eigenvalues"].sel({"source": "mnist1d", "model": "pretrained"}).mean("seed")[:-3]
+    expected = ds["ntk_eigenvalues"].sel({"source": "mnist1d", "finetuning": "none"}).mean("seed")[:-3]
     np.testing.assert_array_equal(ntk.get_xdata(), np.arange(1, 38))
     np.testing.assert_allclose(ntk.get_ydata(), expected)
     assert _axis_titled(fig, "Top Hessian").get_yscale() == "symlog"
     assert _axis_titled(fig, "NTK condition").get_yscale() == "log"
     trace = _axis_titled(fig, "Hessian trace")
     heights = [bar.get_height() for bar in trace.patches]
-    mean = ds["hessian_trace"].sel({"source": "synthetic", "model": "full"}).mean("seed")
+    mean = ds["hessian_trace"].sel({"source": "synthetic", "finetuning": "full"}).mean("seed")
     np.testing.assert_allclose(heights[-2], mean)
     assert np.isnan(heights[-1]) and "not run" in [t.get_text() for t in trace.texts]
     assert "from scratch (baseline)" in [t.get_text() for t in fig.legends[0].get_texts()]
     # every seed's Hessian eigenvalues are drawn as they are: signs that differ are never averaged
     hessian = _axis_titled(fig, "Top Hessian")
     drawn = [line.get_ydata() for line in hessian.get_lines() if len(line.get_ydata()) == 8]
-    values = ds["hessian_eigenvalues"].stack(run=("source", "model", "seed")).transpose("run", ...)
+    values = ds["hessian_eigenvalues"].stack(run=("source", "finetuning", "seed")).transpose("run", ...)
     expected = [v for v in values.values if np.isfinite(v).any()]
     assert len(drawn) == len(expected)
     for v in expected:
         assert any(np.allclose(d, v) for d in drawn)
     # the trace's error bars, like the condition number's, run from the seeds' min to max
-    where = {"source": "synthetic", "model": "full"}
+    where = {"source": "synthetic", "finetuning": "full"}
     low, high = (float(getattr(ds["hessian_trace"].sel(where), f)("seed")) for f in ("min", "max"))
     bars = [c for c in trace.collections if c.get_segments()]
     assert any(np.allclose(seg[:, 1], [low, high]) for c in bars for seg in c.get_segments())
@@ -756,7 +756,7 @@ def test_connectivity_writes_the_barrier_and_draws_the_line_between_the_ends() -
     assert [ax.get_title() for ax in fig.axes] == [
         "linear probe ↔ full fine-tuning", "full fine-tuning ↔ a sibling (other seed)",
         "dense ↔ IMP ticket (rewind 0)"]
-    where = {"pair": "siblings", "source": "synthetic"}
+    where = {"ends": "siblings", "source": "synthetic"}
     barrier = 100 * float(ds["test_error_barrier"].sel(where).mean("seed"))
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     frankle = 100 * float(ds["test_error_max_minus_mean_of_ends"].sel(where).mean("seed"))
@@ -775,7 +775,7 @@ def test_weight_distance_from_epoch_one_on_a_log_axis() -> None:
     assert ax.get_xscale() == "log"
     line = _labelled_line(ax, "synthetic → full")
     np.testing.assert_array_equal(line.get_xdata(), np.arange(1, 6))
-    expected = finetune["relative_weight_distance"].sel({"source": "synthetic", "method": "full"})
+    expected = finetune["relative_weight_distance"].sel({"source": "synthetic", "finetuning": "full"})
     np.testing.assert_allclose(line.get_ydata(), expected.mean("seed")[1:])
     assert line.get_linestyle() == "--"
     _labelled_line(ax, "from scratch (baseline)")
@@ -800,17 +800,17 @@ def test_lineage_draws_a_row_per_edge_kind_present() -> None:
         "first seed ↔ second seed of the same run",
     ]
     # Fine-tuning: each layer with itself, mean over seeds, as in the similarity figure.
-    finetune = summaries["similarity"]["linear_cka"].sel({"source": "mnist1d", "method": "full"})
+    finetune = summaries["similarity"]["linear_cka"].sel({"source": "mnist1d", "finetuning": "full"})
     line = _labelled_line(_axis_titled(fig, "pretrained →"), "mnist1d → full")
     np.testing.assert_allclose(line.get_ydata(), _diagonal(finetune).mean("seed"))
     # Pruning: the mean over layers of the diagonal, against the level, a line per method.
-    imp = summaries["similarity_prune"]["linear_cka"].sel({"method": "imp", "rewind": 20})
+    imp = summaries["similarity_prune"]["linear_cka"].sel({"pruning": "imp", "rewind": 20})
     line = _labelled_line(_axis_titled(fig, "dense → pruned, rewound to step 20"), "IMP")
     np.testing.assert_array_equal(line.get_xdata(), np.arange(1, 9))
     np.testing.assert_allclose(line.get_ydata(), _diagonal(imp).mean("layer").mean("seed"))
     # Distillation: against the kept fraction, per (temperature, alpha).
     ax = _axis_titled(fig, "trained teacher → student (T = 4, α = 0.9)")
-    student = summaries["similarity_distill"]["linear_cka"].sel({"method": "el2n-easy", "alpha": 0.9})
+    student = summaries["similarity_distill"]["linear_cka"].sel({"selection": "el2n-easy", "alpha": 0.9})
     line = _labelled_line(ax, "el2n-easy")
     np.testing.assert_allclose(line.get_xdata(), FRACTIONS)
     np.testing.assert_allclose(line.get_ydata(), _diagonal(student).mean("layer").mean("seed").squeeze())
@@ -852,7 +852,7 @@ def test_similarity_within_is_a_heatmap_per_model_of_its_first_seed() -> None:
         "pretrained: synthetic (seed 0)", "synthetic → full (seed 0)", "synthetic → linear_probe (seed 0)",
         "from scratch (baseline) (seed 0)"])
     image = heatmaps["synthetic → full (seed 0)"].images[0].get_array()
-    np.testing.assert_allclose(image, ds["linear_cka"].sel({"source": "synthetic", "model": "full", "seed": 0}))
+    np.testing.assert_allclose(image, ds["linear_cka"].sel({"source": "synthetic", "finetuning": "full", "seed": 0}))
     np.testing.assert_allclose(np.diag(image), 1.0)
     # Pretrained first in each row; scratch alone in the last row, of no pretraining.
     grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
@@ -862,6 +862,6 @@ def test_similarity_within_is_a_heatmap_per_model_of_its_first_seed() -> None:
     assert scratch.get_title() == "from scratch (baseline) (seed 0)"
     assert scratch.get_ylabel() == "layer (no pretraining)"  # the first panel drawn in its row
     # A model whose first seed did not run shows its second.
-    ds["linear_cka"].loc[{"source": "mnist1d", "model": "full", "seed": 0}] = np.nan
+    ds["linear_cka"].loc[{"source": "mnist1d", "finetuning": "full", "seed": 0}] = np.nan
     titles = [ax.get_title() for ax in plots.similarity_within(ds).axes]
     assert "mnist1d → full (seed 1)" in titles

@@ -61,12 +61,12 @@ def test_a_zero_matrix_is_refused(rank) -> None:
 def test_weight_ranks_flatten_conv_kernels_per_output_channel(make_cnn) -> None:
     state = make_cnn(seed=0).state_dict()
     ds = weight_ranks(state)
-    assert ds.entropy.dims == ("layer",)
-    assert list(ds.layer.values) == ["conv1.0", "conv2.0", "conv3.0", "head"]  # BatchNorm scales are not matrices
+    assert ds.entropy.dims == ("param",)
+    assert list(ds.param.values) == ["conv1.0.weight", "conv2.0.weight", "conv3.0.weight", "head.weight"]  # no BatchNorm scales
     kernel = state["conv2.0.weight"]  # (out, in, k)
     by_hand = kernel.reshape(kernel.shape[0], -1).double().numpy()
-    assert float(ds.entropy.sel(layer="conv2.0")) == pytest.approx(entropy_effective_rank(by_hand), rel=1e-12)
-    assert int(ds.max_rank.sel(layer="conv2.0")) == min(by_hand.shape)
+    assert float(ds.entropy.sel(param="conv2.0.weight")) == pytest.approx(entropy_effective_rank(by_hand), rel=1e-12)
+    assert int(ds.max_rank.sel(param="conv2.0.weight")) == min(by_hand.shape)
 
 
 def test_representation_ranks_are_of_the_centred_activations() -> None:

@@ -508,8 +508,9 @@ def test_spectra_of_a_model_store_ntk_hessian_and_weight_ranks(pipeline: Pipelin
     assert (np.diff(ds["ntk_eigenvalues"].values) <= 0).all()  # descending
     assert ds["hessian_eigenvalues"].dims == ("hessian_eig",) and ds.sizes["hessian_eig"] == 3
     assert ds.attrs["hessian_examples"] == N_TRAIN  # all there are, when fewer than asked
-    assert set(ds["layer"].values) == {"conv1.0", "conv2.0", "conv3.0", "head"}
-    assert ds["representation_layer"].values.tolist() == ["conv1", "conv2", "conv3", "head"]
+    # weights by their state-dict keys (as network pruning names them); layers as the activation stores do
+    assert set(ds["param"].values) == {"conv1.0.weight", "conv2.0.weight", "conv3.0.weight", "head.weight"}
+    assert ds["layer"].values.tolist() == ["conv1", "conv2", "conv3", "head"]
     assert (ds["representation_entropy"] >= 1).all()
     assert (ds["representation_entropy"] <= ds["representation_max_rank"]).all()
     assert float(ds["ntk_condition_number"]) >= 1 and np.isfinite(float(ds["hessian_trace"]))
@@ -580,18 +581,36 @@ def test_collect_merges_metrics_stores_over_the_sweep_axes(pipeline: Pipeline, t
     assert summary.attrs["runs"] == [str(p) for _, p in entries]
 
 
-def test_collect_of_the_study_finetune_summary_has_source_method_and_seed_axes(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_collect_of_the_study_finetune_summary_stacks_source_and_method_into_model(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    from workflow.summaries import crossed
+
     for run in pipeline.study.finetune_runs():
         pipeline.run(run)
     jobs.collect(pipeline.study.summaries()["finetune"], tmp_path / "finetune.zarr")
     summary = storage.open_dataset(tmp_path / "finetune.zarr")
-    assert summary["test_acc"].dims == ("source", "method", "seed", "epoch")
-    assert summary["method"].values.tolist() == sorted(pipeline.study.config["finetune"]["methods"])
-    assert summary["source"].values.tolist() == ["mnist1d", "none", "synthetic"]
-    # scratch has no source: it is under "none", and every other method only under a real source
-    ran = summary["test_acc"].notnull().all(["seed", "epoch"])
-    expected = (summary["source"] == "none") == (summary["method"] == "scratch")
-    assert (ran == expected).all()
+    assert summary["test_acc"].dims == ("model", "seed", "epoch")
+    # every model is a run of the study without its seed folder: no empty source x method cell
+    expected = sorted({run.rsplit("/", 1)[0] for run in pipeline.study.finetune_runs()})
+    assert summary["model"].values.tolist() == expected
+    assert bool(summary["test_acc"].notnull().all())
+    assert summary["source"].dims == summary["finetuning"].dims == ("model",)
+    assert summary.sel(model="finetune/scratch")["source"].item() == "none"
+    # the grid a figure draws: scratch only under "none", every other method only under a real source
+    grid = crossed(summary)
+    assert grid["test_acc"].dims[:2] == ("source", "finetuning")
+    assert grid["finetuning"].values.tolist() == sorted(pipeline.study.config["finetune"]["methods"])
+    ran = grid["test_acc"].notnull().all(["seed", "epoch"])
+    assert (ran == ((grid["source"] == "none") == (grid["finetuning"] == "scratch"))).all()
+    for model in expected:
+        one = summary.sel(model=model)
+        np.testing.assert_array_equal(grid["test_acc"].sel(source=one["source"].item(),
+                                                          finetuning=one["finetuning"].item()).values,
+                                      one["test_acc"].values)
+    # the vocabulary's attributes; counts as integers
+    assert summary["test_acc"].attrs["units"] == "fraction (0 to 1)" and summary["test_acc"].attrs["long_name"]
+    assert summary["trainable_params"].dtype == np.int64
 
 
 def test_collect_of_nothing_is_refused(tmp_path: Path) -> None:

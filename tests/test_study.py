@@ -162,7 +162,7 @@ def test_similarity_compares_each_pretrained_model_with_its_finetuned_children(s
                                                                    for c in children]
     entries = dict((p, c) for c, p in study.summaries()["similarity"])
     assert entries[study.similarity_path("finetune", "finetune/synthetic/full/s1")] == {
-        "source": "synthetic", "method": "full", "seed": 1}
+        "model": "finetune/synthetic/full", "stage": "finetune", "source": "synthetic", "finetuning": "full", "seed": 1}
 
 
 def _edge(study: Study, edge: str) -> dict[str, tuple[str, str]]:
@@ -179,7 +179,7 @@ def test_similarity_compares_the_dense_model_with_every_pruned_run_of_its_seed(s
     assert path == f"results/analyze/similarity/prune/{run}/analysis.zarr"
     assert pairs[path] == ("prune_network/dense/s1", run)
     entries = dict((p, c) for c, p in study.summaries()["similarity_prune"])
-    assert entries[path] == {"method": "random", "rewind": 20, "level": 2, "seed": 1}
+    assert entries[path] == {"pruning": "random", "rewind": 20, "level": 2, "seed": 1}
 
 
 def test_similarity_compares_the_trained_teacher_with_its_students_only(default_config: Config) -> None:
@@ -191,7 +191,7 @@ def test_similarity_compares_the_trained_teacher_with_its_students_only(default_
     run = "distill/trained/el2n-hard/f0.25/T4-a0.5/s1"
     entries = dict((p, c) for c, p in study.summaries()["similarity_distill"])
     assert entries[study.similarity_path("distill", run)] == {
-        "method": "el2n-hard", "fraction": 0.25, "temperature": 4.0, "alpha": 0.5, "seed": 1}
+        "selection": "el2n-hard", "fraction": 0.25, "teacher": "trained", "temperature": 4.0, "alpha": 0.5, "seed": 1}
     # Untrained teachers are drawn inside each student's job: no model to compare with.
     untrained = _changed(default_config, lambda c: c["distill"].update(teachers=["untrained"]))
     assert not _edge(untrained, "distill") and "similarity_distill" not in untrained.summaries()
@@ -207,10 +207,11 @@ def test_similarity_compares_each_run_with_its_next_seed_twin_and_with_itself(st
     models = study.pretrain_runs() + study.finetune_runs()
     assert list(within.values()) == [(r, r) for r in models]
     summaries = study.summaries()
-    assert {"source": "none", "model": "scratch"} in [c for c, _ in summaries["similarity_seeds"]]
+    assert {"model": "finetune/scratch", "stage": "finetune", "source": "none", "finetuning": "scratch"} in [
+        c for c, _ in summaries["similarity_seeds"]]
     entries = dict((p, c) for c, p in summaries["similarity_within"])
     assert entries[study.similarity_path("within", "pretrain/synthetic/s1")] == {
-        "source": "synthetic", "model": "pretrained", "seed": 1}
+        "model": "pretrain/synthetic", "stage": "pretrain", "source": "synthetic", "finetuning": "none", "seed": 1}
 
 
 def test_activations_are_recorded_for_both_ends_of_every_edge(study: Study) -> None:
@@ -391,12 +392,13 @@ def test_ensembles_and_wiseft_are_planned_from_the_finetune_section(default_conf
     }
     summaries = study.summaries()
     assert [c for c, _ in summaries["wiseft"]] == [
-        {"source": src, "method": "full", "seed": s} for src in sources for s in (0, 1)
+        {"model": f"finetune/{src}/full", "stage": "finetune", "source": src, "finetuning": "full", "seed": s}
+        for src in sources for s in (0, 1)
     ]
     assert len(summaries["ensemble"]) == 12
     assert "ensemble" not in Study(default_config).summaries()  # only when asked for
     # with analyze.connectivity, full fine-tuning is joined to an independent sibling
-    assert study.connectivity_pairs()[study.connectivity_path("siblings", "synthetic", 1)] == (
+    assert study.connectivity_pairs()[_connectivity_path(study, "siblings", "synthetic", 1)] == (
         "finetune/synthetic/full/s1", "ensemble/synthetic/seeds/s1/m1")
 
 
@@ -406,15 +408,21 @@ def test_relative_representations_compare_each_run_of_the_first_seed_with_its_tw
         "finetune/synthetic/full/s0", "finetune/synthetic/full/s1")
     assert pairs[study.relative_path("pretrain/mnist1d/s0", 1)] == ("pretrain/mnist1d/s0", "pretrain/mnist1d/s1")
     assert len(pairs) == len(study.pretrain_runs() + study.finetune_runs()) // 2  # two seeds everywhere
-    coords = [c for c, _ in study.summaries()["relative"]]
-    assert {"source": "none", "model": "scratch"} in coords and {"source": "mnist1d", "model": "pretrained"} in coords
+    labels = [c["model"] for c, _ in study.summaries()["relative"]]
+    assert "finetune/scratch" in labels and "pretrain/mnist1d" in labels
+
+
+def _connectivity_path(study: Study, ends: str, source: str, seed: int) -> str:
+    path = study.connectivity_path({"ends": ends, "source": source, "seed": seed})
+    assert path == f"results/analyze/connectivity/{ends}/{source}/s{seed}/analysis.zarr"
+    return path
 
 
 def test_connectivity_joins_the_probe_to_full_and_the_dense_model_to_its_last_ticket(study: Study) -> None:
     pairs = study.connectivity_pairs()
-    assert pairs[study.connectivity_path("probe_full", "mnist1d", 0)] == (
+    assert pairs[_connectivity_path(study, "probe_full", "mnist1d", 0)] == (
         "finetune/mnist1d/linear_probe/s0", "finetune/mnist1d/full/s0")
-    assert pairs[study.connectivity_path("ticket_k20", "none", 1)] == (
+    assert pairs[_connectivity_path(study, "ticket_k20", "none", 1)] == (
         "prune_network/dense/s1", "prune_network/imp/k20/s1/level3")
     assert all(run in study.training_runs() for runs in pairs.values() for run in runs)
 
@@ -435,10 +443,21 @@ def test_paths_live_under_the_results_root(default_config: Config) -> None:
 def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
     config = study.config
     sources, tuned = list(config["data"]["sources"]), ["full", "linear_probe"]
+
+    def models(pretrained: bool, seeds: bool) -> set[tuple]:
+        """The model axis: (label, stage, source, finetuning) of every analysed family, with its seeds."""
+        out = {(f"finetune/{src}/{m}", "finetune", src, m) for src in sources for m in tuned}
+        out |= {("finetune/scratch", "finetune", "none", "scratch")}
+        if pretrained:
+            out |= {(f"pretrain/{src}", "pretrain", src, "none") for src in sources}
+        if not seeds:
+            return out
+        seeds_of = {"finetune": config["finetune"]["seeds"], "pretrain": config["pretrain"]["seeds"]}
+        return {(*m, s) for m in out for s in seeds_of[m[1]]}
+
     expected = {
         "pretrain": set(itertools.product(sources, config["pretrain"]["seeds"])),
-        "finetune": set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
-        | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),
+        "finetune": models(pretrained=False, seeds=True),
         "data_pruning": set(itertools.product(
             study.data_pruning_methods(), config["prune_data"]["fractions"], config["prune_data"]["seeds"],
         )),
@@ -451,25 +470,22 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
             config["prune_network"]["methods"], config["prune_network"]["rewind_steps"],
             range(config["prune_network"]["levels"] + 1), config["prune_network"]["seeds"],
         )),
-        "similarity": set(itertools.product(sources, tuned, config["finetune"]["seeds"])),
+        "similarity": {m for m in models(pretrained=False, seeds=True) if m[3] != "scratch"},
         "similarity_prune": set(itertools.product(
             config["prune_network"]["methods"], config["prune_network"]["rewind_steps"],
             range(1, config["prune_network"]["levels"] + 1), config["prune_network"]["seeds"],
         )),
         "similarity_distill": set(itertools.product(
-            study.data_pruning_methods(), config["prune_data"]["fractions"], config["distill"]["temperature"],
-            config["distill"]["alpha"], config["prune_data"]["seeds"],
+            study.data_pruning_methods(), config["prune_data"]["fractions"], ["trained"],
+            config["distill"]["temperature"], config["distill"]["alpha"], config["prune_data"]["seeds"],
         )),
-        "similarity_seeds": set(itertools.product(sources, ["pretrained", *tuned])) | {("none", "scratch")},
-        "similarity_within": set(itertools.product(sources, ["pretrained"], config["pretrain"]["seeds"]))
-        | set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
-        | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),
-        "spectra": set(itertools.product(sources, ["pretrained"], config["pretrain"]["seeds"]))
-        | set(itertools.product(sources, tuned, config["finetune"]["seeds"]))
-        | set(itertools.product(["none"], ["scratch"], config["finetune"]["seeds"])),
-        "relative": set(itertools.product(sources, ["pretrained", *tuned])) | {("none", "scratch")},
-        "connectivity": set(itertools.product(["probe_full"], sources, config["finetune"]["seeds"]))
-        | set(itertools.product(["ticket_k20"], ["none"], config["prune_network"]["seeds"])),
+        "similarity_seeds": models(pretrained=True, seeds=False),
+        "similarity_within": models(pretrained=True, seeds=True),
+        "spectra": models(pretrained=True, seeds=True),
+        "relative": models(pretrained=True, seeds=False),
+        "connectivity": {(f"probe_full/{src}", "probe_full", src, s) for src in sources
+                         for s in config["finetune"]["seeds"]}
+        | {("ticket_k20/none", "ticket_k20", "none", s) for s in config["prune_network"]["seeds"]},
     }
     summaries = study.summaries()
     assert set(summaries) == set(expected)

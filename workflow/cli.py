@@ -291,21 +291,24 @@ def _ensemble(args: argparse.Namespace) -> None:
 def _collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entries", help='JSON: [[{"seed": 0}, "path/metrics.zarr"], ...]; with --out')
     p.add_argument("--out", help="the summary store")
-    p.add_argument("--summaries", help='JSON file: {"<name>": {"out": "...", "entries": [...]}, ...}, '
-                   "every summary of a study, as the workflow writes it beside its log")
+    p.add_argument("--summaries", help='JSON file: {"summaries": {"<name>": {"out": "...", "entries": [...]}, ...}, '
+                   '"index": {"out": {"zarr": "...", "csv": "..."}, "runs": [...]}}: every summary of a study and '
+                   "its run index, as the workflow writes it beside its log")
 
 
 @command("collect", "gather per-run stores into summaries", _collect_options)
 def _collect(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from workflow.jobs import collect, entries_from, parse_entries
+    from workflow.jobs import collect, entries_from, parse_entries, write_run_index
 
     if (args.summaries is None) == (args.entries is None) or (args.entries is None) != (args.out is None):
         raise SystemExit("collect: give --summaries FILE, or --entries JSON with --out")
     if args.summaries:
-        for summary in json.loads(Path(args.summaries).read_text()).values():
+        study = json.loads(Path(args.summaries).read_text())
+        for summary in study["summaries"].values():
             collect(entries_from(summary["entries"]), summary["out"])
+        write_run_index(study["index"]["runs"], study["index"]["root"], **study["index"]["out"])
     else:
         collect(parse_entries(args.entries), args.out)
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 from torch import nn
 
-from workflow import cache, storage
+from workflow import axes, cache, storage
 from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
 from workflow.checkpoint import Checkpointing
 from workflow.data import TaskData, load_data
@@ -30,6 +31,7 @@ from workflow.runtime import evaluate, job_device, seed_everything
 from workflow.scoring import SCORERS, ScoreContext
 from workflow.stages import TrainingSetup
 from workflow.stages.registry import TRAINING_STAGES
+from workflow.summaries import final_value
 from workflow.train import Member, TrainConfig, train_pack
 
 PathLike = str | Path
@@ -161,6 +163,18 @@ def train_pack_job(
         )
     if saving is not None:
         saving.remove()
+    print(_final_lines(pack["pack"], [(run["spec"]["run"], result.history) for (run, _), result in zip(todo, results)]))
+
+
+def _final_lines(pack: str, histories: Sequence[tuple[str, xr.Dataset]]) -> str:
+    """The end of a pack's log: each run it trained with its final metrics (at its last epoch)."""
+    lines = [f"{pack}: trained {len(histories)} run(s); final metrics (the last epoch each reached):"]
+    for run, history in histories:
+        reached = history["epoch"].values[history["test_acc"].notnull().values]
+        last = f"epoch {int(reached[-1])}" if reached.size else "no finite epoch"
+        values = "  ".join(f"{m} {float(final_value(history[m])):.4f}" for m in INDEX_METRICS if m in history)
+        lines.append(f"  {run}  ({last})  {values}")
+    return "\n".join(lines)
 
 
 def _test_metrics(state: Mapping[str, torch.Tensor], template: nn.Module, data: TaskData) -> tuple[float, float]:
@@ -276,8 +290,11 @@ def compute_scores(
 def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike) -> None:
     """Combine per-run stores into one tidy dataset whose sweep axes are dimensions.
 
-    ``entries``: (coordinates of the run on the sweep axes, its store). Runs that a
-    sweep does not have, and epochs a run did not reach, are NaN.
+    ``entries``: (coordinates of the run on the sweep axes, its store). The coordinates
+    of a stacked dimension (:data:`workflow.axes.STACKED`, e.g. ``source`` along
+    ``model``) are placed along it. Epochs a run did not reach are NaN. Every variable
+    and dimension gets the ``long_name`` and ``units`` of :mod:`workflow.axes`; counts
+    are stored as integers and flags as booleans wherever every cell has a value.
     """
     if not entries:
         raise ValueError("nothing to collect")
@@ -285,12 +302,81 @@ def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike
     for coords, path in entries:
         ds = storage.open_dataset(path)
         ds.attrs = {}
-        parts.append(ds.expand_dims({k: [v] for k, v in coords.items()}))
+        along = {name: stacked for stacked, names in axes.STACKED.items() if stacked in coords for name in names}
+        dims = {k: [v] for k, v in coords.items() if k not in along}
+        labels = {k: (along[k], [v]) for k, v in coords.items() if k in along}
+        parts.append(ds.expand_dims(dims).assign_coords(labels))
     combined = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop")
-    combined = combined.sortby(list(entries[0][0]))
+    combined = combined.sortby([k for k in entries[0][0] if k in combined.dims])
     attrs = storage.provenance(None)
     attrs["runs"] = [str(p) for _, p in entries]
-    storage.write_dataset(combined, out, attrs)
+    storage.write_dataset(described(combined), out, attrs)
+
+
+# The final metrics of every run in the run index: the last epoch each reached.
+INDEX_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+# What each column of the run index holds, besides the axes of :mod:`workflow.axes`.
+RUN_INDEX_COLUMNS = {
+    "parent": "the run whose weights this run starts from ('' for none)",
+    "pack": "the training pack (job) that trains it",
+    "model": "path of its model file, relative to the results folder (as every path here)",
+    "metrics": "path of its per-epoch metrics",
+    "activations": "path of its activations on the probe set ('' if not recorded)",
+    "spectra": "path of its spectra store ('' if not analysed)",
+    "other_stores": "the analysis stores it is part of, separated by ';'",
+    "epochs": "the last epoch with a test accuracy",
+    **{f"final_{m}": f"{m.replace('_', ' ')} at the last epoch" for m in INDEX_METRICS},
+}
+
+
+def write_run_index(rows: Sequence[Mapping[str, Any]], root: PathLike, *, zarr: PathLike, csv: PathLike) -> None:
+    """The study's run index (:meth:`workflow.study.Study.run_index`, paths relative to the
+    results folder ``root``) with each run's final metrics read from its store, as a dataset
+    along ``run`` in Zarr and as a CSV table.
+
+    Coordinates a run's stage lacks are empty strings (text) or NaN (numbers); ``epochs``
+    is the last epoch with a test accuracy, and the ``final_*`` metrics are at it.
+    """
+    table = []
+    for row in rows:
+        metrics = storage.open_dataset(Path(root) / row["metrics"])
+        reached = metrics["epoch"].values[metrics["test_acc"].notnull().values]
+        epochs = int(reached[-1]) if reached.size else -1
+        finals = {f"final_{m}": float(final_value(metrics[m])) for m in INDEX_METRICS if m in metrics}
+        table.append({**row, "epochs": epochs, **finals})
+    frame = pd.DataFrame(table).set_index("run")
+    columns = {}
+    for name, column in frame.items():
+        text = column.map(lambda v: isinstance(v, str)).any()
+        columns[name] = column.fillna("").astype(str) if text else column
+    ds = xr.Dataset({name: ("run", column.to_numpy()) for name, column in columns.items()},
+                    coords={"run": frame.index.to_numpy().astype(str)})
+    for name in ds.data_vars:
+        ds[name].attrs["long_name"] = RUN_INDEX_COLUMNS.get(str(name)) or axes.DIMENSIONS.get(str(name), str(name))
+        if str(name).startswith("final_"):
+            ds[name].attrs["units"] = axes.variable_info(str(name).removeprefix("final_"))[1]
+    # what identifies a run is a coordinate, what it measured a variable: ``where`` masks only the latter
+    measured = {"epochs", *(f"final_{m}" for m in INDEX_METRICS)}
+    storage.write_dataset(ds.set_coords([n for n in ds.data_vars if n not in measured]), zarr, storage.provenance(None))
+    with storage.atomic_path(csv) as tmp:
+        frame.to_csv(tmp)
+
+
+def described(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with the vocabulary's attributes (:mod:`workflow.axes`) on every variable and
+    coordinate, counts as integers and flags as booleans where no cell is missing."""
+    ds = ds.copy()
+    for name in ds.data_vars:
+        long_name, units, kind = axes.variable_info(str(name))
+        var = ds[name]
+        if kind in ("int", "bool") and not var.isnull().any():
+            var = var.astype(np.int64 if kind == "int" else bool)
+        ds[name] = var.assign_attrs(long_name=long_name, units=units)
+    for name in ds.coords:
+        if name in axes.DIMENSIONS:
+            ds[name].attrs.update(long_name=axes.DIMENSIONS[str(name)])
+    return ds
 
 
 def parse_entries(text: str) -> list[tuple[dict[str, Any], str]]:

@@ -50,6 +50,10 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
+    def values(self) -> list[T]:
+        """The registered implementations, in the order they were registered."""
+        return list(self._items.values())
+
     def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self._items)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from workflow import packs, runs
 from workflow.analysis import batches
 from workflow.analysis.batches import Batch
-from workflow.analysis.plan import SIMILARITY_EDGES, SIMILARITY_SUMMARIES, AnalysisPlan
+from workflow.analysis.plan import SIMILARITY_EDGES, AnalysisPlan
 from workflow.config import STAGES, load_config
 from workflow.packs import Pack
 from workflow.runs import ENSEMBLE_KINDS, NO_SOURCE, number_label
@@ -274,9 +274,51 @@ class Study(AnalysisPlan):
         """The settings of one kind of analysis task: the probe set's for activations."""
         return self.analysis_spec() if kind == "activations" else self.analysis_settings(kind)
 
-    def summaries_description(self) -> dict[str, dict[str, Any]]:
-        """What the job that gathers every summary is handed: per summary, its store and entries."""
-        return {name: {"out": self.summary_path(name), "entries": entries} for name, entries in self.summaries().items()}
+    def summaries_description(self) -> dict[str, Any]:
+        """What the job that gathers every summary is handed: per summary, its store and entries;
+        and the run index (:meth:`run_index`), its store and its table."""
+        return {"summaries": {name: {"out": self.summary_path(name), "entries": entries}
+                              for name, entries in self.summaries().items()},
+                "index": {"out": self.run_index_paths(), "root": self.root, "runs": self.run_index()}}
+
+    def summary_inputs(self) -> list[str]:
+        """Every store the summaries gather, and every run's metrics (for the run index)."""
+        paths = [path for entries in self.summaries().values() for _, path in entries]
+        return list(dict.fromkeys(paths + [self.path(run, "metrics.zarr") for run in self.training_runs()]))
+
+    def run_index_paths(self) -> dict[str, str]:
+        """The run index as a Zarr store and as CSV."""
+        return {"zarr": f"{self.root}/summary/runs.zarr", "csv": f"{self.root}/summary/runs.csv"}
+
+    def run_index(self) -> list[dict[str, Any]]:
+        """One row per training run of the study, in DAG order: its id, stage and coordinates
+        (in the names of :mod:`workflow.axes`), its parent and pack, and the paths of its model,
+        its metrics and every analysis store it is part of, relative to the results folder (so
+        that a copy of the folder keeps its index)."""
+        stores: dict[str, list[str]] = {}
+        pairs = {**self.similarity_pairs(), **self.relative_pairs(), **self.connectivity_pairs(),
+                 **self.wiseft_pairs(), **self.ensembles()}
+        for path, members in pairs.items():
+            for run in dict.fromkeys(members):
+                stores.setdefault(run, []).append(path)
+        activations, spectra = set(self.activation_runs()), set(self.spectra_runs())
+        rows = []
+
+        def rel(path: str) -> str:
+            return path.removeprefix(f"{self.root}/")
+
+        for run in self.training_runs():
+            r = runs.parse(run)
+            stage = TRAINING_STAGES[r["stage"]]
+            rows.append({
+                "run": run, "stage": stage.name, **stage.index_coords(r),
+                "parent": self.parent(run) or "", "pack": self.pack_of(run).id,
+                "model": f"{run}/model.pt", "metrics": f"{run}/metrics.zarr",
+                "activations": f"{run}/activations.zarr" if run in activations else "",
+                "spectra": rel(self.spectra_path(run)) if run in spectra else "",
+                "other_stores": ";".join(rel(path) for path in stores.get(run, [])),
+            })
+        return rows
 
     def job_description(self, job: str) -> tuple[str, dict[str, Any]]:
         """The command of ``python -m workflow`` that runs a planned job (a pack's id, an
@@ -322,62 +364,16 @@ class Study(AnalysisPlan):
             self._summaries_cache = {name: entries for name, entries in self._summaries().items() if entries}
         return self._summaries_cache
 
-    def _coords(self, run: str, dims: tuple[str, ...]) -> dict[str, Any]:
-        """A run's coordinates on the sweep axes ``dims`` (source ``none`` when it has no source)."""
-        r = runs.parse(run)
-        return {d: r.get(d, NO_SOURCE) if d == "source" else r[d] for d in dims}
-
-    def _model_coords(self, run: str, *, seed: bool = True) -> dict[str, Any]:
-        """(source, model, seed) of a pretrained ("pretrained") or fine-tuned (its method) run;
-        without the seed for a comparison of two seeds."""
-        r = runs.parse(run)
-        model = "pretrained" if r["stage"] == "pretrain" else r["method"]
-        return {"source": r.get("source", NO_SOURCE), "model": model, **({"seed": r["seed"]} if seed else {})}
-
     def _summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
-        coords = self._coords
-
-        def metrics(run_ids: list[str], dims: tuple[str, ...]) -> list[tuple[dict[str, Any], str]]:
-            return [(coords(r, dims), self.path(r, "metrics.zarr")) for r in run_ids]
-
-        similarity: dict[str, list[tuple[dict[str, Any], str]]] = {n: [] for n in SIMILARITY_SUMMARIES.values()}
-        for edge, (_, run), where in self._similarity():
-            similarity[SIMILARITY_SUMMARIES[edge]].append((where, self.similarity_path(edge, run)))
-
-        return {
-            "pretrain": metrics(self.pretrain_runs(), ("source", "seed")),
-            "finetune": metrics(self.finetune_runs(), ("source", "method", "seed")),
-            "data_pruning": metrics(self.subset_runs("prune_data"), ("method", "fraction", "seed")),
-            "distill": metrics(
-                self.subset_runs("distill"), ("method", "fraction", "teacher", "temperature", "alpha", "seed")
-            ),
-            "scores": [
-                ({"method": store.rsplit("/", 1)[1]}, self.path(store, "scores.zarr")) for store in self.score_stores()
-            ],
-            "network_pruning": self._network_pruning_entries(),
-            "wiseft": [
-                (coords(ft, ("source", "method", "seed")), path) for path, (_, ft) in self.wiseft_pairs().items()
-            ],
-            "ensemble": [
-                (coords(members[1], ("source", "kind", "seed")), path) for path, members in self.ensembles().items()
-            ],
-            **similarity,
-            "spectra": [(self._model_coords(run), self.spectra_path(run)) for run in self.spectra_runs()],
-            "relative": [(self._model_coords(a, seed=False), path) for path, (a, _) in self.relative_pairs().items()],
-            "connectivity": [
-                ({"pair": pair, "source": src, "seed": seed}, self.connectivity_path(pair, src, seed))
-                for (pair, src, seed), _ in self._connectivity()
-            ],
-        }
-
-    def _network_pruning_entries(self) -> list[tuple[dict[str, Any], str]]:
-        """Every pruned run, and the dense run as level 0 of each method and rewind step."""
-        entries = []
-        for run in self.network_pruning_runs():
-            r = runs.parse(run)
-            coords = {"method": r["method"], "rewind": r["rewind"], "level": r["level"], "seed": r["seed"]}
-            if r["level"] == 1:
-                dense = runs.run_id("prune_network", method="dense", seed=r["seed"])
-                entries.append(({**coords, "level": 0}, self.path(dense, "metrics.zarr")))
-            entries.append((coords, self.path(run, "metrics.zarr")))
-        return entries
+        """What each stage's home declares (:meth:`~workflow.stages.TrainingStage.summary_entries`,
+        :meth:`~workflow.stages.TrainingStage.other_summaries`), then the analyses' summaries."""
+        out: dict[str, list[tuple[dict[str, Any], str]]] = {}
+        for stage in TRAINING_STAGES.values():
+            if stage.summary:
+                out[stage.summary] = [(coords, self.path(run, "metrics.zarr")) for run in stage.runs(self.config)
+                                      for coords in stage.summary_entries(self, runs.parse(run))]
+            for name, entries in stage.other_summaries(self).items():
+                out.setdefault(name, []).extend(entries)
+        for name, entries in self.analysis_summaries().items():
+            out.setdefault(name, []).extend(entries)
+        return out

@@ -12,6 +12,8 @@ from typing import Hashable, Sequence
 import numpy as np
 import xarray as xr
 
+from workflow import axes
+
 
 def final_value(da: xr.DataArray, dim: str = "epoch") -> xr.DataArray:
     """Value of ``da`` at the last non-NaN position along ``dim`` (NaN if none).
@@ -117,6 +119,20 @@ def best_runs(da: xr.DataArray, dims: Sequence[str]) -> xr.DataArray:
     """Per-seed final values of ``da`` at the combination of ``dims`` :func:`best_over` picks."""
     _, indices, found = _choose(da, dims)
     return _final(da).isel(indices).where(found).drop_vars(list(dims), errors="ignore")
+
+
+def crossed(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with each stacked dimension (:data:`workflow.axes.STACKED`: ``model``, ``pair``)
+    unstacked into the axes along it, e.g. ``model`` into ``source`` x ``finetuning``, for
+    drawing a grid: cells no run fills (scratch under a real source) are NaN. A dataset
+    without a stacked dimension is returned as it is."""
+    for dim, names in axes.STACKED.items():
+        if dim in ds.dims:
+            # the stage follows from the fine-tuning ("none": pretrained), so it is not an axis of the grid
+            grid = [name for name in names if name in ds.coords and name != "stage"]
+            ds = ds.drop_vars([n for n in names if n in ds.coords and n not in grid] + [dim])
+            ds = ds.set_index({dim: grid}).unstack(dim).transpose(*grid, ...)
+    return ds
 
 
 # Selections below pass a dict: ``sel(method=...)`` would be taken as sel's own

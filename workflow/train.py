@@ -165,8 +165,6 @@ def history_dataset(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
     )
 
 
-
-
 @dataclass
 class Member:
     """One model of a pack and what it trains on: the arguments of :func:`train` for one run."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflow.runs import NO_SOURCE, parse, run_id
+from workflow import axes
+from workflow.runs import parse
+from workflow.stages.registry import TRAINING_STAGES
 
 # The kinds of edge of the lineage whose two models are compared layer by layer
 # (``analyze.similarity.edges``), and the summary that gathers each kind's stores.
@@ -48,45 +50,37 @@ class AnalysisPlan:
         return list(dict.fromkeys(run for _, pair, _ in self._similarity() for run in pair))
 
     def _similarity(self) -> list[tuple[str, tuple[str, str], dict[str, Any]]]:
-        """(edge kind, (run a, run b), coordinates in its summary) of every similarity store.
+        """(edge kind, (run a, run b), coordinates in its summary) of every similarity store,
+        by kind in the order of :data:`SIMILARITY_EDGES`.
 
-        Each kind only when its stages exist and ``analyze.similarity.edges`` names it:
-
-        * ``finetune``: each pretrained model -> its fine-tuned children (source, method, seed);
-        * ``prune``: the dense model -> every pruned run of its seed (method, rewind, level, seed);
-        * ``distill``: the trained teacher -> every student it teaches (method, fraction,
-          temperature, alpha, seed). Students of an untrained teacher are left out: an
-          untrained teacher is drawn inside each student's job and never stored as a model;
-        * ``seeds``: each pretrained and fine-tuned run of the first seed <-> the same run
-          of the second (source, model; none with a single seed);
-        * ``within``: each pretrained and fine-tuned run against itself (source, model, seed).
+        Each kind only when ``analyze.similarity.edges`` names it: the edges of the lineage
+        each stage declares (:meth:`~workflow.stages.TrainingStage.lineage`; the run at its
+        end is placed as in its stage's summary), and, over the models analysed one by one
+        (:meth:`analysed_runs`): ``seeds``, each run of the first seed <-> the same run of
+        the second (none with a single seed); ``within``, each run against itself.
         """
         similarity = self.config["analyze"].get("similarity")
         edges = similarity["edges"] if similarity else []
         out: list[tuple[str, tuple[str, str], dict[str, Any]]] = []
-        if "finetune" in edges:
-            out += [("finetune", (parent, run), self._coords(run, ("source", "method", "seed")))
-                    for run in self.finetune_runs() if (parent := self.parent(run)) is not None]
-        if "prune" in edges:
-            out += [("prune", (run_id("prune_network", method="dense", seed=parse(run)["seed"]), run),
-                     self._coords(run, ("method", "rewind", "level", "seed")))
-                    for run in self.network_pruning_runs()]
-        if "distill" in edges:
-            out += [("distill", (self.config["distill"]["teacher"], run),
-                     self._coords(run, ("method", "fraction", "temperature", "alpha", "seed")))
-                    for run in self.subset_runs("distill") if parse(run)["teacher"] == "trained"]
+        for stage in TRAINING_STAGES.values():
+            for run in stage.runs(self.config):
+                r = parse(run)
+                if (edge := stage.lineage(self, r)) is not None and edge[0] in edges:
+                    out.append((edge[0], (edge[1], run), stage.summary_entries(self, r)[0]))
         if "seeds" in edges:
-            out += [("seeds", (a, b), self._model_coords(a, seed=False)) for a, b in self.seed_twins()]
+            out += [("seeds", (a, b), axes.model_coords(a, seed=False)) for a, b in self.seed_twins()]
         if "within" in edges:
-            out += [("within", (run, run), self._model_coords(run))
-                    for run in self.pretrain_runs() + self.finetune_runs()]
-        return out
+            out += [("within", (run, run), axes.model_coords(run)) for run in self.analysed_runs()]
+        return sorted(out, key=lambda item: SIMILARITY_EDGES.index(item[0]))
+
+    def analysed_runs(self) -> list[str]:
+        """The runs analysed as models one by one: those of the stages that ask for it
+        (:attr:`~workflow.stages.TrainingStage.analysed`; pretrained and fine-tuned models)."""
+        return [run for stage in TRAINING_STAGES.values() if stage.analysed for run in stage.runs(self.config)]
 
     def spectra_runs(self) -> list[str]:
         """Runs whose NTK, Hessian and weight ranks are analysed (with ``analyze.spectra``)."""
-        if "spectra" not in self.config["analyze"]:
-            return []
-        return self.pretrain_runs() + self.finetune_runs()
+        return self.analysed_runs() if "spectra" in self.config["analyze"] else []
 
     def spectra_path(self, run: str) -> str:
         return f"{self.root}/analyze/spectra/{run}/analysis.zarr"
@@ -95,7 +89,7 @@ class AnalysisPlan:
         """Every pretrained and fine-tuned run of its stage's first seed, with the same run of
         the second seed: two runs that differ only in their seed (none with a single seed)."""
         twins = []
-        for run in self.pretrain_runs() + self.finetune_runs():
+        for run in self.analysed_runs():
             seeds = self.config[parse(run)["stage"]]["seeds"]
             if len(seeds) > 1 and parse(run)["seed"] == seeds[0]:
                 twins.append((run, run.rsplit("/", 1)[0] + f"/s{seeds[1]}"))
@@ -114,39 +108,30 @@ class AnalysisPlan:
         return f"{self.root}/analyze/relative/{run}/vs_s{other_seed}/analysis.zarr"
 
     def connectivity_pairs(self) -> dict[str, tuple[str, str]]:
-        """Each connectivity store -> the two runs joined by a line in weight space.
+        """Each connectivity store -> the two runs joined by a line in weight space: the pairs
+        each stage declares (:meth:`~workflow.stages.TrainingStage.connections`), with
+        ``analyze.connectivity``."""
+        return {self.connectivity_path(coords): pair for coords, pair in self._connectivity()}
 
-        With ``analyze.connectivity``: the linear probe and full fine-tuning from one
-        pretrained model (the pretrained body, moved or not); full fine-tuning and an
-        independent sibling run (with ``finetune.ensemble`` kind ``seeds``); the dense
-        model and the last IMP level of each rewind step (a ticket and its parent).
-        """
-        return {self.connectivity_path(*coords): runs for coords, runs in self._connectivity()}
-
-    def _connectivity(self) -> list[tuple[tuple[str, str, int], tuple[str, str]]]:
-        """((pair, source, seed), (run a, run b)) of every connectivity store."""
+    def _connectivity(self) -> list[tuple[dict[str, Any], tuple[str, str]]]:
+        """(coordinates in the summary, (run a, run b)) of every connectivity store."""
         if "connectivity" not in self.config["analyze"]:
             return []
-        ft = self.config.get("finetune", {"methods": [], "seeds": []})
-        kinds = ft.get("ensemble", {}).get("kinds", [])
-        out = []
-        for src in self.sources():
-            for s in ft["seeds"]:
-                full = run_id("finetune", source=src, method="full", seed=s)
-                if {"full", "linear_probe"} <= set(ft["methods"]):
-                    out.append((("probe_full", src, s), (run_id("finetune", source=src, method="linear_probe", seed=s), full)))
-                if "seeds" in kinds:
-                    out.append((("siblings", src, s), (full, run_id("ensemble", source=src, kind="seeds", seed=s, member=1))))
-        if self.has("prune_network") and "imp" in self.config["prune_network"]["methods"]:
-            pn = self.config["prune_network"]
-            for k in pn["rewind_steps"]:
-                for s in pn["seeds"]:
-                    ticket = run_id("prune_network", method="imp", rewind=k, seed=s, level=pn["levels"])
-                    out.append(((f"ticket_k{k}", NO_SOURCE, s), (run_id("prune_network", method="dense", seed=s), ticket)))
-        return out
+        return [connection for stage in TRAINING_STAGES.values() for connection in stage.connections(self)]
 
-    def connectivity_path(self, pair: str, source: str, seed: int) -> str:
-        return f"{self.root}/analyze/connectivity/{pair}/{source}/s{seed}/analysis.zarr"
+    def connectivity_path(self, coords: dict[str, Any]) -> str:
+        """The store of a connectivity pair, from its coordinates (:func:`workflow.axes.pair_coords`, seed)."""
+        return f"{self.root}/analyze/connectivity/{coords['ends']}/{coords['source']}/s{coords['seed']}/analysis.zarr"
+
+    def analysis_summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
+        """Per analysis summary: its stores, each with its coordinates."""
+        out: dict[str, list[tuple[dict[str, Any], str]]] = {name: [] for name in SIMILARITY_SUMMARIES.values()}
+        for edge, (_, run), where in self._similarity():
+            out[SIMILARITY_SUMMARIES[edge]].append((where, self.similarity_path(edge, run)))
+        out["spectra"] = [(axes.model_coords(run), self.spectra_path(run)) for run in self.spectra_runs()]
+        out["relative"] = [(axes.model_coords(a, seed=False), path) for path, (a, _) in self.relative_pairs().items()]
+        out["connectivity"] = [(coords, self.connectivity_path(coords)) for coords, _ in self._connectivity()]
+        return out
 
     def analysis_spec(self) -> dict[str, Any]:
         """What determines the probe set and the analyses on it."""

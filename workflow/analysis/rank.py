@@ -68,27 +68,25 @@ def weight_matrix(weight: Array) -> np.ndarray:
     return as_matrix(weight)  # (out, ...) -> (out, -1)
 
 
-def _ranks_dataset(matrices: Mapping[str, np.ndarray]) -> xr.Dataset:
-    """Every definition of effective rank, and the largest rank possible, by ``layer``."""
+def _ranks_dataset(matrices: Mapping[str, np.ndarray], dim: str) -> xr.Dataset:
+    """Every definition of effective rank, and the largest rank possible, along ``dim``."""
     data = {
-        name: ("layer", np.array([rank(m) for m in matrices.values()], dtype=np.float64))
+        name: (dim, np.array([rank(m) for m in matrices.values()], dtype=np.float64))
         for name, rank in EFFECTIVE_RANKS.items()
     }
-    data["max_rank"] = ("layer", np.array([min(m.shape) for m in matrices.values()], dtype=np.int64))
-    return xr.Dataset(data, coords={"layer": list(matrices)})
+    data["max_rank"] = (dim, np.array([min(m.shape) for m in matrices.values()], dtype=np.int64))
+    return xr.Dataset(data, coords={dim: list(matrices)})
 
 
 def weight_ranks(state: State) -> xr.Dataset:
-    """Effective ranks of every weight matrix (a tensor named ``*.weight`` with 2 or more dims).
-
-    ``layer`` is the module's name (the key without ``.weight``).
-    """
+    """Effective ranks of every weight matrix (a tensor named ``*.weight`` with 2 or more dims),
+    along ``param``: its state-dict key, as network pruning's densities name it."""
     matrices = {
-        _split(key)[0]: weight_matrix(value)
+        key: weight_matrix(value)
         for key, value in state.items()
         if _split(key)[1] == "weight" and value.dim() >= 2
     }
-    return _ranks_dataset(matrices)
+    return _ranks_dataset(matrices, "param")
 
 
 def representation_ranks(acts: Mapping[str, Array]) -> xr.Dataset:
@@ -101,7 +99,7 @@ def representation_ranks(acts: Mapping[str, Array]) -> xr.Dataset:
     for layer, x in acts.items():
         m = as_matrix(x)
         centred[layer] = m - m.mean(axis=0)
-    return _ranks_dataset(centred)
+    return _ranks_dataset(centred, "layer")
 
 
 BATCHNORM_STATISTICS = ("running_mean", "running_var")

@@ -133,8 +133,8 @@ def spectra(
     ``ntk_examples`` probe examples; ``hessian_*``: the top ``hessian_k``
     eigenvalues (dim ``hessian_eig``), trace and its standard error on the first
     ``hessian_examples`` training examples; ``weight_*``: effective ranks of the
-    weights (dim ``layer``); ``representation_*``: those of each named layer's
-    centred outputs on the probe set (dim ``representation_layer``). Fewer
+    weights (dim ``param``, their state-dict keys); ``representation_*``: those of
+    each named layer's centred outputs on the probe set (dim ``layer``). Fewer
     examples are used when there are fewer; the counts used are attrs.
     """
     dev = job_device(device, threads)
@@ -153,7 +153,7 @@ def spectra(
     representations = representation_ranks(record_activations(model, data.x_test[:n_probe]))
     ds = xr.merge(
         [_prefixed(ntk, "ntk"), _prefixed(hessian, "hessian", {"eig": "hessian_eig"}), _prefixed(ranks, "weight"),
-         _prefixed(representations, "representation", {"layer": "representation_layer"})],
+         _prefixed(representations, "representation")],
         combine_attrs="no_conflicts",
     )
     attrs = _model_attrs(saved, model_path, dev)

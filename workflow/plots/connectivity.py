@@ -16,7 +16,7 @@ from workflow.plots.drawing import (
     no_data,
     plot_band,
 )
-from workflow.summaries import coord_values, over_seeds, seeds_text
+from workflow.summaries import coord_values, crossed, over_seeds, seeds_text
 
 # The two ends (alpha = 0, alpha = 1) of the connectivity pairs the study joins; a
 # "ticket_k<step>" pair joins the dense model and the last IMP level of that rewind step.
@@ -52,7 +52,8 @@ def connectivity(ds: xr.Dataset) -> Figure:
     barrier is how far the curve rises above it. Frankle et al.'s max minus the mean
     of the ends is given beside it in the legend.
     """
-    pairs, sources = coord_values(ds, "pair"), coord_values(ds, "source")
+    ds = crossed(ds)
+    pairs, sources = coord_values(ds, "ends"), coord_values(ds, "source")
     colours = distinct_colours(sources)
     # At most three panels a row.
     fig, axes = new_figure(max(1, -(-len(pairs) // 3)), min(max(1, len(pairs)), 3), (4.6, 3.6))
@@ -64,7 +65,7 @@ def connectivity(ds: xr.Dataset) -> Figure:
     error = 100.0 * ds["test_error"]
     for ax, pair in zip(panels, pairs):
         for source in sources:
-            where = {"pair": pair, "source": source}
+            where = {"ends": pair, "source": source}
             stats = over_seeds(error.sel(where))
             if not stats.mean.notnull().any():
                 continue

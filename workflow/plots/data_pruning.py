@@ -63,7 +63,7 @@ def _mean_scores(scores: xr.Dataset) -> xr.DataArray:
 
 def _n_repetitions(scores: xr.Dataset, method: Hashable) -> int:
     """How many repetitions (``init`` rows that are not all NaN) a method has."""
-    score = scores["score"].sel({"method": method})
+    score = scores["score"].sel({"scoring": method})
     if "init" not in score.dims:
         return 1
     return int(score.notnull().any("sample").sum())
@@ -87,8 +87,8 @@ def score_correlations(scores: xr.Dataset) -> xr.DataArray:
     whose scores are constant or missing). Each pair uses the examples both methods
     scored; +inf (never learned) ranks above every finite score.
     """
-    means = _mean_scores(scores).transpose("method", "sample")
-    methods = coord_values(scores, "method")
+    means = _mean_scores(scores).transpose("scoring", "sample")
+    methods = coord_values(scores, "scoring")
     rho = np.full((len(methods), len(methods)), np.nan)
     for i, j in combinations_with_replacement(range(len(methods)), 2):
         rho[i, j] = rho[j, i] = _spearman(means.values[i], means.values[j])
@@ -96,8 +96,8 @@ def score_correlations(scores: xr.Dataset) -> xr.DataArray:
     rho[np.diag_indices_from(rho)] = np.where(np.isnan(np.diag(rho)), np.nan, 1.0)
     return xr.DataArray(
         rho,
-        dims=("method_a", "method_b"),
-        coords={"method_a": methods, "method_b": methods},
+        dims=("scoring_a", "scoring_b"),
+        coords={"scoring_a": methods, "scoring_b": methods},
         name="spearman",
     )
 
@@ -164,7 +164,7 @@ def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
     """
     fig, axes = new_figure(1, 1, (7.0, 4.8))
     ax = axes[0, 0]
-    methods = list(dict.fromkeys(coord_values(pruned, "method") + coord_values(distill, "method")))
+    methods = list(dict.fromkeys(coord_values(pruned, "selection") + coord_values(distill, "selection")))
     colours = distinct_colours(methods)
     drawn_methods: set[Hashable] = set()
     styles: list[Line2D] = []
@@ -172,8 +172,8 @@ def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
         linestyle, label = _kd_style(teacher)
         x = 100.0 * acc["fraction"].values
         drawn = False
-        for method in coord_values(acc, "method"):
-            stats = over_seeds(100.0 * (1.0 - acc.sel({"method": method})))
+        for method in coord_values(acc, "selection"):
+            stats = over_seeds(100.0 * (1.0 - acc.sel({"selection": method})))
             # Each method a little to the side, so that error bars do not hide each other.
             dodge = _dodge(methods.index(method), len(methods))
             if plot_errorbar(ax, x * dodge, stats, color=colours[method],
@@ -208,7 +208,7 @@ def best_alpha(distill: xr.Dataset) -> Figure:
     fig, axes = new_figure(1, 1, (6.0, 4.2))
     ax = axes[0, 0]
     teacher = "trained"
-    methods = coord_values(distill, "method")
+    methods = coord_values(distill, "selection")
     colours = distinct_colours(methods)
     drawn: list[Hashable] = []
     if teacher in coord_values(distill, "teacher"):
@@ -216,7 +216,7 @@ def best_alpha(distill: xr.Dataset) -> Figure:
         _, where = best_over(acc, KD_HYPERPARAMETERS)
         x = 100.0 * distill["fraction"].values
         for i, method in enumerate(methods):
-            y = where["alpha"].sel({"method": method}).values.astype(float)
+            y = where["alpha"].sel({"selection": method}).values.astype(float)
             keep = np.isfinite(y)
             if keep.any():
                 ax.plot(x[keep] * _dodge(i, len(methods)), y[keep], marker="o",
@@ -244,7 +244,7 @@ def best_alpha(distill: xr.Dataset) -> Figure:
 
 def score_distributions(scores: xr.Dataset) -> Figure:
     """Histogram of each example's mean score (over repetitions), one panel per scoring method."""
-    methods = coord_values(scores, "method")
+    methods = coord_values(scores, "scoring")
     means = _mean_scores(scores)
     colours = distinct_colours(methods)
     ncols = max(1, min(3, len(methods)))
@@ -253,7 +253,7 @@ def score_distributions(scores: xr.Dataset) -> Figure:
     for ax in axes.flat[len(methods):]:
         ax.set_axis_off()
     for ax, method in zip(axes.flat, methods):
-        values = means.sel({"method": method}).values
+        values = means.sel({"scoring": method}).values
         scored = values[~np.isnan(values)]
         finite = scored[np.isfinite(scored)]
         if finite.size:
@@ -281,7 +281,7 @@ def score_distributions(scores: xr.Dataset) -> Figure:
 def score_agreement(scores: xr.Dataset) -> Figure:
     """Heatmap of the Spearman rank correlation between methods' mean per-example scores."""
     rho = score_correlations(scores)
-    methods = [str(m) for m in rho["method_a"].values]
+    methods = [str(m) for m in rho["scoring_a"].values]
     n = len(methods)
     fig, axes = new_figure(1, 1, (max(4.2, 0.8 * n + 2.4), max(3.4, 0.8 * n + 1.6)))
     ax = axes[0, 0]

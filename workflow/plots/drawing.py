@@ -181,8 +181,8 @@ PRUNING_LABELS = {
 SOURCE_STYLES = ("-", "--", ":", "-.")
 SOURCE_MARKERS = ("o", "s", "^", "D", "v", "P")
 
-# The ``model`` of the spectra summary that is the pretrained model of its source.
-PRETRAINED = "pretrained"
+# The ``finetuning`` of a pretrained model (not fine-tuned) in the analyses' summaries.
+PRETRAINED = NO_SOURCE
 
 # A line of a figure: its selection ({"source": ..., dim: ...}), legend text and style.
 Run = tuple[dict[str, Hashable], str, dict[str, Any]]

@@ -26,13 +26,14 @@ from workflow.plots.drawing import (
     run_lines,
     source_styles,
 )
-from workflow.summaries import coord_values, final_value, over_seeds, seeds_text
+from workflow.summaries import coord_values, crossed, final_value, over_seeds, seeds_text
 
 LOSS_LABEL = "cross-entropy loss (nats)"
 
 
 def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
     """Train/test loss and accuracy against epoch for pretraining and each fine-tuning method."""
+    finetune = crossed(finetune)
     sources = coord_values(pretrain, "source")
     styles = source_styles(list(dict.fromkeys(sources + coord_values(finetune, "source"))))
     runs: list[tuple[str, xr.Dataset, Any, str]] = [
@@ -40,10 +41,10 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
          PRETRAIN_COLOUR, styles[src][0])
         for src in sources
     ]
-    colours = distinct_colours(coord_values(finetune, "method"))
+    colours = distinct_colours(coord_values(finetune, "finetuning"))
     runs += [
-        (finetune_label(src, m, len(sources)), finetune.sel({"source": src, "method": m}), colours[m], styles[src][0])
-        for src, m in present_pairs(finetune, ["test_acc"], "method")
+        (finetune_label(src, m, len(sources)), finetune.sel({"source": src, "finetuning": m}), colours[m], styles[src][0])
+        for src, m in present_pairs(finetune, ["test_acc"], "finetuning")
     ]
 
     fig, axes = new_figure(2, 2, (4.6, 3.2))
@@ -67,14 +68,15 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
 
 def cka_heatmaps(ds: xr.Dataset) -> Figure:
     """Linear CKA between pretrained (y) and fine-tuned (x) layers: a row of heatmaps per source, one per method."""
+    ds = crossed(ds)
     sources = coord_values(ds, "source")
     mean = over_seeds(ds["linear_cka"]).mean
     cells = {
         (source, method): (finetune_label(source, method, len(sources)),
-                           mean.sel({"source": source, "method": method}))
-        for source, method in present_pairs(ds, ["linear_cka"], "method")
+                           mean.sel({"source": source, "finetuning": method}))
+        for source, method in present_pairs(ds, ["linear_cka"], "finetuning")
     }
-    fig = layer_heatmaps(cells, sources, coord_values(ds, "method"), xlabel="fine-tuned layer",
+    fig = layer_heatmaps(cells, sources, coord_values(ds, "finetuning"), xlabel="fine-tuned layer",
                          ylabel=lambda source: f"pretrained layer ({source})", label="linear CKA")
     how = seeds_text("mean", ds)
     fig.suptitle(f"Linear CKA: pretrained vs fine-tuned representations ({how})")
@@ -86,14 +88,15 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
 
     Colour: method; marker: pretraining source ("none": scratch).
     """
+    finetune = crossed(finetune)
     fig, axes = new_figure(1, 1, (6.4, 4.4))
     ax = axes[0, 0]
     acc = 100.0 * final_value(finetune["test_acc"])
-    methods, sources = coord_values(finetune, "method"), coord_values(finetune, "source")
+    methods, sources = coord_values(finetune, "finetuning"), coord_values(finetune, "source")
     colours, styles = distinct_colours(methods), source_styles(sources)
-    pairs = present_pairs(finetune, ["test_acc"], "method")
+    pairs = present_pairs(finetune, ["test_acc"], "finetuning")
     for source, method in pairs:
-        where = {"source": source, "method": method}
+        where = {"source": source, "finetuning": method}
         stats = over_seeds(acc.sel(where))
         count = over_seeds(finetune["trainable_params"].sel(where)).mean
         x, y, err = float(count), float(stats.mean), float(stats.std)
@@ -107,7 +110,7 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
     if not pairs:
         no_data(ax)
     drawn = dict.fromkeys(m for _, m in pairs)
-    key(fig, "method", [Line2D([], [], color=colours[m], marker="o", linestyle="", label=str(m)) for m in drawn],
+    key(fig, "finetuning", [Line2D([], [], color=colours[m], marker="o", linestyle="", label=str(m)) for m in drawn],
         "outside right upper")
     key(fig, "source", [Line2D([], [], color="grey", marker=styles[src][1], linestyle="", label=str(src))
                         for src in dict.fromkeys(src for src, _ in pairs)], "outside right lower")
@@ -118,12 +121,13 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
 
 def wiseft(ds: xr.Dataset) -> Figure:
     """WiSE-FT: test accuracy of the interpolated weights against alpha, one panel per source, a line per method."""
-    sources, methods = coord_values(ds, "source"), coord_values(ds, "method")
+    ds = crossed(ds)
+    sources, methods = coord_values(ds, "source"), coord_values(ds, "finetuning")
     colours = distinct_colours(methods)
     fig, axes = new_figure(1, len(sources), (5.2, 4.2))
     for ax, source in zip(axes[0], sources):
         for method in methods:
-            stats = over_seeds(100.0 * ds["test_acc"].sel({"source": source, "method": method}))
+            stats = over_seeds(100.0 * ds["test_acc"].sel({"source": source, "finetuning": method}))
             plot_band(ax, ds["alpha"].values, stats, color=colours[method], marker="o", markersize=3,
                       label=f"linear probe → {method}")
         ax.set_xlabel("α  (0: linear probe, 1: fine-tuned)")
@@ -170,10 +174,11 @@ def ensembles(ds: xr.Dataset) -> Figure:
 
 def weight_distance(finetune: xr.Dataset) -> Figure:
     """How far fine-tuning moves the weights: relative distance from the start against epoch (log)."""
+    finetune = crossed(finetune)
     fig, axes = new_figure(1, 1, (6.4, 4.4))
     ax = axes[0, 0]
     var = "relative_weight_distance"
-    runs = run_lines(finetune, [var], "method") if var in finetune else []
+    runs = run_lines(finetune, [var], "finetuning") if var in finetune else []
     # Epoch 0 is the start (distance 0), which a log axis cannot show.
     after = finetune.isel(epoch=finetune["epoch"].values >= 1)
     epochs = after["epoch"].values

@@ -30,15 +30,15 @@ def network_pruning(ds: xr.Dataset) -> Figure:
     rewinds = coord_values(ds, "rewind") if "rewind" in ds.dims else [None]
     fig, axes = new_figure(1, len(rewinds), (5.6, 4.4))
     acc = 100.0 * final_value(ds["test_acc"])
-    methods = coord_values(ds, "method")
+    methods = coord_values(ds, "pruning")
     colours = distinct_colours(methods)
     for ax, k in zip(axes[0], rewinds):
         panel = _select(acc, rewind=k)
         density = _select(ds["density"], rewind=k)
         for method in methods:
             # density is a variable over (method, level, seed), equal across seeds
-            x = 100.0 * over_seeds(_select(density, method=method)).mean.values
-            stats = over_seeds(panel.sel({"method": method}))
+            x = 100.0 * over_seeds(_select(density, pruning=method)).mean.values
+            stats = over_seeds(panel.sel({"pruning": method}))
             plot_band(ax, x, stats, color=colours[method], marker="o", markersize=3,
                       label=PRUNING_LABELS.get(str(method), str(method)))
         if "level" in panel.dims and 0 in panel["level"]:

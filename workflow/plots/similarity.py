@@ -28,7 +28,7 @@ from workflow.plots.drawing import (
     run_lines,
 )
 from workflow.runs import NO_SOURCE
-from workflow.summaries import coord_values, over_seeds, quiet_mean, seeds_text
+from workflow.summaries import coord_values, crossed, over_seeds, quiet_mean, seeds_text
 
 # The measures of the similarity summary, in drawing order, and their names on the axes.
 SIMILARITY_LABELS = {
@@ -73,8 +73,9 @@ def similarity(ds: xr.Dataset) -> Figure:
     Rows: the measures present (procrustes is a distance, the others similarities);
     one line per (source, method), colour per method and line style per source.
     """
+    ds = crossed(ds)
     measures = [m for m in SIMILARITY_LABELS if m in ds]
-    runs = run_lines(ds, measures, "method")
+    runs = run_lines(ds, measures, "finetuning")
     fig, axes = new_figure(max(1, len(measures)), 1, (6.4, 2.3))
     for ax, measure in zip(axes[:, 0], measures):
         _matched_panel(ax, ds[measure], runs)
@@ -106,18 +107,19 @@ def _mean_matched(da: xr.DataArray) -> xr.DataArray:
     return quiet_mean(matched, "layer")
 
 
-def _sweep_panel(ax: Axes, mean: xr.DataArray, x: str, labels: Mapping[Hashable, str]) -> None:
-    """``mean`` (dims: method, ``x``, seed) against ``x``: a line per method, seeds as a band."""
-    methods = coord_values(mean, "method")
+def _sweep_panel(ax: Axes, mean: xr.DataArray, x: str, by: str, labels: Mapping[Hashable, str]) -> None:
+    """``mean`` (dims: ``by``, ``x``, seed) against ``x``: a line per method (along ``by``), seeds as a band."""
+    methods = coord_values(mean, by)
     colours = distinct_colours(methods)
     for method in methods:
-        plot_band(ax, mean[x].values, over_seeds(mean.sel({"method": method})), color=colours[method],
+        plot_band(ax, mean[x].values, over_seeds(mean.sel({by: method})), color=colours[method],
                   marker="o", markersize=3, label=labels.get(str(method), str(method)))
     ax.grid(alpha=0.3)
 
 
 def _layer_panels(ds: xr.Dataset, dim: str, title: str) -> list[tuple[str, Callable[[Axes], None]]]:
     """One panel: matched-layer CKA by layer, a line per (source, ``dim``) as in :func:`similarity`."""
+    ds = crossed(ds)
     runs = run_lines(ds, [LINEAGE_MEASURE], dim)
 
     def draw(ax: Axes) -> None:
@@ -133,7 +135,7 @@ def _lineage_prune(ds: xr.Dataset) -> list[tuple[str, Callable[[Axes], None]]]:
     panels = []
     for rewind in coord_values(ds, "rewind"):
         def draw(ax: Axes, rewind: Hashable = rewind) -> None:
-            _sweep_panel(ax, mean.sel({"rewind": rewind}), "level", PRUNING_LABELS)
+            _sweep_panel(ax, mean.sel({"rewind": rewind}), "level", "pruning", PRUNING_LABELS)
             levels = mean["level"].values
             # Every level ticked, with room around them (also for a study of one level).
             ax.set_xticks(levels)
@@ -148,6 +150,8 @@ def _lineage_distill(ds: xr.Dataset) -> list[tuple[str, Callable[[Axes], None]]]
     """Teacher -> student panels, one per (temperature, alpha): mean matched-layer CKA against
     the kept fraction, a line per data-pruning method."""
     mean = _mean_matched(ds[LINEAGE_MEASURE])
+    if "teacher" in mean.dims:  # only the trained teacher is a stored model to compare with
+        mean = mean.sel({"teacher": "trained"})
     panels = []
     for temperature, alpha in product(coord_values(ds, "temperature"), coord_values(ds, "alpha")):
         panel = mean.sel({"temperature": temperature, "alpha": alpha})
@@ -155,7 +159,7 @@ def _lineage_distill(ds: xr.Dataset) -> list[tuple[str, Callable[[Axes], None]]]
             continue
 
         def draw(ax: Axes, panel: xr.DataArray = panel) -> None:
-            _sweep_panel(ax, panel, "fraction", {})
+            _sweep_panel(ax, panel, "fraction", "selection", {})
             log_axis(ax, "x", ticks=panel["fraction"].values)
             ax.set_xlabel("fraction of the training set kept (log scale)")
 
@@ -165,10 +169,10 @@ def _lineage_distill(ds: xr.Dataset) -> list[tuple[str, Callable[[Axes], None]]]
 
 # The lineage's edges in drawing order: the summary of each kind, and its panels.
 LINEAGE: dict[str, Callable[[xr.Dataset], list[tuple[str, Callable[[Axes], None]]]]] = {
-    "similarity": partial(_layer_panels, dim="method", title="pretrained → fine-tuned"),
+    "similarity": partial(_layer_panels, dim="finetuning", title="pretrained → fine-tuned"),
     "similarity_prune": _lineage_prune,
     "similarity_distill": _lineage_distill,
-    "similarity_seeds": partial(_layer_panels, dim="model", title="first seed ↔ second seed of the same run"),
+    "similarity_seeds": partial(_layer_panels, dim="finetuning", title="first seed ↔ second seed of the same run"),
 }
 
 
@@ -219,14 +223,15 @@ def similarity_within(ds: xr.Dataset) -> Figure:
 
     A row per pretraining source ("none": scratch), a column per model.
     """
-    runs = run_lines(ds, [LINEAGE_MEASURE], "model")
+    ds = crossed(ds)
+    runs = run_lines(ds, [LINEAGE_MEASURE], "finetuning")
     cells = {}
     for where, label, _ in runs:
         da = ds[LINEAGE_MEASURE].sel(where)
         seed = next(s for s in coord_values(da, "seed") if bool(da.sel({"seed": s}).notnull().any()))
-        cells[(where["source"], where["model"])] = (f"{label} (seed {seed})", da.sel({"seed": seed}))
+        cells[(where["source"], where["finetuning"])] = (f"{label} (seed {seed})", da.sel({"seed": seed}))
     # The pretrained model first, and no pretraining (scratch) last, as in the spectra figure.
-    models = sorted(coord_values(ds, "model"), key=lambda m: m != PRETRAINED)
+    models = sorted(coord_values(ds, "finetuning"), key=lambda m: m != PRETRAINED)
     sources = sorted(coord_values(ds, "source"), key=lambda src: src == NO_SOURCE)
     fig = layer_heatmaps(cells, sources, models, xlabel="layer",
                          ylabel=lambda source: f"layer ({SOURCE_LABELS.get(str(source), source)})",

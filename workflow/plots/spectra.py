@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from workflow.plots.drawing import Run, log_axis, no_data, plot_band, run_key, run_lines
-from workflow.summaries import over_seeds, seeds_text
+from workflow.summaries import crossed, over_seeds, seeds_text
 
 
 def _spectra_axes() -> tuple[Figure, dict[str, Axes]]:
@@ -143,9 +143,10 @@ def _trace_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
 def spectra(ds: xr.Dataset) -> Figure:
     """NTK eigenvalue spectrum, top Hessian eigenvalues, NTK condition number and Hessian
     trace of every pretrained and fine-tuned model."""
+    ds = crossed(ds)
     fig, axes = _spectra_axes()
     variables = ("ntk_eigenvalues", "hessian_eigenvalues", "ntk_condition_number", "hessian_trace")
-    runs = run_lines(ds, variables, "model")
+    runs = run_lines(ds, variables, "finetuning")
     _ntk_panel(axes["ntk"], ds, runs)
     _hessian_panel(axes["hessian"], ds, runs)
     bars = [("condition", _condition_panel, ("ntk_condition_number",), "NTK condition number"),

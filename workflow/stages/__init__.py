@@ -115,6 +115,38 @@ class TrainingStage:
         (``scores``, ``teacher``)."""
         return {}
 
+    # --- what the study's summaries and analyses gather from the stage ----------------
+    summary: str = ""  # the summary of the stage's runs' metrics ("" for none)
+    method_axis: str = "method"  # the name, in summaries and the run index, of the ``method`` of its run ids
+    # The stage's runs are analysed as models one by one (spectra, each model's layers
+    # against each other, seed against seed, relative representations).
+    analysed: bool = False
+
+    def summary_entries(self, study: Study, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A run's coordinates in :attr:`summary`, one dict per cell it fills (the dense run of
+        network pruning is level 0 of every method), in the names of :mod:`workflow.axes`."""
+        return []
+
+    def index_coords(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """A run's coordinates in the study's run index: the fields of its id (without the
+        stage), its ``method`` named by :attr:`method_axis`."""
+        return {(self.method_axis if k == "method" else k): v for k, v in r.items() if k != "stage"}
+
+    def other_summaries(self, study: Study) -> dict[str, list[tuple[dict[str, Any], str]]]:
+        """The stage's summaries of stores other than its runs' metrics (score stores,
+        WiSE-FT, ensembles): per summary, each store with its coordinates."""
+        return {}
+
+    def lineage(self, study: Study, r: Mapping[str, Any]) -> tuple[str, str] | None:
+        """The edge of the lineage that ends at this run, for the similarity along it: (its kind,
+        a key of :data:`workflow.analysis.plan.SIMILARITY_SUMMARIES`; the run it is compared with)."""
+        return None
+
+    def connections(self, study: Study) -> list[tuple[dict[str, Any], tuple[str, str]]]:
+        """The pairs of the stage's runs that mode connectivity joins (with ``analyze.connectivity``):
+        each pair's coordinates (:func:`workflow.axes.pair_coords` and the seed) and (run a, run b)."""
+        return []
+
     def prepare(self, spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mapping[str, Path]) -> None:
         """Make ``setup`` ready to train the run: load the start, set masks, loss, data and sampler.
 

@@ -147,11 +147,26 @@ def prepare_subset(spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mappin
     setup.metrics["kept_size"] = xr.DataArray(kept_size, attrs={"description": "training examples per epoch"})
 
 
+def subset_coords(r: Mapping[str, Any], *fields: str) -> dict[str, Any]:
+    """A subset run's coordinates in its summary: its selection, its ``fields`` and its seed."""
+    return {"selection": r["method"], **{f: r[f] for f in fields}, "seed": r["seed"]}
+
+
 class PruneData(TrainingStage):
     """A model trained from scratch on the kept subset of each method, fraction and seed."""
 
     name = "prune_data"
     stackable = ("method", "score", "keep")  # equal-size subsets of one fraction
+    summary = "data_pruning"
+    method_axis = "selection"
+
+    def summary_entries(self, study: Study, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [subset_coords(r, "fraction")]
+
+    def other_summaries(self, study: Study) -> dict[str, list[tuple[dict[str, Any], str]]]:
+        """Every score store, by its scoring."""
+        return {"scores": [({"scoring": store.rsplit("/", 1)[1]}, study.path(store, "scores.zarr"))
+                           for store in score_stores(study)]}
 
     def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         return subset_pack_key(self, spec)

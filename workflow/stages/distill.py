@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from workflow.stages import TrainingSetup, TrainingStage
-from workflow.stages.data_pruning import prepare_subset, subset_inputs, subset_pack_key, subset_runs, subset_spec
+from workflow.stages.data_pruning import (
+    prepare_subset,
+    subset_coords,
+    subset_inputs,
+    subset_pack_key,
+    subset_runs,
+    subset_spec,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,6 +31,16 @@ class Distill(TrainingStage):
     # the subsets of one fraction, and every teacher, temperature and alpha
     stackable = ("method", "score", "keep", "teacher", "temperature", "alpha", "teacher_run", "teacher_spec",
                  "teacher_seed")
+    summary = "distill"
+    method_axis = "selection"
+
+    def summary_entries(self, study: Study, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [subset_coords(r, "fraction", "teacher", "temperature", "alpha")]
+
+    def lineage(self, study: Study, r: Mapping[str, Any]) -> tuple[str, str] | None:
+        """The trained teacher -> its student. An untrained teacher is drawn inside each
+        student's job and never stored as a model: those students are left out."""
+        return ("distill", study.config["distill"]["teacher"]) if r["teacher"] == "trained" else None
 
     def pack_key(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         return subset_pack_key(self, spec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
+from workflow import axes
 from workflow.runs import NO_SOURCE, run_id
 from workflow.stages import TrainingSetup, TrainingStage
 from workflow.stages.pretrain import sources
@@ -29,6 +30,41 @@ class Finetune(TrainingStage):
     """Each method from each source's pretrained model; scratch (no source) once per seed."""
 
     name = "finetune"
+    summary = "finetune"
+    method_axis = "finetuning"
+    analysed = True
+
+    def summary_entries(self, study: Study, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [axes.model_coords(r)]
+
+    def other_summaries(self, study: Study) -> dict[str, list[tuple[dict[str, Any], str]]]:
+        """WiSE-FT per fine-tuned run (the line from its linear probe), ensembles per source, kind and seed."""
+        return {
+            "wiseft": [(axes.model_coords(ft), path) for path, (_, ft) in wiseft_pairs(study).items()],
+            "ensemble": [({"source": src, "kind": kind, "seed": s}, ensemble_path(study, src, kind, s))
+                         for (src, kind, s) in ensemble_members(study.config)],
+        }
+
+    def lineage(self, study: Study, r: Mapping[str, Any]) -> tuple[str, str] | None:
+        parent = self.parent(study, r)
+        return ("finetune", parent) if parent is not None else None
+
+    def connections(self, study: Study) -> list[tuple[dict[str, Any], tuple[str, str]]]:
+        """The linear probe and full fine-tuning from one pretrained model (the pretrained body,
+        moved or not); full fine-tuning and an independent sibling (ensemble kind ``seeds``)."""
+        ft = study.config.get("finetune", {"methods": [], "seeds": []})
+        kinds = ft.get("ensemble", {}).get("kinds", [])
+        out = []
+        for src in sources(study.config):
+            for s in ft["seeds"]:
+                full = run_id("finetune", source=src, method="full", seed=s)
+                if {"full", "linear_probe"} <= set(ft["methods"]):
+                    probe = run_id("finetune", source=src, method="linear_probe", seed=s)
+                    out.append(({**axes.pair_coords("probe_full", src), "seed": s}, (probe, full)))
+                if "seeds" in kinds:
+                    sibling = run_id("ensemble", source=src, kind="seeds", seed=s, member=1)
+                    out.append(({**axes.pair_coords("siblings", src), "seed": s}, (full, sibling)))
+        return out
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         if "finetune" not in config:

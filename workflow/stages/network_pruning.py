@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from workflow import axes
 from workflow.registry import Registry
-from workflow.runs import run_id
+from workflow.runs import NO_SOURCE, run_id
 from workflow.stages import TrainingSetup, TrainingStage
 
 if TYPE_CHECKING:
@@ -128,6 +129,30 @@ class NetworkPruning(TrainingStage):
 
     name = "prune_network"
     stackable = ("method", "level", "rewind", "init_seed")  # masks and start weights
+    summary = "network_pruning"
+    method_axis = "pruning"
+
+    def summary_entries(self, study: Study, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A pruned run at its level; the dense run at level 0 of every method and rewind step."""
+        if r["method"] != "dense":
+            return [{self.method_axis: r["method"], "rewind": r["rewind"], "level": r["level"], "seed": r["seed"]}]
+        pn = study.config["prune_network"]
+        return [{self.method_axis: m, "rewind": k, "level": 0, "seed": r["seed"]}
+                for m in pn["methods"] for k in pn["rewind_steps"]]
+
+    def lineage(self, study: Study, r: Mapping[str, Any]) -> tuple[str, str] | None:
+        """The dense model -> every pruned run of its seed."""
+        return ("prune", run_id("prune_network", method="dense", seed=r["seed"])) if r["method"] != "dense" else None
+
+    def connections(self, study: Study) -> list[tuple[dict[str, Any], tuple[str, str]]]:
+        """The dense model and the last IMP level of each rewind step: a ticket and its parent."""
+        pn = study.config.get("prune_network")
+        if pn is None or "imp" not in pn["methods"]:
+            return []
+        return [({**axes.pair_coords(f"ticket_k{k}", NO_SOURCE), "seed": s},
+                 (run_id("prune_network", method="dense", seed=s),
+                  run_id("prune_network", method="imp", rewind=k, seed=s, level=pn["levels"])))
+                for k in pn["rewind_steps"] for s in pn["seeds"]]
 
     def decided_by_job(self, spec: Mapping[str, Any]) -> tuple[str, ...]:
         # FLOPs-matched epochs follow the masks, which follow the parent's trained weights

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from workflow import axes
 from workflow.runs import run_id
 from workflow.stages import TrainingStage
+
+if TYPE_CHECKING:
+    from workflow.study import Study
 
 
 def sources(config: Mapping[str, Any]) -> list[str]:
@@ -15,6 +19,11 @@ def sources(config: Mapping[str, Any]) -> list[str]:
 
 class Pretrain(TrainingStage):
     name = "pretrain"
+    summary = "pretrain"
+    analysed = True
+
+    def summary_entries(self, study: Study, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [{"source": r["source"], "seed": r["seed"]}]
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         return [run_id("pretrain", source=src, seed=s) for src in sources(config) for s in config["pretrain"]["seeds"]]
