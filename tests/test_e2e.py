@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -269,6 +270,23 @@ def test_the_run_index_lists_every_run_with_its_coordinates_files_and_final_metr
     assert table.loc["prune_data/random/f0.5/s0", "selection"] == "random"
     assert float(table.loc["prune_data/random/f0.5/s0", "final_test_acc"]) == pytest.approx(
         float(index.sel(run="prune_data/random/f0.5/s0")["final_test_acc"]))
+
+
+def test_logs_are_named_like_their_rules_and_a_pack_log_ends_with_its_runs_final_metrics(
+    study_dir: Path, study: Study
+) -> None:
+    logs = Path(study.root) / "logs"
+    packs = sorted(logs.glob("packs/*.log"))
+    assert len(packs) == len(study.packs()) and all(PACK_RULE.match(p.stem) for p in packs)
+    assert all(BATCH_RULE.match(p.stem) for p in logs.glob("analyze/*.log")) and list(logs.glob("analyze/*.log"))
+    for log in packs:
+        described = json.loads(log.with_suffix(".json").read_text())
+        tail = log.read_text().rstrip().splitlines()[-len(described["runs"]):]
+        for run, line in zip(described["runs"], tail):
+            metrics = open_quietly(Path(run["out"]) / "metrics.zarr") if Path(run["out"]).is_absolute() else \
+                open_quietly(study_dir / run["out"] / "metrics.zarr")
+            assert line.split()[0] == run["spec"]["run"], log
+            assert f"test_acc {float(metrics['test_acc'].isel(epoch=-1)):.4f}" in line, log
 
 
 def test_the_report_has_a_table_for_every_summary(study: Study) -> None:

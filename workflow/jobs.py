@@ -92,8 +92,15 @@ def train_pack_job(
     print(f"{pack['pack']}: training {len(todo)} of {len(keys)} runs; the others are stored for their spec "
           "and inputs" + "".join(f"\n  {'stored' if done else 'train '} {run['spec']['run']}"
                                  for run, done in zip(pack["runs"], stored)), flush=True)
-    if not todo:
-        return
+    if todo:
+        _train_runs(pack, todo, device=device, threads=threads, progress=progress, checkpoint=checkpoint,
+                    checkpoint_every=checkpoint_every)
+    print(_final_lines(pack["pack"], [(run["spec"]["run"], Path(run["out"]) / "metrics.zarr") for run in pack["runs"]]))
+
+
+def _train_runs(pack: Mapping[str, Any], todo: Sequence[tuple[Mapping[str, Any], str]], *, device: str,
+                threads: int | None, progress: bool, checkpoint: PathLike | None, checkpoint_every: int) -> None:
+    """Train the runs of ``pack`` that ``todo`` lists (each with its key) and write their results."""
     dev = job_device(device, threads)
     data = load_data(pack["data"], dev)
     setups, members = [], []
@@ -163,15 +170,20 @@ def train_pack_job(
         )
     if saving is not None:
         saving.remove()
-    print(_final_lines(pack["pack"], [(run["spec"]["run"], result.history) for (run, _), result in zip(todo, results)]))
 
 
-def _final_lines(pack: str, histories: Sequence[tuple[str, xr.Dataset]]) -> str:
-    """The end of a pack's log: each run it trained with its final metrics (at its last epoch)."""
-    lines = [f"{pack}: trained {len(histories)} run(s); final metrics (the last epoch each reached):"]
-    for run, history in histories:
-        reached = history["epoch"].values[history["test_acc"].notnull().values]
-        last = f"epoch {int(reached[-1])}" if reached.size else "no finite epoch"
+def _last_epoch(history: xr.Dataset) -> int:
+    """The last epoch of a run's metrics with a test accuracy (-1: none, e.g. diverged at once)."""
+    reached = history["epoch"].values[history["test_acc"].notnull().values]
+    return int(reached[-1]) if reached.size else -1
+
+
+def _final_lines(pack: str, stores: Sequence[tuple[str, PathLike]]) -> str:
+    """The end of a pack's log: each of its runs (trained now or stored) with its final metrics."""
+    lines = [f"{pack}: final metrics of its runs (at the last epoch each reached):"]
+    for run, store in stores:
+        history = storage.open_dataset(store)
+        last = f"epoch {_last_epoch(history)}" if _last_epoch(history) >= 0 else "no finite epoch"
         values = "  ".join(f"{m} {float(final_value(history[m])):.4f}" for m in INDEX_METRICS if m in history)
         lines.append(f"  {run}  ({last})  {values}")
     return "\n".join(lines)
@@ -341,8 +353,7 @@ def write_run_index(rows: Sequence[Mapping[str, Any]], root: PathLike, *, zarr: 
     table = []
     for row in rows:
         metrics = storage.open_dataset(Path(root) / row["metrics"])
-        reached = metrics["epoch"].values[metrics["test_acc"].notnull().values]
-        epochs = int(reached[-1]) if reached.size else -1
+        epochs = _last_epoch(metrics)
         finals = {f"final_{m}": float(final_value(metrics[m])) for m in INDEX_METRICS if m in metrics}
         table.append({**row, "epochs": epochs, **finals})
     frame = pd.DataFrame(table).set_index("run")

@@ -105,7 +105,8 @@ def _stitching_table(ds: xr.Dataset) -> str:
     frame = table.to_series().unstack("column")[list(columns)].dropna(how="all")
     return ("zero-shot stitching: test accuracy (%) of a ridge classifier fitted on seed 0's training "
             "representations\n(the head's inputs; not the model's own head), applied to seed 1's test "
-            "representations (stitched)\nand to seed 0's own (on seed 0); the model's own head beside them\n"
+            "representations (stitched)\nand to seed 0's own (on seed 0); the model's own head beside them (a pretrained "
+            "model's head is its source task's)\n"
             f"{frame.round(1).to_string(na_rep='-')}\n")
 
 
