@@ -313,7 +313,7 @@ def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
 def test_the_teacher_is_trained_once_however_many_students_use_it(tmp_path: Path) -> None:
     jobs = planned(copy_workflow(tmp_path))
     assert jobs["distill"] == 12  # 6 methods x 2 teachers (one trained, one untrained)
-    assert jobs["scratch"] == 1  # the teacher, finetune/scratch/s0, once
+    assert jobs["finetune_scratch"] == 1  # the teacher, finetune/scratch/s0, once
     assert jobs["finetune"] == 4  # full and linear_probe from each of the two sources
 
 

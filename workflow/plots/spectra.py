@@ -105,8 +105,7 @@ def _hessian_panel(ax: Axes, ds: xr.Dataset, runs: Sequence[Run]) -> None:
     ax.set_xlabel("index (1 = largest magnitude)")
     ax.set_ylabel("loss Hessian eigenvalue (symmetric log)" if ax.get_yscale() == "symlog"
                   else "loss Hessian eigenvalue")
-    ax.set_title("Top Hessian eigenvalues by magnitude (sharpness), each seed a line (marker)",
-                 fontsize="medium")
+    ax.set_title("Top Hessian eigenvalues by magnitude, a line per seed", fontsize="medium")
     ax.grid(which="major", alpha=0.3)
 
 
