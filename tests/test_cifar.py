@@ -1,8 +1,9 @@
 """Image datasets read by torchvision from a local folder, and the CIFAR ResNet.
 
 Nothing is downloaded: each test writes a tiny dataset in torchvision's real on-disk
-format (the pickled batches of ``cifar-10-batches-py``, the raw IDX files of MNIST)
-and lets torchvision's own loading code read it.
+format (the pickled batches of ``cifar-10-batches-py``, the raw IDX files of MNIST,
+SVHN's MATLAB files, PNG and JPEG files in class folders) and lets torchvision's own
+loading code read it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from workflow.data import load_data
 from workflow.datasets import DATASETS, dataset_settings, make_data, torchvision_files
 from workflow.models import MODELS, build_model
 
-IMAGE_DATASETS = ["cifar10", "cifar100", "mnist", "fashion_mnist"]
+IMAGE_DATASETS = ["cifar10", "cifar100", "mnist", "fashion_mnist", "svhn"]
 
 
 # --- tiny datasets in torchvision's on-disk formats -----------------------------------------
@@ -230,6 +231,100 @@ def test_mnist_idx_files_are_read_by_torchvision_as_one_channel_images(tmp_path:
     np.testing.assert_allclose(
         data.x_test.numpy(), _normalised(raw["x_test"][:, None], raw["x_train"][:, None]), atol=1e-5
     )
+
+
+def write_svhn(root: Path, monkeypatch: pytest.MonkeyPatch, n_train: int = 9, n_test: int = 4,
+               seed: int = 0) -> dict[str, np.ndarray]:
+    """A tiny SVHN in its real format: ``train_32x32.mat`` and ``test_32x32.mat`` (MATLAB),
+    ``X`` of shape (32, 32, 3, N) uint8 and ``y`` (N, 1) with the digit 0 labelled 10; the
+    md5 sums torchvision checks are set to those of these files (as for CIFAR)."""
+    import scipy.io
+    from torchvision.datasets import SVHN
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    raw = {}
+    split_list = copy.deepcopy(SVHN.split_list)
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n)).astype(np.uint8)
+        digits = rng.integers(0, 10, n)
+        path = root / split_list[split][1]
+        scipy.io.savemat(path, {"X": x, "y": np.where(digits == 0, 10, digits)[:, None].astype(np.uint8)})
+        split_list[split][2] = _md5(path)
+        raw[f"x_{split}"], raw[f"y_{split}"] = x.transpose(3, 2, 0, 1), digits  # (N, C, H, W)
+    monkeypatch.setattr(SVHN, "split_list", split_list)
+    return raw
+
+
+def test_svhn_is_read_by_torchvision_with_the_digit_zero_as_class_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = write_svhn(tmp_path, monkeypatch)
+    assert [p.name for p in torchvision_files("svhn", tmp_path)] == ["train_32x32.mat", "test_32x32.mat"]
+    out = make_data({"name": "svhn", "args": {"root": str(tmp_path), "normalize": False}}, tmp_path / "task.npz")
+    with np.load(out) as f:
+        assert f["x_train"].shape == (9, 3, 32, 32) and f["x_test"].shape == (4, 3, 32, 32)
+        np.testing.assert_array_equal(f["y_train"], raw["y_train"])  # 10 in the file is the digit 0
+        np.testing.assert_allclose(f["x_train"], raw["x_train"] / 255, atol=1e-7)
+    normalised = load_data(make_data({"name": "svhn", "args": {"root": str(tmp_path)}}, tmp_path / "n.npz"))
+    np.testing.assert_allclose(normalised.x_train.numpy().mean(axis=(0, 2, 3)), 0, atol=1e-5)
+
+
+def write_image_folder(root: Path, classes: dict[str, int], *, size: tuple[int, int] = (6, 5), seed: int = 0,
+                       split: str = "train", suffix: str = ".png") -> dict[str, np.ndarray]:
+    """``root/<split>/<class>/<i><suffix>``: random RGB images in real PNG or JPEG files, written by PIL."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, name in enumerate(sorted(classes)):
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(classes[name]):
+            pixels = rng.integers(0, 256, size=(*size, 3)).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}{suffix}")
+            images.append(pixels)
+            labels.append(label)
+    return {"x": np.stack(images), "y": np.array(labels)}
+
+
+def test_an_image_folder_is_read_class_by_class_from_its_train_and_test_folders(tmp_path: Path) -> None:
+    train = write_image_folder(tmp_path, {"cat": 3, "dog": 2, "emu": 4})
+    test = write_image_folder(tmp_path, {"cat": 1, "dog": 2, "emu": 1}, split="test", seed=1)
+    out = make_data({"name": "image_folder", "args": {"root": str(tmp_path), "normalize": False}}, tmp_path / "t.npz")
+    with np.load(out) as f:
+        assert f["x_train"].shape == (9, 3, 6, 5) and f["x_test"].shape == (4, 3, 6, 5)
+        np.testing.assert_array_equal(f["y_train"], train["y"])  # classes: the folders, sorted
+        np.testing.assert_array_equal(f["y_test"], test["y"])
+        np.testing.assert_allclose(f["x_train"], train["x"].transpose(0, 3, 1, 2) / 255, atol=1e-7)  # lossless PNG
+    data = load_data(make_data({"name": "image_folder", "args": {"root": str(tmp_path)}}, tmp_path / "n.npz"))
+    assert data.num_classes == 3 and data.in_length == 3 * 6 * 5
+    np.testing.assert_allclose(data.x_train.numpy().mean(axis=(0, 2, 3)), 0, atol=1e-5)
+
+
+def test_an_image_folder_resizes_and_converts_to_grayscale_when_asked(tmp_path: Path) -> None:
+    write_image_folder(tmp_path, {"a": 2, "b": 2}, size=(8, 8), suffix=".jpg")
+    write_image_folder(tmp_path, {"a": 1, "b": 1}, size=(12, 10), split="test", suffix=".jpg")
+    write_image_folder(tmp_path, {"b": 1}, size=(9, 9), split="test", suffix=".jpg", seed=2)  # b/ now mixes sizes
+    args = {"root": str(tmp_path)}
+    with pytest.raises(ValueError, match=r"different sizes .* set args.size"):
+        make_data({"name": "image_folder", "args": args}, tmp_path / "t.npz")
+    out = make_data({"name": "image_folder", "args": {**args, "size": [4, 6], "grayscale": True}}, tmp_path / "t.npz")
+    with np.load(out) as f:
+        assert f["x_train"].shape == (4, 1, 4, 6) and f["x_test"].shape == (2, 1, 4, 6)
+
+
+def test_an_image_folder_refuses_a_wrong_layout_with_what_it_expects(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="image_folder needs args.root"):
+        make_data({"name": "image_folder", "args": {}}, tmp_path / "t.npz")
+    write_image_folder(tmp_path, {"a": 2, "b": 2})
+    with pytest.raises(FileNotFoundError, match="root/train/<class>/<image>, root/test/<class>/<image>"):
+        make_data({"name": "image_folder", "args": {"root": str(tmp_path)}}, tmp_path / "t.npz")
+    write_image_folder(tmp_path, {"a": 1, "c": 1}, split="test")
+    with pytest.raises(ValueError, match=r"test classes \['a', 'c'\] are not the training classes \['a', 'b'\]"):
+        make_data({"name": "image_folder", "args": {"root": str(tmp_path)}}, tmp_path / "t.npz")
+    with pytest.raises(ValueError, match=r"'size' must be \[height, width\]"):
+        make_data({"name": "image_folder", "args": {"root": str(tmp_path), "size": 32}}, tmp_path / "t.npz")
 
 
 # --- the CIFAR ResNet ---------------------------------------------------------------------

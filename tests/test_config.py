@@ -240,6 +240,11 @@ ERRORS = {
         lambda c: c["prune_data"].update(scores=["prototypes"], prototypes={"k": 501, "embedding": "pretrain/mnist1d/s0"}),
         ["config key 'prune_data.prototypes.k' = 501 exceeds the 500 training examples of data.target"],
     ),
+    "image folder without its root": (
+        lambda c: c["data"].update(target={"name": "image_folder", "args": {"size": [32]}}),
+        ["config key 'data.target.args': image_folder needs args.root",
+         "config key 'data.target.args': image_folder setting 'size' must be [height, width]"],
+    ),
     "similarity edge named twice": (
         lambda c: c["analyze"]["similarity"].update(edges=["within", "within"]),
         ["'analyze.similarity.edges'", "non-unique elements"],

@@ -70,7 +70,7 @@ def test_unknown_generator_setting_raises_naming_the_allowed_keys(tmp_path: Path
 
 
 def test_unknown_dataset_raises_key_error_listing_the_registered(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="unknown dataset .cifar11.; allowed: cifar10, cifar100, fashion_mnist, mnist, mnist1d"):
+    with pytest.raises(KeyError, match="unknown dataset .cifar11.; allowed: cifar10, cifar100, fashion_mnist, image_folder, mnist, mnist1d, svhn"):
         make_data({"name": "cifar11"}, tmp_path / "task.npz")
 
 

@@ -32,6 +32,8 @@ class DatasetSource:
     # The number of training examples the settings make, when it is known before making them.
     train_count: Callable[[dict[str, Any]], int] | None = None
     test_count: Callable[[dict[str, Any]], int] | None = None  # likewise, of test examples
+    # What is wrong with the settings, as messages naming the setting (checked before any job).
+    problems: Callable[[dict[str, Any]], list[str]] = lambda settings: []
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -159,6 +161,7 @@ TORCHVISION_CLASSES: dict[str, str] = {
     "cifar100": "CIFAR100",
     "mnist": "MNIST",
     "fashion_mnist": "FashionMNIST",
+    "svhn": "SVHN",
 }
 """Registered name -> class of ``torchvision.datasets`` that reads its on-disk layout."""
 
@@ -183,12 +186,15 @@ def torchvision_files(name: str, root: str | Path) -> list[Path]:
     """The files torchvision reads for dataset ``name`` under ``root`` (both splits).
 
     CIFAR: ``root/cifar-10-batches-py/data_batch_1`` ... (the extracted archive);
-    MNIST family: ``root/<Class>/raw/train-images-idx3-ubyte`` ... (the extracted IDX files).
+    MNIST family: ``root/<Class>/raw/train-images-idx3-ubyte`` ... (the extracted IDX files);
+    SVHN: ``root/train_32x32.mat`` and ``root/test_32x32.mat`` (the cropped digits).
     """
     from torchvision import datasets as tvd
 
     cls = getattr(tvd, TORCHVISION_CLASSES[name])
     root = Path(root)
+    if issubclass(cls, tvd.SVHN):
+        return [root / cls.split_list[split][1] for split in ("train", "test")]
     if issubclass(cls, tvd.CIFAR10):
         folder = root / cls.base_folder
         names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
@@ -206,17 +212,46 @@ def _images(data: Any) -> np.ndarray:
     return x
 
 
+def _settings(name: str, defaults: dict[str, Any], args: dict[str, Any], flags: tuple[str, ...]) -> dict[str, Any]:
+    """``defaults`` updated with ``args``, refusing unknown settings and flags that are not booleans."""
+    unknown = set(args) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; allowed: {sorted(defaults)}")
+    settings = {**defaults, **args}
+    for key in flags:
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"{name} setting {key!r} must be true or false, not {settings[key]!r}")
+    return settings
+
+
+def _read_split(cls: Any, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Images ((N, H, W) or (N, H, W, C), uint8) and labels of one split, read by torchvision."""
+    from torchvision import datasets as tvd
+
+    if issubclass(cls, tvd.SVHN):  # named splits; images stored channels first; labels 0-9 (torchvision maps 10 to 0)
+        ds = cls(str(root), split="train" if train else "test", download=download)
+        return np.asarray(ds.data).transpose(0, 2, 3, 1), np.asarray(ds.labels)
+    ds = cls(str(root), train=train, download=download)
+    return np.asarray(ds.data), np.asarray(ds.targets)
+
+
+def _normalised(splits: Arrays) -> Arrays:
+    """Both splits normalised per channel with the training split's mean and standard deviation."""
+    x_train = splits["x_train"]
+    mean = np.array([x_train[:, c].mean(dtype=np.float64) for c in range(x_train.shape[1])])
+    std = np.array([x_train[:, c].std(dtype=np.float64) for c in range(x_train.shape[1])])
+    std[std == 0] = 1.0  # a constant channel is only centred
+    shape = (1, -1, 1, 1)
+    for split in ("x_train", "x_test"):
+        splits[split] -= mean.astype(np.float32).reshape(shape)
+        splits[split] /= std.astype(np.float32).reshape(shape)
+    return splits
+
+
 def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
     """Train and official test split of a torchvision dataset, channels first, normalised
     per channel with the training set's mean and standard deviation."""
-    settings = _torchvision_settings()
-    unknown = set(args) - set(settings)
-    if unknown:
-        raise ValueError(f"unknown {name} setting(s) {sorted(unknown)}; allowed: {sorted(settings)}")
-    settings.update(args)
-    for key in ("download", "normalize"):
-        if not isinstance(settings[key], bool):
-            raise ValueError(f"{name} setting {key!r} must be true or false, not {settings[key]!r}")
+    settings = _settings(name, _torchvision_settings(), args, ("download", "normalize"))
     root = Path(settings["root"]) if settings["root"] is not None else shared_data_folder() / "torchvision"
 
     from torchvision import datasets as tvd
@@ -236,26 +271,87 @@ def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
     splits = {}
     for split, train in (("train", True), ("test", False)):
         try:
-            ds = cls(str(root), train=train, download=settings["download"])
+            images, labels = _read_split(cls, root, train, settings["download"])
         except RuntimeError as e:  # torchvision: files present but not matching their checksums
             raise RuntimeError(f"{name}: could not read the dataset under {root.resolve()}: {e}") from e
-        splits[f"x_{split}"] = _images(ds.data)
-        splits[f"y_{split}"] = np.asarray(ds.targets, dtype=np.int64)
-    if settings["normalize"]:
-        x_train = splits["x_train"]
-        mean = np.array([x_train[:, c].mean(dtype=np.float64) for c in range(x_train.shape[1])])
-        std = np.array([x_train[:, c].std(dtype=np.float64) for c in range(x_train.shape[1])])
-        std[std == 0] = 1.0  # a constant channel is only centred
-        shape = (1, -1, 1, 1)
-        for split in ("x_train", "x_test"):
-            splits[split] -= mean.astype(np.float32).reshape(shape)
-            splits[split] /= std.astype(np.float32).reshape(shape)
-    return splits
+        splits[f"x_{split}"] = _images(images)
+        splits[f"y_{split}"] = np.asarray(labels, dtype=np.int64)
+    return _normalised(splits) if settings["normalize"] else splits
 
 
 for _name in TORCHVISION_CLASSES:
     DATASETS.register(_name)(DatasetSource(partial(_torchvision, _name), _torchvision_settings, images=True))
 del _name
+
+
+# --- any folder of class folders of images -------------------------------------------------
+
+def _image_folder_settings() -> dict[str, Any]:
+    # root: a folder with train/ and test/, each with one folder of images per class
+    # size: [height, width] every image is resized to (bilinear); null: they must share one
+    return {"root": None, "size": None, "grayscale": False, "normalize": True}
+
+
+def _load_image(path: str, size: list[int] | None, grayscale: bool) -> np.ndarray:
+    """One image file as uint8 (H, W) or (H, W, 3), resized to ``size`` ([height, width]) if given."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("L" if grayscale else "RGB")
+        if size is not None:
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return np.asarray(image)
+
+
+def _image_folder_problems(settings: dict[str, Any]) -> list[str]:
+    """What an image folder's settings lack or get wrong."""
+    problems = []
+    if settings["root"] is None:
+        problems.append("image_folder needs args.root: a folder with train/ and test/, each holding one "
+                        "folder of images per class")
+    size = settings["size"]
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)):
+        problems.append(f"image_folder setting 'size' must be [height, width] in pixels, not {size!r}")
+    return problems
+
+
+def _image_folder(args: dict[str, Any]) -> Arrays:
+    """Images in ``root/train/<class>/`` and ``root/test/<class>/``, read by torchvision's
+    ``ImageFolder`` (classes: the train folder's subfolders, sorted), channels first,
+    scaled to [0, 1] and normalised per channel with the training split's statistics."""
+    settings = _settings("image_folder", _image_folder_settings(), args, ("grayscale", "normalize"))
+    if problems := _image_folder_problems(settings):
+        raise ValueError("; ".join(problems))
+    size = settings["size"]
+    from torchvision.datasets import ImageFolder
+
+    root = Path(settings["root"])
+    loader = partial(_load_image, size=size, grayscale=settings["grayscale"])
+    splits: Arrays = {}
+    classes: list[str] = []
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"image_folder: no folder {root.resolve() / split} (the layout is "
+                                    "root/train/<class>/<image>, root/test/<class>/<image>)")
+        folder = ImageFolder(str(root / split), loader=loader)
+        if split == "train":
+            classes = folder.classes
+        elif folder.classes != classes:
+            raise ValueError(f"image_folder: the test classes {folder.classes} are not the training classes {classes}")
+        images = [loader(path) for path, _ in folder.samples]
+        shapes = sorted({image.shape for image in images})
+        if len(shapes) > 1:
+            raise ValueError(f"image_folder: the {split} images have different sizes {shapes[:3]}...; set "
+                             "args.size: [height, width] to resize them")
+        splits[f"x_{split}"] = _images(np.stack(images))
+        splits[f"y_{split}"] = np.asarray([label for _, label in folder.samples], dtype=np.int64)
+    return _normalised(splits) if settings["normalize"] else splits
+
+
+DATASETS.register("image_folder")(
+    DatasetSource(_image_folder, _image_folder_settings, images=True, problems=_image_folder_problems)
+)
 
 
 def train_examples(spec: dict[str, Any]) -> int | None:
@@ -271,6 +367,12 @@ def test_examples(spec: dict[str, Any]) -> int | None:
     """How many test examples a dataset spec makes, or None when only making it tells."""
     source = DATASETS[spec["name"]]
     return source.test_count({**source.settings(), **(spec.get("args") or {})}) if source.test_count else None
+
+
+def dataset_problems(spec: dict[str, Any]) -> list[str]:
+    """What is wrong with a dataset spec's settings, as far as they can be checked without the data."""
+    source = DATASETS[spec["name"]]
+    return source.problems({**source.settings(), **(spec.get("args") or {})})
 
 
 def dataset_settings(name: str) -> dict[str, Any]:
