@@ -240,6 +240,14 @@ ERRORS = {
         lambda c: c["prune_data"].update(scores=["prototypes"], prototypes={"k": 501, "embedding": "pretrain/mnist1d/s0"}),
         ["config key 'prune_data.prototypes.k' = 501 exceeds the 500 training examples of data.target"],
     ),
+    "offset and fraction beyond the scores": (
+        lambda c: c["prune_data"].update(offsets=[0, 0.5]),
+        ["'prune_data.offsets' and 'prune_data.fractions'", "(0.5, 0.75)"],
+    ),
+    "offset of one": (
+        lambda c: c["prune_data"].update(offsets=[1.0]),
+        ["config key 'prune_data.offsets[0]': 1.0 is greater than or equal to the maximum of 1"],
+    ),
     "image folder without its root": (
         lambda c: c["data"].update(target={"name": "image_folder", "args": {"size": [32]}}),
         ["config key 'data.target.args': image_folder needs args.root",

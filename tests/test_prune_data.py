@@ -123,6 +123,40 @@ def test_select_errors_name_the_argument(kwargs: dict, name: str) -> None:
         select(np.arange(4.0), **kwargs)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=60).map(np.array),
+    fraction=st.floats(0.01, 1.0),
+    keep=st.sampled_from(["hard", "easy"]),
+    balanced=st.booleans(),
+)
+def test_an_offset_of_zero_is_plain_selection(scores: np.ndarray, fraction: float, keep: str, balanced: bool) -> None:
+    labels = np.arange(len(scores)) % 3
+    np.testing.assert_array_equal(select(scores, fraction, keep, labels, balanced, offset=0.0),
+                                  select(scores, fraction, keep, labels, balanced))
+
+
+def test_an_offset_skips_the_most_extreme_scores_and_keeps_the_next_window() -> None:
+    scores = np.array([9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0, 4.0, 5.0, 0.0])  # ranks by position
+    # hard: the 2 highest (9, 8) are skipped, the next 3 (7, 6, 5) kept
+    assert select(scores, 0.3, "hard", offset=0.2).tolist() == [4, 6, 8]
+    # easy: the 2 lowest (0, 1) are skipped, the next 3 (2, 3, 4) kept
+    assert select(scores, 0.3, "easy", offset=0.2).tolist() == [3, 5, 7]
+    # the kept set is the plain selection of the larger fraction minus that of the offset
+    wider, skipped = set(select(scores, 0.5, "hard")), set(select(scores, 0.2, "hard"))
+    assert set(select(scores, 0.3, "hard", offset=0.2)) == wider - skipped
+    # per class: each class skips its own most extreme share
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    kept = select(scores, 0.4, "hard", labels, class_balanced=True, offset=0.2)
+    assert kept.tolist() == [2, 4, 7, 8]  # class 0: 9 skipped, 8 and 7 kept; class 1: 6 skipped, 5 and 4 kept
+
+
+@pytest.mark.parametrize("offset", [-0.1, 1.0, 0.8])
+def test_an_offset_beyond_the_scores_is_refused(offset: float) -> None:
+    with pytest.raises(ValueError, match="offset"):
+        select(np.arange(10.0), 0.3, offset=offset)
+
+
 def test_select_rejects_2d_scores() -> None:
     with pytest.raises(ValueError, match="scores"):
         select(np.zeros((2, 2)), 0.5)

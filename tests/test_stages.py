@@ -301,6 +301,20 @@ def test_prune_data_trains_on_exactly_round_f_n_examples(
         assert mean[kept].min() >= mean[dropped].max()
 
 
+def test_an_offset_run_trains_on_the_window_after_the_hardest_examples(pipeline: Pipeline, tmp_path: Path) -> None:
+    from workflow.prune_data import select
+
+    spec = {**pipeline.study.spec("prune_data/el2n-hard/f0.5/s0"), "method": "el2n-hard-o0.25", "offset": 0.25,
+            "fraction": 0.25}
+    scores_path = pipeline.scores("el2n")
+    jobs.train_run(spec, tmp_path, data_path=pipeline.task_path, scores=scores_path, device="cpu", progress=False)
+    kept = _saved(tmp_path)["kept"].numpy()
+    mean = storage.open_dataset(scores_path)["score"].mean("init").values
+    np.testing.assert_array_equal(kept, select(mean, 0.25, "hard", offset=0.25))
+    skipped = select(mean, 0.25, "hard")  # the hardest quarter, left out
+    assert not set(kept) & set(skipped) and mean[kept].max() <= mean[skipped].min()
+
+
 # --- network pruning --------------------------------------------------------------------------
 
 

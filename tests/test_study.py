@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
+from workflow import axes
 from workflow.study import STAGES, Study, number_label
 
 Config = dict[str, Any]
@@ -191,7 +192,8 @@ def test_similarity_compares_the_trained_teacher_with_its_students_only(default_
     run = "distill/trained/el2n-hard/f0.25/T4-a0.5/s1"
     entries = dict((p, c) for c, p in study.summaries()["similarity_distill"])
     assert entries[study.similarity_path("distill", run)] == {
-        "selection": "el2n-hard", "fraction": 0.25, "teacher": "trained", "temperature": 4.0, "alpha": 0.5, "seed": 1}
+        "selection": "el2n-hard", "scoring": "el2n", "keep": "hard", "offset": 0.0,
+        "fraction": 0.25, "teacher": "trained", "temperature": 4.0, "alpha": 0.5, "seed": 1}
     # Untrained teachers are drawn inside each student's job: no model to compare with.
     untrained = _changed(default_config, lambda c: c["distill"].update(teachers=["untrained"]))
     assert not _edge(untrained, "distill") and "similarity_distill" not in untrained.summaries()
@@ -277,6 +279,24 @@ def _changed_runs(default_config: Config, change: Callable[[Config], None]) -> s
     before = _specs(Study(default_config))
     after = _specs(_changed(default_config, change))
     return {run for run in before if after.get(run) != before[run]}  # changed, or gone
+
+
+def test_offsets_are_a_sweep_axis_of_the_score_based_methods_that_retrains_nothing_finished(
+    default_config: Config,
+) -> None:
+    study = _changed(default_config, lambda c: c["prune_data"].update(offsets=[0, 0.1]))
+    assert study.data_pruning_methods() == ["el2n-hard", "el2n-hard-o0.1", "random"]  # random has no offset
+    run = "prune_data/el2n-hard-o0.1/f0.25/s1"
+    assert run in study.training_runs() and f"distill/trained/el2n-hard-o0.1/f0.25/T4-a0.5/s1" in study.training_runs()
+    assert Study.parse(run)["method"] == "el2n-hard-o0.1"
+    assert study.spec(run)["offset"] == 0.1 and study.spec(run)["keep"] == "hard"
+    assert study.pack_of(run) == study.pack_of("prune_data/el2n-hard/f0.25/s1")  # one subset size: one pack
+    # the runs of offset 0 keep their specs: adding an offset trains only the new runs
+    before, after = _specs(Study(default_config)), _specs(study)
+    assert all(after[run] == spec for run, spec in before.items())
+    coords = dict((p, c) for c, p in study.summaries()["data_pruning"])[study.path(run, "metrics.zarr")]
+    assert coords == {"selection": "el2n-hard-o0.1", "scoring": "el2n", "keep": "hard", "offset": 0.1,
+                      "fraction": 0.25, "seed": 1}
 
 
 def test_finetune_lr_changes_finetune_specs_only(default_config: Config) -> None:
@@ -490,7 +510,9 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
     summaries = study.summaries()
     assert set(summaries) == set(expected)
     for name, entries in summaries.items():
-        coords = [tuple(c.values()) for c, _ in entries]
+        # the coordinates along a subset's selection (scoring, keep, offset) follow from its label
+        along = axes.STACKED["selection"] if name in ("data_pruning", "distill", "similarity_distill") else ()
+        coords = [tuple(v for k, v in c.items() if k not in along) for c, _ in entries]
         assert len(coords) == len(set(coords)), name
         assert set(coords) == expected[name], name
         assert len({tuple(c) for c, _ in entries}) == 1, f"{name}: every entry has the same dims"
@@ -503,6 +525,7 @@ def test_summary_coordinates_are_complete_and_unique(study: Study) -> None:
 
 def test_summaries_gather_the_metrics_of_the_runs(study: Study) -> None:
     entries = dict((tuple(c.values()), p) for c, p in study.summaries()["data_pruning"])
-    assert entries[("el2n-hard", 0.75, 0)] == "results/prune_data/el2n-hard/f0.75/s0/metrics.zarr"
+    assert entries[("el2n-hard", "el2n", "hard", 0.0, 0.75, 0)] == "results/prune_data/el2n-hard/f0.75/s0/metrics.zarr"
     kd = dict((tuple(c.values()), p) for c, p in study.summaries()["distill"])
-    assert kd[("random", 0.25, "trained", 4.0, 0.5, 1)] == "results/distill/trained/random/f0.25/T4-a0.5/s1/metrics.zarr"
+    assert kd[("random", "random", "none", 0.0, 0.25, "trained", 4.0, 0.5, 1)] == (
+        "results/distill/trained/random/f0.25/T4-a0.5/s1/metrics.zarr")

@@ -31,6 +31,8 @@ DIMENSIONS: dict[str, str] = {
     "scoring": "how training examples are scored for data pruning (el2n, grand, forgetting, prototypes, random)",
     "selection": "how a data-pruning subset is chosen: a score and which end is kept (el2n-hard), or at random",
     "fraction": "fraction of the training examples kept",
+    "keep": "which end of the scores a data-pruning subset keeps (hard: the highest; easy: the lowest; none: random)",
+    "offset": "fraction of the most extreme scores a data-pruning subset skips before keeping the next ones",
     "teacher": "distillation teacher (trained: a run of the study; untrained: a random initialisation)",
     "temperature": "distillation temperature T",
     "alpha": "a mixing weight in [0, 1]: of the distillation term (distill), or the position on the line "
@@ -62,7 +64,11 @@ DIMENSIONS: dict[str, str] = {
 RAGGED = ("epoch", "init")
 
 # Stacked dimensions: the coordinates along each, read from its labels (:func:`label_coords`).
-STACKED: dict[str, tuple[str, ...]] = {"model": ("stage", "source", "finetuning"), "pair": ("ends", "source")}
+STACKED: dict[str, tuple[str, ...]] = {
+    "model": ("stage", "source", "finetuning"),
+    "pair": ("ends", "source"),
+    "selection": ("scoring", "keep", "offset"),  # random has neither keep rule nor offset
+}
 
 # Arguments of xarray's selection methods: never a dimension or coordinate name.
 SELECTION_ARGUMENTS = frozenset({

@@ -168,6 +168,12 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         if key in ft and needs not in ft["methods"]:
             problems.append(f"config key 'finetune.{key}' needs '{needs}' in 'finetune.methods'; have: {ft['methods']}")
     pd = config.get("prune_data")
+    if pd is not None and set(pd["scores"]) - {"random", "rs2"}:
+        beyond = sorted({(o, f) for o in pd["offsets"] for f in pd["fractions"] if o + f > 1 + 1e-12})
+        if beyond:
+            problems.append(
+                f"config keys 'prune_data.offsets' and 'prune_data.fractions': an offset and a fraction must sum "
+                f"to at most 1 (the kept window lies within the scores); these do not: {beyond}")
     if pd is not None and "prototypes" in pd["scores"]:
         if pd["prototypes"].get("embedding") not in pretrained + finetuned:
             problems.append(

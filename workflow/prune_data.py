@@ -45,13 +45,14 @@ def _kept_count(fraction: float, n: int) -> int:
     return min(n, max(1, round(fraction * n))) if n > 0 else 0
 
 
-def _keep_extreme(scores: np.ndarray, count: int, keep: str) -> np.ndarray:
-    """Positions of the ``count`` highest ("hard") or lowest ("easy") scores.
+def _keep_extreme(scores: np.ndarray, count: int, keep: str, skip: int = 0) -> np.ndarray:
+    """Positions of the ``count`` highest ("hard") or lowest ("easy") scores after the
+    ``skip`` most extreme ones.
 
     A stable sort makes ties go to the lower position, whichever rule is used.
     """
     key = -scores if keep == "hard" else scores
-    return np.argsort(key, kind="stable")[:count]
+    return np.argsort(key, kind="stable")[skip:skip + count]
 
 
 def select(
@@ -60,14 +61,18 @@ def select(
     keep: str = "hard",
     labels: np.ndarray | None = None,
     class_balanced: bool = False,
+    offset: float = 0.0,
 ) -> np.ndarray:
     """Indices (ascending, int64) of the examples kept when pruning to ``fraction``.
 
     ``keep="hard"`` keeps the highest scores, ``"easy"`` the lowest; ties go to the
     lower index, so the result is deterministic. ``round(fraction * N)`` examples are
-    kept (at least one). With ``class_balanced=True`` every class keeps
-    ``round(fraction * n_c)`` of its own examples by the same rule, so the total may
-    differ from ``round(fraction * N)`` by the per-class rounding.
+    kept (at least one). With ``offset``, the ``round(offset * N)`` most extreme scores
+    are skipped first, as Data Diet skips the very hardest examples (likely mislabelled):
+    the kept ranks are ``[round(offset * N), round(offset * N) + round(fraction * N))``.
+    With ``class_balanced=True`` every class keeps (and skips) its share of its own
+    examples by the same rule, so the total may differ from ``round(fraction * N)`` by
+    the per-class rounding.
     """
     scores = np.asarray(scores)
     if scores.ndim != 1:
@@ -78,8 +83,15 @@ def select(
         raise ValueError(f"fraction must satisfy 0 < fraction <= 1, got {fraction!r}")
     if keep not in KEEP_RULES:
         raise ValueError(f"keep must be one of {KEEP_RULES}, got {keep!r}")
+    if not 0 <= offset < 1 or offset + fraction > 1 + 1e-12:
+        raise ValueError(f"offset must satisfy 0 <= offset < 1 and offset + fraction <= 1, got offset={offset!r}, "
+                         f"fraction={fraction!r}")
+
+    def skipped(n: int) -> int:
+        return min(round(offset * n), n - _kept_count(fraction, n))
+
     if not class_balanced:
-        kept = _keep_extreme(scores, _kept_count(fraction, len(scores)), keep)
+        kept = _keep_extreme(scores, _kept_count(fraction, len(scores)), keep, skipped(len(scores)))
         return np.sort(kept).astype(np.int64)
 
     if labels is None:
@@ -90,7 +102,8 @@ def select(
     kept = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)  # ascending, so ties still go to the lower index
-        kept.append(members[_keep_extreme(scores[members], _kept_count(fraction, len(members)), keep)])
+        kept.append(members[_keep_extreme(scores[members], _kept_count(fraction, len(members)), keep,
+                                          skipped(len(members)))])
     return np.sort(np.concatenate(kept)).astype(np.int64)
 
 

@@ -42,7 +42,7 @@ RUN_LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
 WILDCARDS: dict[str, str] = {
     "seed": r"\d+",
     "source": r"[a-z][a-z0-9_]*",
-    "method": r"[a-z0-9_]+(-[a-z0-9_]+)?",
+    "method": r"[a-z0-9_]+(-[a-z0-9_]+)?(-o[0-9.]+)?",  # el2n-hard-o0.1: a data-pruning offset
     "teacher": r"trained|untrained",
     "fraction": r"[0-9.]+",
     "temperature": r"[0-9.]+",

@@ -25,17 +25,29 @@ UNORDERED_METHODS = ("random", "rs2")
 TRAINED_SCORES = ("el2n", "grand", "forgetting")
 
 
-def data_pruning_method(score: str, keep: str) -> str:
-    """The label of a data-pruning method: ``el2n-hard``; random and rs2 have no keep rule."""
-    return score if score in UNORDERED_METHODS else f"{score}-{keep}"
+def data_pruning_method(score: str, keep: str, offset: float = 0.0) -> str:
+    """The label of a data-pruning method: ``el2n-hard``, with an offset ``el2n-hard-o0.1``
+    (the most extreme tenth skipped); random and rs2 have neither keep rule nor offset."""
+    if score in UNORDERED_METHODS:
+        return score
+    return f"{score}-{keep}" + (f"-o{number_label(offset)}" if offset else "")
+
+
+def parse_method(label: str) -> tuple[str, str, float]:
+    """``(score, keep rule, offset)`` of a method label (:func:`data_pruning_method`)."""
+    score, *rest = label.split("-")
+    keep = rest[0] if rest else "hard"
+    offset = float(rest[1].removeprefix("o")) if len(rest) > 1 else 0.0
+    return score, keep, offset
 
 
 def methods(config: Mapping[str, Any]) -> list[str]:
-    """Every (score, keep rule) of the study as its method label."""
+    """Every (score, keep rule, offset) of the study as its method label."""
     if "prune_data" not in config:
         return []
     pd = config["prune_data"]
-    return list(dict.fromkeys(data_pruning_method(s, k) for s in pd["scores"] for k in pd["keep"]))
+    return list(dict.fromkeys(data_pruning_method(s, k, o) for s in pd["scores"] for k in pd["keep"]
+                              for o in pd["offsets"]))
 
 
 def score_stores(study: Study) -> list[str]:
@@ -95,17 +107,20 @@ def subset_spec(study: Study, r: Mapping[str, Any]) -> dict[str, Any]:
     A random subset is its own seed's draw of the random scores: it depends on neither
     the score store nor the other seeds, so adding a seed retrains no random run.
     """
-    score, _, keep = r["method"].partition("-")
+    score, keep, offset = parse_method(r["method"])
     scored = score_spec(study, score)
     if score == "random":
         scored.pop("seeds")
-    return {
+    spec = {
         "method": r["method"],
         "score": scored,
-        "keep": keep or "hard",
+        "keep": keep,
         "fraction": r["fraction"],
         "class_balanced": study.config["prune_data"]["class_balanced"],
     }
+    if offset:  # only then: a study without offsets keeps its runs' specs, and their results
+        spec["offset"] = offset
+    return spec
 
 
 def subset_inputs(study: Study, spec: Mapping[str, Any]) -> dict[str, str]:
@@ -140,7 +155,7 @@ def prepare_subset(spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mappin
         else:
             values = storage.open_dataset(inputs["scores"])["score"].mean("init").values
         kept = select(values, spec["fraction"], keep=spec["keep"], labels=setup.data.y_train.cpu().numpy(),
-                      class_balanced=spec["class_balanced"])
+                      class_balanced=spec["class_balanced"], offset=spec.get("offset", 0.0))
         setup.data = setup.data.subset(kept)
         setup.kept = torch.as_tensor(kept)
         kept_size = len(setup.kept)
@@ -148,15 +163,19 @@ def prepare_subset(spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mappin
 
 
 def subset_coords(r: Mapping[str, Any], *fields: str) -> dict[str, Any]:
-    """A subset run's coordinates in its summary: its selection, its ``fields`` and its seed."""
-    return {"selection": r["method"], **{f: r[f] for f in fields}, "seed": r["seed"]}
+    """A subset run's coordinates in its summary: its selection (with the scoring, keep rule
+    and offset along it), its ``fields`` and its seed."""
+    score, keep, offset = parse_method(r["method"])
+    keep = "none" if score in UNORDERED_METHODS else keep
+    return {"selection": r["method"], "scoring": score, "keep": keep, "offset": offset,
+            **{f: r[f] for f in fields}, "seed": r["seed"]}
 
 
 class PruneData(TrainingStage):
     """A model trained from scratch on the kept subset of each method, fraction and seed."""
 
     name = "prune_data"
-    stackable = ("method", "score", "keep")  # equal-size subsets of one fraction
+    stackable = ("method", "score", "keep", "offset")  # equal-size subsets of one fraction
     summary = "data_pruning"
     method_axis = "selection"
 

@@ -29,8 +29,8 @@ UNTRAINED_TEACHER_SEED = 10_000
 class Distill(TrainingStage):
     name = "distill"
     # the subsets of one fraction, and every teacher, temperature and alpha
-    stackable = ("method", "score", "keep", "teacher", "temperature", "alpha", "teacher_run", "teacher_spec",
-                 "teacher_seed")
+    stackable = ("method", "score", "keep", "offset", "teacher", "temperature", "alpha", "teacher_run",
+                 "teacher_spec", "teacher_seed")
     summary = "distill"
     method_axis = "selection"
 
