@@ -20,6 +20,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import yaml
 
@@ -550,6 +551,29 @@ def test_a_small_twin_of_the_lottery_study_runs_to_the_end(tmp_path: Path) -> No
         assert metrics.sizes["epoch"] >= 4  # 3 epochs and the start; scratch more, as its mask saves multiply-adds
     assert any(xr.open_zarr(study.path(run, "metrics.zarr")).sizes["epoch"] > 4 for run in scratch)
     assert planned(cwd, configfiles=("twin.yaml",)) == {}
+
+
+def test_a_small_twin_of_the_offsets_study_runs_to_the_end(tmp_path: Path) -> None:
+    """EL2N with offsets: each offset's run trains on the window after the skipped scores,
+    and its coordinates (scoring, keep, offset) lie along the summary's selection."""
+    from workflow.prune_data import select
+
+    cwd = copy_workflow(tmp_path)
+    twin = yaml.safe_load((cwd / "config/studies/data_pruning_offsets.yaml").read_text())
+    twin.update(results="results/offsets_twin", data={"target": {"name": "mnist1d", "args": {"num_samples": 600}}},
+                model={"name": "cnn1d", "channels": 4}, analyze={"probe_size": 50},
+                train={"epochs": 2, "batch_size": 50, "optimizer": "adam", "lr": 0.01, "schedule": "cosine"})
+    twin["prune_data"].update(fractions=[0.3], offsets=[0, 0.2], seeds=[0], el2n={"inits": 1, "epoch": 1},
+                              train={"epochs": 2})
+    (cwd / "twin.yaml").write_text(yaml.safe_dump(twin))
+    snakemake(cwd, configfiles=("twin.yaml",))
+    study = Study({**twin, "results": str(cwd / twin["results"])})
+    summary = open_quietly(Path(study.summary_path("data_pruning")))
+    assert summary["selection"].values.tolist() == ["el2n-hard", "el2n-hard-o0.2", "random"]
+    assert summary["offset"].values.tolist() == [0.0, 0.2, 0.0] and summary["keep"].values.tolist()[-1] == "none"
+    scores = open_quietly(Path(study.path("prune_data/scores/el2n", "scores.zarr")))["score"].mean("init").values
+    kept = torch.load(study.path("prune_data/el2n-hard-o0.2/f0.3/s0", "model.pt"), weights_only=False)["kept"]
+    np.testing.assert_array_equal(kept.numpy(), select(scores, 0.3, "hard", offset=0.2))
 
 
 def test_every_pack_and_batch_rule_says_what_it_holds_and_starts_with_its_stage(tmp_path: Path) -> None:
