@@ -57,6 +57,48 @@ def test_train_size_keeps_the_first_n_training_examples_and_all_test_examples(
     np.testing.assert_array_equal(small["y_test"], full["y_test"])
 
 
+@pytest.mark.parametrize("val_size", [40, 0.25])
+def test_a_validation_set_is_carved_from_the_training_split_disjoint_and_fixed(
+    task_spec: dict, task_path: Path, tmp_path: Path, val_size: int | float
+) -> None:
+    full = _arrays(task_path)  # 240 training examples
+    arrays = _arrays(make_data({**task_spec, "val_size": val_size}, tmp_path / "val.npz"))
+    rows = arrays["val_rows"]
+    assert len(rows) == 60 if val_size == 0.25 else len(rows) == 40
+    assert np.all(np.diff(rows) > 0)  # stored, sorted, unique
+    np.testing.assert_array_equal(arrays["x_val"], full["x_train"][rows])
+    np.testing.assert_array_equal(arrays["y_val"], full["y_train"][rows])
+    rest = np.setdiff1d(np.arange(240), rows)
+    np.testing.assert_array_equal(arrays["x_train"], full["x_train"][rest])  # disjoint: the others, in order
+    np.testing.assert_array_equal(arrays["x_test"], full["x_test"])
+    again = make_data({**task_spec, "val_size": val_size}, tmp_path / "again.npz")
+    assert again.read_bytes() == (tmp_path / "val.npz").read_bytes()  # fixed across runs
+    other = _arrays(make_data({**task_spec, "val_size": val_size, "val_seed": 1}, tmp_path / "other.npz"))
+    assert not np.array_equal(other["val_rows"], rows)
+
+
+def test_a_validation_set_beside_train_size_changes_no_training_example(
+    task_spec: dict, task_path: Path, tmp_path: Path
+) -> None:
+    plain = _arrays(make_data({**task_spec, "train_size": 100}, tmp_path / "plain.npz"))
+    split = _arrays(make_data({**task_spec, "train_size": 100, "val_size": 50}, tmp_path / "split.npz"))
+    np.testing.assert_array_equal(split["x_train"], plain["x_train"])  # drawn from the 140 unused examples
+    assert split["val_rows"].min() >= 100
+    with pytest.raises(ValueError, match="exceed the 240 training examples"):
+        make_data({**task_spec, "train_size": 200, "val_size": 41}, tmp_path / "over.npz")
+    with pytest.raises(ValueError, match="exceed the 240 training examples"):
+        make_data({**task_spec, "val_size": 240}, tmp_path / "all.npz")
+
+
+def test_load_data_holds_the_validation_set_and_a_subset_keeps_it(task_spec: dict, tmp_path: Path) -> None:
+    data = load_data(make_data({**task_spec, "val_size": 30}, tmp_path / "val.npz"))
+    assert data.x_val.shape == (30, 40) and [name for name, _, _ in data.splits()] == ["train", "val", "test"]
+    subset = data.subset(np.arange(10))
+    assert subset.x_val is data.x_val and len(subset.y_train) == 10
+    plain = load_data(make_data(task_spec, tmp_path / "plain.npz"))
+    assert plain.x_val is None and [name for name, _, _ in plain.splits()] == ["train", "test"]
+
+
 def test_too_large_train_size_raises_and_writes_nothing(task_spec: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train_size=241 exceeds the 240 training examples"):
         make_data({**task_spec, "train_size": 241}, tmp_path / "task.npz")

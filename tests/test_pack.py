@@ -356,3 +356,32 @@ def test_measuring_a_stacked_pack_at_once_equals_measuring_each_member(make_cnn,
     for ma, mb, ra, rb in zip(apart, together, a, b):
         assert all(torch.equal(x, y) for x, y in zip(_state(ma.model).values(), _state(mb.model).values()))
         xr.testing.assert_allclose(ra.history, rb.history, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stack", ["sequential", "stacked"])
+@pytest.mark.parametrize("together", [False, True])
+def test_every_engine_measures_the_validation_set_each_epoch_and_never_trains_on_it(
+    make_cnn, task, stack: str, together: bool
+) -> None:
+    from dataclasses import replace
+
+    from workflow.runtime import evaluate
+
+    if together and stack == "sequential":
+        pytest.skip("only a stacked pack measures its members at once")
+    with_val = replace(task, x_val=task.x_train[200:], y_val=task.y_train[200:])
+    members = [Member(make_cnn(seed=k), with_val.subset(range(40 * k, 40 * k + 120)), seed=k, desc=str(k))
+               for k in range(2)]
+    results = train_pack(members, CFG, stack=stack, progress=False, measure_together=together)
+    for member, result in zip(members, results):
+        history = result.history
+        assert list(history.data_vars)[:6] == ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+                                               "test_acc"]
+        with torch.no_grad():
+            loss, acc = evaluate(member.model, with_val.x_val, with_val.y_val)
+        assert float(history["val_acc"].isel(epoch=-1)) == pytest.approx(acc, abs=1e-6)
+        assert float(history["val_loss"].isel(epoch=-1)) == pytest.approx(loss, rel=1e-5)
+        assert int(member.data.rows.max()) < 200  # trained on rows 0..199 only, never on the validation rows
+    # without a validation set, nothing changes: the history is the one it always was
+    plain = train_pack([Member(make_cnn(seed=0), task.subset(range(120)), seed=0)], CFG, progress=False)[0]
+    assert "val_acc" not in plain.history

@@ -124,8 +124,8 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
 
 # Variables by pattern, for families of names: (regex, long_name with {groups}, units, kind).
 PATTERNS: tuple[tuple[str, str, str, str], ...] = (
-    (r"(train|test)_acc", "{0} accuracy", FRACTION, "float"),
-    (r"(train|test)_loss", "{0} cross-entropy", "nats", "float"),
+    (r"(train|val|test)_acc", "{0} accuracy", FRACTION, "float"),
+    (r"(train|val|test)_loss", "{0} cross-entropy", "nats", "float"),
     (r"(train|test)_error", "{0} error (1 - accuracy)", FRACTION, "float"),
     (r"(train|test)_error_barrier", "{0} error's rise above the line between the ends", FRACTION, "float"),
     (r"(train|test)_loss_barrier", "{0} cross-entropy's rise above the line between the ends", "nats", "float"),

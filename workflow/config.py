@@ -111,7 +111,7 @@ def fill_defaults(config: Mapping[str, Any], schema_path: str | Path = SCHEMA) -
 
 def check_semantics(config: Mapping[str, Any]) -> None:
     """What the schema cannot express: cross-references between sections."""
-    from workflow.datasets import DATASETS, dataset_problems, dataset_settings, train_examples
+    from workflow.datasets import DATASETS, dataset_problems, dataset_settings, split_problems, train_examples
     from workflow.stages.registry import TRAINING_STAGES
 
     problems = []
@@ -133,6 +133,7 @@ def check_semantics(config: Mapping[str, Any]) -> None:
         assert spec["name"] in DATASETS
         if not unknown:
             problems += [f"config key 'data.{task}.args': {problem}" for problem in dataset_problems(spec)]
+            problems += [f"config key 'data.{task}.val_size': {problem}" for problem in split_problems(spec)]
     for stage in stages:
         batch = {**config["train"], **config[stage].get("train", {})}["batch_size"]
         for task in [f"sources.{n}" for n in sources] if stage == "pretrain" else ["target"]:

@@ -29,6 +29,14 @@ class TaskData:
     y_test: torch.Tensor
     base: TaskData | None = None
     rows: torch.Tensor | None = None  # (len(y_train),) indices into base's training examples
+    x_val: torch.Tensor | None = None  # set aside from the training split; never trained on
+    y_val: torch.Tensor | None = None
+
+    def splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """The splits every run is measured on each epoch: train, validation (when the task
+        has one) and test."""
+        val = [] if self.y_val is None else [("val", self.x_val, self.y_val)]
+        return [("train", self.x_train, self.y_train), *val, ("test", self.x_test, self.y_test)]
 
     @property
     def num_classes(self) -> int:
@@ -42,7 +50,8 @@ class TaskData:
         """The same task with only the training examples at ``indices``."""
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.x_train.device)
         base, rows = (self, idx) if self.base is None else (self.base, self.rows[idx])
-        return TaskData(self.x_train[idx], self.y_train[idx], self.x_test, self.y_test, base, rows)
+        return TaskData(self.x_train[idx], self.y_train[idx], self.x_test, self.y_test, base, rows,
+                        self.x_val, self.y_val)
 
     def source(self) -> tuple[TaskData, torch.Tensor]:
         """The task this one's training examples are drawn from, and their rows in it."""
@@ -54,4 +63,6 @@ class TaskData:
 def load_data(path: str | Path, device: torch.device | str = "cpu") -> TaskData:
     """Load a file written by :func:`make_data` onto ``device``."""
     with np.load(path) as f:
-        return TaskData(*(torch.as_tensor(f[k]).to(device) for k in ("x_train", "y_train", "x_test", "y_test")))
+        tensors = {k: torch.as_tensor(f[k]).to(device) for k in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
+                   if k in f.files}
+    return TaskData(**tensors)

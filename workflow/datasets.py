@@ -359,8 +359,25 @@ def train_examples(spec: dict[str, Any]) -> int | None:
     (the files of a torchvision dataset) and it sets no ``train_size``."""
     source = DATASETS[spec["name"]]
     count = source.train_count({**source.settings(), **(spec.get("args") or {})}) if source.train_count else None
+    if count is not None:
+        count -= validation_count(spec.get("val_size"), count)
     sizes = [n for n in (count, spec.get("train_size")) if n is not None]
     return min(sizes) if sizes else None
+
+
+def split_problems(spec: dict[str, Any]) -> list[str]:
+    """What is wrong with a dataset spec's train and validation sizes, where the config
+    determines the training split's size."""
+    source = DATASETS[spec["name"]]
+    if source.train_count is None or not spec.get("val_size"):
+        return []
+    total = source.train_count({**source.settings(), **(spec.get("args") or {})})
+    val = validation_count(spec["val_size"], total)
+    train = spec.get("train_size") or 1
+    if val + train > total:
+        return [f"val_size = {spec['val_size']} ({val} examples) and train_size = {spec.get('train_size')} exceed the "
+                f"{total} examples of the training split; allowed: at most {total} together"]
+    return []
 
 
 def test_examples(spec: dict[str, Any]) -> int | None:
@@ -380,17 +397,50 @@ def dataset_settings(name: str) -> dict[str, Any]:
     return DATASETS[name].settings()
 
 
+def validation_count(val_size: int | float | None, n: int) -> int:
+    """Validation examples of a training split of ``n``: a count, or a fraction of ``n``."""
+    if not val_size:
+        return 0
+    return int(val_size) if isinstance(val_size, int) else round(val_size * n)
+
+
+def validation_rows(n: int, train_size: int | None, val_size: int | float | None, seed: int) -> np.ndarray:
+    """Which of a training split's ``n`` examples are set aside for validation (ascending).
+
+    Drawn at random by ``seed`` from the examples training does not keep: with
+    ``train_size``, from those after the first ``train_size`` (so a validation set changes
+    no training example); without, from the whole split, training keeping the rest.
+    """
+    count = validation_count(val_size, n)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    pool = np.arange(n) if train_size is None else np.arange(train_size, n)
+    if count > len(pool) or count >= n:
+        raise ValueError(f"train_size={train_size} and val_size={val_size} exceed the {n} training examples")
+    return np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False)).astype(np.int64)
+
+
 def make_data(spec: dict[str, Any], out: str | Path) -> Path:
     """Build the dataset described by ``spec`` and write it to ``out`` (an ``.npz``).
 
-    ``spec``: ``name`` (a registered dataset), ``args`` (its settings) and
-    ``train_size`` (keep only the first N training examples; ``None`` keeps all).
+    ``spec``: ``name`` (a registered dataset), ``args`` (its settings), ``train_size``
+    (keep only the first N training examples; ``None`` keeps all) and ``val_size`` (a
+    count or a fraction of the training split set aside for validation, drawn by
+    ``val_seed``; :func:`validation_rows`). The validation examples are stored as
+    ``x_val``, ``y_val`` and their rows in the training split, ``val_rows``; no training
+    example is one of them.
     """
     arrays = DATASETS[spec["name"]].make(dict(spec.get("args") or {}))
     n = spec.get("train_size")
+    total = len(arrays["y_train"])
+    if n is not None and n > total:
+        raise ValueError(f"train_size={n} exceeds the {total} training examples")
+    val = validation_rows(total, n, spec.get("val_size"), spec.get("val_seed", 0))
+    if val.size:
+        arrays["x_val"], arrays["y_val"], arrays["val_rows"] = arrays["x_train"][val], arrays["y_train"][val], val
+        rest = np.setdiff1d(np.arange(total), val)
+        arrays["x_train"], arrays["y_train"] = arrays["x_train"][rest], arrays["y_train"][rest]
     if n is not None:
-        if n > len(arrays["y_train"]):
-            raise ValueError(f"train_size={n} exceeds the {len(arrays['y_train'])} training examples")
         arrays["x_train"], arrays["y_train"] = arrays["x_train"][:n], arrays["y_train"][:n]
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz"

@@ -153,6 +153,13 @@ def _norm(tensors: Sequence[torch.Tensor]) -> float:
 
 
 HISTORY = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_distance", "relative_weight_distance")
+
+
+def history_names(data: TaskData) -> tuple[str, ...]:
+    """What a run on ``data`` records each epoch: :data:`HISTORY`, with the validation
+    split's loss and accuracy after the training split's when the task has one."""
+    measured = tuple(f"{split}_{m}" for split, _, _ in data.splits() for m in ("loss", "acc"))
+    return measured + HISTORY[4:]
 """The per-epoch metrics of every run."""
 
 
@@ -190,7 +197,7 @@ class RunState:
         self.generator = torch.Generator().manual_seed(member.seed)
         self.wanted = set(member.snapshot_steps)
         self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
-        self.history: dict[str, list[float]] = {k: [] for k in HISTORY}
+        self.history: dict[str, list[float]] = {k: [] for k in history_names(member.data)}
         # Lazy vs rich training: how far the weights travel from where this run started.
         self.start = [p.detach().to(torch.float64, copy=True) for p in member.model.parameters()]
         self.start_norm = _norm(self.start)
@@ -199,14 +206,14 @@ class RunState:
 
     def record(self, measured: Mapping[str, float] | None = None) -> None:
         """Append this epoch's metrics to the history: ``measured`` (every one of
-        :data:`HISTORY`), or as the member's module measures now; NaN from the epoch the
-        run diverged in on."""
+        :func:`history_names`), or as the member's module measures now; NaN from the epoch
+        the run diverged in on."""
         model, data, history = self.member.model, self.member.data, self.history
         if self.diverged is not None or measured is not None:
             for name, values in history.items():
                 values.append(math.nan if self.diverged is not None else measured[name])  # type: ignore[index]
             return
-        for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        for split, x, y in data.splits():
             loss, acc = evaluate(model, x, y)
             history[f"{split}_loss"].append(loss)
             history[f"{split}_acc"].append(acc)
@@ -279,7 +286,8 @@ def _shared_source(members: Sequence[Member]) -> tuple[TaskData, torch.Tensor] |
     (K, N), when the members share one task, its test set and a training-set size."""
     sources = [m.data.source() for m in members]
     task = sources[0][0]
-    if any(t is not task or m.data.x_test is not task.x_test for (t, _), m in zip(sources, members)):
+    if any(t is not task or m.data.x_test is not task.x_test or m.data.x_val is not task.x_val
+           for (t, _), m in zip(sources, members)):
         return None
     if len({len(rows) for _, rows in sources}) > 1:
         return None
@@ -430,10 +438,12 @@ def train_pack(
                 run.record()
         else:  # on the device for every member at once, and read in one go
             source, rows = shared  # type: ignore[misc]
-            train, test = engine.evaluate(source.x_train, source.y_train, rows), engine.evaluate(source.x_test, source.y_test)
-            table = torch.stack([*train, *test, *engine.distance()]).tolist()
+            measured = [value for split, x, y in source.splits()
+                        for value in engine.evaluate(x, y, rows if split == "train" else None)]
+            table = torch.stack([*measured, *engine.distance()]).tolist()
+            names = history_names(source)
             for k, run in enumerate(runs):
-                run.record({name: table[i][k] for i, name in enumerate(HISTORY)})
+                run.record({name: table[i][k] for i, name in enumerate(names)})
         for run in runs:
             # The last optimiser step can break the weights after its own loss was finite.
             loss = run.history["train_loss"][-1]
