@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 
 from workflow import plots, storage
+from workflow.summaries import best_runs
 
 # String coordinates (method, layer names) are stored as a Zarr dtype without a v3
 # spec yet; zarr warns about that on every write, which is noise here.
@@ -555,6 +556,14 @@ def test_best_over_picks_best_seed_mean_over_temperature_and_alpha() -> None:
     np.testing.assert_allclose(best.values, [0.475, np.nan])
 
 
+def test_best_over_chooses_by_one_metric_and_reports_another() -> None:
+    acc = xr.DataArray([[0.9, 0.5], [0.6, 0.7]], dims=("alpha", "seed"), coords={"alpha": [0.5, 0.9], "seed": [0, 1]})
+    val = xr.DataArray([[0.1, 0.1], [0.8, 0.8]], dims=("alpha", "seed"), coords={"alpha": [0.5, 0.9], "seed": [0, 1]})
+    best, where = plots.best_over(acc, ("alpha",), by=val)
+    assert float(where["alpha"]) == 0.9 and float(best) == pytest.approx(0.65)  # not test's own best, 0.7
+    np.testing.assert_allclose(best_runs(acc, ("alpha",), by=val).values, [0.6, 0.7])
+
+
 def test_data_pruning_kd_points_are_at_best_temperature_and_alpha() -> None:
     pruned, distill = _data_pruning(2), _distill(2)
     fig = plots.data_pruning(pruned, distill)
@@ -582,7 +591,23 @@ def test_data_pruning_kd_points_are_at_best_temperature_and_alpha() -> None:
     assert [t.get_text() for t in method_key.get_texts()] == PRUNING_METHODS
     assert [t.get_text() for t in style_key.get_texts()] == [
         "no KD", "KD, trained teacher", "KD, untrained (random) teacher"]
-    assert "chosen per point" in _texts(fig)
+    assert "chosen on test: the task has no validation set" in _texts(fig)  # this summary has no val_acc
+
+
+def test_kd_points_are_chosen_on_validation_and_show_their_test_error() -> None:
+    pruned, distill = _data_pruning(2), _distill(2)
+    # validation prefers the opposite of test: the lowest-test combination has the best validation
+    distill["val_acc"] = 1.0 - distill["test_acc"]
+    fig = plots.data_pruning(pruned, distill)
+    line = _lines(fig.axes[0])["el2n-hard, KD, trained teacher"]
+    final = plots.final_value(distill["test_acc"]).sel({"selection": "el2n-hard", "teacher": "trained"})
+    val = plots.final_value(distill["val_acc"]).sel({"selection": "el2n-hard", "teacher": "trained"})
+    chosen = val.mean("seed").stack(kd=("temperature", "alpha")).fillna(-np.inf).argmax("kd")
+    expected = 100 * (1 - final.mean("seed").stack(kd=("temperature", "alpha")).isel(kd=chosen))
+    np.testing.assert_allclose(line.get_ydata(), expected.values)
+    assert not np.allclose(line.get_ydata(), 100 * (1 - final.mean("seed").max(("temperature", "alpha"))))
+    assert "chosen on validation" in _texts(fig)
+    assert "chosen on validation" in _texts(plots.best_alpha(distill))
 
 
 def test_data_pruning_without_untrained_teacher_has_no_dotted_style() -> None:

@@ -86,28 +86,38 @@ def _argbest(
     return indices, found
 
 
-def _choose(
-    da: xr.DataArray, dims: Sequence[str]
-) -> tuple[xr.DataArray, dict[str, xr.Variable], xr.DataArray]:
-    """The seed-mean final values of ``da``, and :func:`_argbest` of them over ``dims``."""
+def _seed_mean(da: xr.DataArray) -> xr.DataArray:
+    """The seed-mean final values of ``da``."""
     mean = _final(da)
-    if "seed" in mean.dims:
-        mean = quiet_mean(mean, "seed")
-    return (mean, *_argbest(mean, dims))
+    return quiet_mean(mean, "seed") if "seed" in mean.dims else mean
 
 
-def best_over(da: xr.DataArray, dims: Sequence[str]) -> tuple[xr.DataArray, xr.Dataset]:
-    """Best seed-mean final value of ``da`` over the combinations of ``dims``, and where it is.
+def _choose(
+    da: xr.DataArray, dims: Sequence[str], by: xr.DataArray | None
+) -> tuple[xr.DataArray, dict[str, xr.Variable], xr.DataArray]:
+    """The seed-mean final values of ``da``, and :func:`_argbest` over ``dims`` of those of
+    ``by`` (``da`` itself when None)."""
+    mean = _seed_mean(da)
+    chooser = mean if by is None else _seed_mean(by).transpose(*mean.dims)
+    return (mean, *_argbest(chooser, dims))
 
-    ``da`` is a metric where higher is better (e.g. ``test_acc``), per run: with an
-    ``epoch`` dim its :func:`final_value` is taken; with a ``seed`` dim the mean over
-    seeds (NaN skipped) is what is maximised, jointly over ``dims`` (e.g. temperature
-    and alpha). Returns ``(best, where)``: ``best`` the maximum over the remaining
-    dims, and ``where`` a Dataset with, for each of ``dims``, the coordinate value at
-    the maximum. Both are NaN where no combination was run; ties go to the first
+
+def best_over(
+    da: xr.DataArray, dims: Sequence[str], by: xr.DataArray | None = None
+) -> tuple[xr.DataArray, xr.Dataset]:
+    """The seed-mean final value of ``da`` at the best combination of ``dims``, and where it is.
+
+    The best combination is where the seed-mean final value of ``by`` is highest (``da``
+    itself when None): choose on validation (``by=val_acc``) and report the test
+    accuracy (``da=test_acc``). Both are metrics where higher is better, per run: with
+    an ``epoch`` dim its :func:`final_value` is taken; with a ``seed`` dim the mean over
+    seeds (NaN skipped), maximised jointly over ``dims`` (e.g. temperature and alpha).
+    Returns ``(best, where)``: ``best`` the value of ``da`` there, over the remaining
+    dims, and ``where`` a Dataset with, for each of ``dims``, the coordinate value of
+    the choice. Both are NaN where no combination was run; ties go to the first
     combination in coordinate order.
     """
-    mean, indices, found = _choose(da, dims)
+    mean, indices, found = _choose(da, dims, by)
     best = mean.isel(indices).where(found).drop_vars(list(dims), errors="ignore")
     where = xr.Dataset(
         {d: found.copy(data=mean[d].values[indices[d].values]).where(found) for d in dims}
@@ -115,10 +125,18 @@ def best_over(da: xr.DataArray, dims: Sequence[str]) -> tuple[xr.DataArray, xr.D
     return best, where
 
 
-def best_runs(da: xr.DataArray, dims: Sequence[str]) -> xr.DataArray:
+def best_runs(da: xr.DataArray, dims: Sequence[str], by: xr.DataArray | None = None) -> xr.DataArray:
     """Per-seed final values of ``da`` at the combination of ``dims`` :func:`best_over` picks."""
-    _, indices, found = _choose(da, dims)
+    _, indices, found = _choose(da, dims, by)
     return _final(da).isel(indices).where(found).drop_vars(list(dims), errors="ignore")
+
+
+def chosen_by(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
+    """What a choice among runs is made on, and how to say so: the validation accuracy where
+    the runs measured one, else (a task without ``val_size``) the test accuracy itself."""
+    if "val_acc" in ds and bool(ds["val_acc"].notnull().any()):
+        return ds["val_acc"], "chosen on validation"
+    return ds["test_acc"], "chosen on test: the task has no validation set"
 
 
 def crossed(ds: xr.Dataset) -> xr.Dataset:
