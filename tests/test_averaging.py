@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
+from workflow.averaging import accuracy_and_loss, ensemble_probabilities, greedy_soup, interpolate, uniform_soup
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -89,3 +89,27 @@ def test_accuracy_and_loss_of_probabilities_by_hand() -> None:
     acc, nll = accuracy_and_loss(probs, y)
     assert acc == pytest.approx(2 / 3)
     assert nll == pytest.approx(-(math.log(0.7) + math.log(0.25) + math.log(0.8)) / 3)
+
+
+def _closeness(target: float):
+    """A held-out 'accuracy' of a one-weight state: higher the closer its weight is to ``target``."""
+    return lambda state: -abs(float(state["w"]) - target)
+
+
+def test_a_greedy_soup_adds_members_in_order_while_held_out_accuracy_strictly_rises() -> None:
+    states = [{"w": torch.tensor(v)} for v in (0.0, 4.0, 1.0, 3.0)]
+    # members by their own accuracy for target 2: 1 and 3 (tied, order kept), then 0 and 4
+    kept, accuracy = greedy_soup(states, _closeness(2.0))
+    assert kept == [2, 3] and accuracy == 0.0  # soup of 1 and 3 is 2; adding 0 or 4 would move it away
+    # a soup never does worse than its best member: it starts as that member
+    kept, accuracy = greedy_soup(states, _closeness(4.0))
+    assert kept == [1] and accuracy == 0.0
+    for target in (-1.0, 0.5, 2.2, 10.0):
+        kept, accuracy = greedy_soup(states, _closeness(target))
+        assert accuracy >= max(_closeness(target)(s) for s in states)
+        assert accuracy == _closeness(target)(uniform_soup([states[i] for i in kept]))
+
+
+def test_a_greedy_soup_adds_nothing_that_only_ties() -> None:
+    states = [{"w": torch.tensor(1.0)}, {"w": torch.tensor(1.0)}]
+    assert greedy_soup(states, _closeness(1.0))[0] == [0]  # the copy would not strictly improve

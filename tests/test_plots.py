@@ -232,6 +232,10 @@ def _ensemble(n_seeds: int) -> xr.Dataset:
             "member_acc": (("source", "kind", "seed", "member"), members),
             "ensemble_acc": (("source", "kind", "seed"), members.max(-1) + 0.01),
             "soup_acc": (("source", "kind", "seed"), members.mean(-1) - 0.02),
+            "member_val_acc": (("source", "kind", "seed", "member"), members + 0.005),
+            "greedy_soup_acc": (("source", "kind", "seed"), members.max(-1) + 0.005),
+            "greedy_soup_val_acc": (("source", "kind", "seed"), members.max(-1) + 0.01),
+            "greedy_soup_member": (("source", "kind", "seed", "member"), members > 0.9),
         },
         coords={"source": SOURCES, "kind": ["seeds", "starsse"], "seed": np.arange(n_seeds), "member": np.arange(3)},
     )
@@ -792,6 +796,17 @@ def test_connectivity_writes_the_barrier_and_draws_the_line_between_the_ends() -
                for line in dashed)
     ticket = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
     assert len(ticket) == 1 and ticket[0].startswith("no pretraining: barrier")
+
+
+def test_ensembles_show_the_greedy_soup_chosen_on_validation() -> None:
+    ds = _ensemble(2)
+    fig = plots.ensembles(ds)
+    ax = fig.axes[0]
+    assert "greedy soup" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "greedy soup: members chosen on validation" in ax.get_title()
+    assert "greedy soup" not in [t.get_text() for t in plots.ensembles(ds.drop_vars(
+        ["member_val_acc", "greedy_soup_acc", "greedy_soup_val_acc", "greedy_soup_member"])).axes[0]
+        .get_legend().get_texts()]
 
 
 def test_weight_distance_from_epoch_one_on_a_log_axis() -> None:

@@ -218,6 +218,34 @@ def test_an_ensemble_store_has_every_member_the_ensemble_and_the_soup(pipeline: 
     assert float(one["ensemble_acc"]) == float(one["soup_acc"]) == finals[0]
 
 
+def test_a_greedy_soup_is_built_on_the_validation_set_and_reported_on_the_test_set(
+    pipeline: Pipeline, task_spec: dict, tmp_path: Path
+) -> None:
+    from workflow.averaging import uniform_soup
+    from workflow.data import load_data
+    from workflow.datasets import make_data
+    from workflow.models import load_model
+    from workflow.runtime import evaluate
+
+    members = pipeline.study.ensembles()[pipeline.study.ensemble_path("mnist1d", "seeds", 0)]
+    paths = [pipeline.run(m) / "model.pt" for m in members]
+    with_val = make_data({**task_spec, "val_size": 60}, tmp_path / "val.npz")
+    jobs.ensemble(paths, tmp_path / "ensemble.zarr", data_path=with_val, device="cpu")
+    ds = storage.open_dataset(tmp_path / "ensemble.zarr")
+    assert float(ds["greedy_soup_val_acc"]) >= float(ds["member_val_acc"].max())
+    assert bool(ds["greedy_soup_member"][int(ds["member_val_acc"].argmax())])  # it starts at the best member
+    data = load_data(with_val)
+    loaded = [load_model(p) for p in paths]
+    kept = [saved["state_dict"] for i, (_, saved) in enumerate(loaded) if bool(ds["greedy_soup_member"][i])]
+    model = loaded[0][0]
+    model.load_state_dict(uniform_soup(kept))
+    with torch.no_grad():
+        assert float(ds["greedy_soup_acc"]) == evaluate(model, data.x_test, data.y_test)[1]
+    # without a validation set there is no greedy soup: nothing to choose it on
+    jobs.ensemble(paths, tmp_path / "plain.zarr", data_path=pipeline.task_path, device="cpu")
+    assert "greedy_soup_acc" not in storage.open_dataset(tmp_path / "plain.zarr")
+
+
 # --- data pruning -----------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ as they do not change what the model computes.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -59,6 +59,26 @@ def uniform_soup(states: Sequence[State]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def greedy_soup(states: Sequence[State], accuracy: Callable[[State], float]) -> tuple[list[int], float]:
+    """Wortsman et al.'s greedy soup: the members sorted by their own held-out ``accuracy``
+    (best first, ties in their order), each added to the soup only if the uniform soup
+    of the members so far and it is strictly more accurate than the soup without it.
+
+    Returns the members kept (positions in ``states``, in the order they joined) and the
+    soup's accuracy, which is never below the best member's: the soup starts as it.
+    """
+    if not states:
+        raise ValueError("a soup needs at least one model")
+    own = [accuracy(state) for state in states]
+    order = sorted(range(len(states)), key=lambda i: -own[i])
+    kept, best = [order[0]], own[order[0]]
+    for i in order[1:]:
+        tried = accuracy(uniform_soup([states[j] for j in kept + [i]]))
+        if tried > best:
+            kept, best = kept + [i], tried
+    return kept, best
+
+
 def ensemble_probabilities(models: Sequence[nn.Module], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The mean of the members' softmax outputs (each model in eval mode)."""
     if not models:

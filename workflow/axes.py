@@ -96,6 +96,12 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
     "ensemble_loss": ("test cross-entropy of the ensemble", "nats", "float"),
     "soup_acc": ("test accuracy of the uniform soup (mean of the members' weights)", FRACTION, "float"),
     "soup_loss": ("test cross-entropy of the uniform soup", "nats", "float"),
+    "member_val_acc": ("validation accuracy of each member", FRACTION, "float"),
+    "greedy_soup_acc": ("test accuracy of the greedy soup (members added in order of validation accuracy while "
+                        "the soup's validation accuracy rises)", FRACTION, "float"),
+    "greedy_soup_loss": ("test cross-entropy of the greedy soup", "nats", "float"),
+    "greedy_soup_val_acc": ("validation accuracy of the greedy soup", FRACTION, "float"),
+    "greedy_soup_member": ("whether the greedy soup holds the member", "bool", "bool"),
     "linear_cka": ("linear CKA", "1", "float"),
     "debiased_cka": ("debiased (minibatch) linear CKA", "1", "float"),
     "rbf_cka": ("CKA with Gaussian kernels", "1", "float"),

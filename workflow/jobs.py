@@ -21,7 +21,7 @@ import xarray as xr
 from torch import nn
 
 from workflow import axes, cache, storage
-from workflow.averaging import accuracy_and_loss, ensemble_probabilities, interpolate, uniform_soup
+from workflow.averaging import accuracy_and_loss, ensemble_probabilities, greedy_soup, interpolate, uniform_soup
 from workflow.checkpoint import Checkpointing
 from workflow.data import TaskData, load_data
 from workflow.engines import resolve_stack, same_but_elementwise
@@ -189,11 +189,12 @@ def _final_lines(pack: str, stores: Sequence[tuple[str, PathLike]]) -> str:
     return "\n".join(lines)
 
 
-def _test_metrics(state: Mapping[str, torch.Tensor], template: nn.Module, data: TaskData) -> tuple[float, float]:
-    """Test loss and accuracy of a state dict loaded into a copy of ``template``."""
+def _metrics(state: Mapping[str, torch.Tensor], template: nn.Module, data: TaskData,
+                  split: str = "test") -> tuple[float, float]:
+    """Loss and accuracy on ``split`` (test or val) of a state dict loaded into a copy of ``template``."""
     model = copy.deepcopy(template)
     model.load_state_dict(state)
-    return evaluate(model, data.x_test, data.y_test)
+    return evaluate(model, *(data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test))
 
 
 def wiseft(
@@ -209,7 +210,7 @@ def wiseft(
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
     (model, a), (_, b) = load_model(start, dev), load_model(end, dev)
-    rows = [_test_metrics(interpolate(a["state_dict"], b["state_dict"], alpha), model, data) for alpha in alphas]
+    rows = [_metrics(interpolate(a["state_dict"], b["state_dict"], alpha), model, data) for alpha in alphas]
     ds = xr.Dataset(
         {"test_loss": ("alpha", [r[0] for r in rows]), "test_acc": ("alpha", [r[1] for r in rows])},
         coords={"alpha": np.asarray(alphas, dtype=np.float64)},
@@ -225,9 +226,14 @@ def ensemble(
     recompute: bool = False,
 ) -> None:
     """Test accuracy and loss of each member, of their ensemble (mean probabilities) and of
-    their uniform soup (mean weights); nothing when ``out`` is stored for these inputs
-    (:mod:`workflow.cache`), unless ``recompute``."""
-    key = cache.key({"ensemble": len(members)}, {"data": data_path, **{f"member{i}": m for i, m in enumerate(members)}})
+    their uniform soup (mean weights); with a validation set, each member's validation
+    accuracy and the greedy soup built on it (:func:`workflow.averaging.greedy_soup`):
+    its test accuracy and loss, its validation accuracy and which members it holds.
+    Nothing when ``out`` is stored for these inputs (:mod:`workflow.cache`), unless
+    ``recompute``."""
+    measures = ["members", "ensemble", "uniform soup", "greedy soup"]  # what the store holds, in its key
+    key = cache.key({"ensemble": len(members), "measures": measures},
+                    {"data": data_path, **{f"member{i}": m for i, m in enumerate(members)}})
     if not cache.needed([out], key, recompute):
         return
     dev = job_device(device, threads)
@@ -236,7 +242,8 @@ def ensemble(
     models = [m for m, _ in loaded]
     single = [evaluate(m, data.x_test, data.y_test) for m in models]
     ens_acc, ens_loss = accuracy_and_loss(ensemble_probabilities(models, data.x_test), data.y_test)
-    soup_loss, soup_acc = _test_metrics(uniform_soup([s["state_dict"] for _, s in loaded]), models[0], data)
+    states = [s["state_dict"] for _, s in loaded]
+    soup_loss, soup_acc = _metrics(uniform_soup(states), models[0], data)
     ds = xr.Dataset(
         {
             "member_acc": ("member", [acc for _, acc in single]),
@@ -246,6 +253,15 @@ def ensemble(
         },
         coords={"member": np.arange(len(members))},
     )
+    if data.y_val is not None:  # greedy soups choose on held-out data, never on the test set
+        def val_acc(state: Mapping[str, torch.Tensor]) -> float:
+            return _metrics(state, models[0], data, split="val")[1]
+
+        kept, greedy_val = greedy_soup(states, val_acc)
+        greedy_loss, greedy_acc = _metrics(uniform_soup([states[i] for i in kept]), models[0], data)
+        ds["member_val_acc"] = ("member", [evaluate(m, data.x_val, data.y_val)[1] for m in models])
+        ds["greedy_soup_acc"], ds["greedy_soup_loss"], ds["greedy_soup_val_acc"] = greedy_acc, greedy_loss, greedy_val
+        ds["greedy_soup_member"] = ("member", [i in kept for i in range(len(members))])
     with storage.stamp(key):
         attrs = storage.provenance(None, device=str(dev))
     attrs["members"] = [str(p) for p in members]

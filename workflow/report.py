@@ -137,11 +137,18 @@ def report(results: str | Path) -> str:
         parts.append(_table("WiSE-FT (alpha 0: linear probe, 1: fine-tuned)", 100 * ds["test_acc"], "test accuracy (%)"))
     if (ds := have("ensemble")) is not None:
         members = 100 * ds["member_acc"]
-        combined = xr.concat(
-            [members.mean("member"), members.max("member"), 100 * ds["ensemble_acc"], 100 * ds["soup_acc"]],
-            dim=xr.DataArray(["mean member", "best member", "ensemble", "uniform soup"], dims="model"),
-        )
+        rows = {"mean member": members.mean("member"), "best member": members.max("member"),
+                "ensemble": 100 * ds["ensemble_acc"], "uniform soup": 100 * ds["soup_acc"]}
+        if "greedy_soup_acc" in ds:  # built on the validation set
+            best = ds["member_val_acc"].argmax("member")
+            rows["member best on validation"] = members.isel(member=best)
+            rows["greedy soup (chosen on validation)"] = 100 * ds["greedy_soup_acc"]
+        combined = xr.concat(list(rows.values()), dim=xr.DataArray(list(rows), dims="model"))
         parts.append(_table("ensembles and soups", combined, "test accuracy (%)"))
+        if "greedy_soup_member" in ds:
+            size = ds["greedy_soup_member"].sum("member")
+            parts.append(_table("greedy soups", size, "members kept (of "
+                                f"{ds.sizes['member']}, in order of validation accuracy)", 1))
     if (ds := have("similarity")) is not None:
         for measure in ds.data_vars:
             parts.append(_table("similarity, pretrained vs fine-tuned, mean over matched layers",

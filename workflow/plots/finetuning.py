@@ -144,13 +144,14 @@ ENSEMBLE_BARS = {"best member": None, "mean member": None, "ensemble": "ensemble
 
 def ensembles(ds: xr.Dataset) -> Figure:
     """Single models against their ensemble and their uniform soup, per source and kind of ensemble."""
+    bars = {**ENSEMBLE_BARS, **({"greedy soup": "greedy_soup_acc"} if "greedy_soup_acc" in ds else {})}
     groups = [(src, kind) for src in coord_values(ds, "source") for kind in coord_values(ds, "kind")]
     fig, axes = new_figure(1, 1, (max(6.4, 1.6 * len(groups) + 2.0), 4.4))
     ax = axes[0, 0]
-    colours = distinct_colours(ENSEMBLE_BARS)
-    width = 0.8 / len(ENSEMBLE_BARS)
+    colours = distinct_colours(bars)
+    width = 0.8 / len(bars)
     members = 100.0 * ds["member_acc"]
-    for i, (bar, var) in enumerate(ENSEMBLE_BARS.items()):
+    for i, (bar, var) in enumerate(bars.items()):
         if var is not None:
             values = 100.0 * ds[var]
         else:
@@ -158,7 +159,7 @@ def ensembles(ds: xr.Dataset) -> Figure:
         stats = over_seeds(values)
         means = [float(stats.mean.sel({"source": s, "kind": k})) for s, k in groups]
         stds = [float(stats.std.sel({"source": s, "kind": k})) for s, k in groups]
-        x = np.arange(len(groups)) + (i - (len(ENSEMBLE_BARS) - 1) / 2) * width
+        x = np.arange(len(groups)) + (i - (len(bars) - 1) / 2) * width
         ax.bar(x, means, width, yerr=stds, capsize=3, color=colours[bar], label=bar)
     n = int(ds.sizes.get("member", 0))
     ax.set_xticks(np.arange(len(groups)), [f"{s}: {k}\n({n} members)" for s, k in groups])
@@ -167,7 +168,8 @@ def ensembles(ds: xr.Dataset) -> Figure:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
     legend(ax, fontsize="small")
-    ax.set_title(f"Ensembles and soups from one pretrained checkpoint ({seeds_text('mean ± std', ds)})",
+    greedy = "; greedy soup: members chosen on validation" if "greedy soup" in bars else ""
+    ax.set_title(f"Ensembles and soups from one pretrained checkpoint ({seeds_text('mean ± std', ds)}{greedy})",
                  fontsize="medium")
     return fig
 
