@@ -179,6 +179,28 @@ def test_wiseft_reproduces_the_linear_probe_and_the_fine_tuned_model_at_its_ends
         assert float(ds.test_loss.sel(alpha=alpha)) == pytest.approx(float(final.test_loss), rel=1e-6)
 
 
+def test_wiseft_measures_the_validation_set_and_the_report_chooses_alpha_on_it(
+    pipeline: Pipeline, task_spec: dict, tmp_path: Path
+) -> None:
+    from workflow.datasets import make_data
+    from workflow.report import report
+
+    start, end = pipeline.study.wiseft_pairs()[pipeline.study.wiseft_path("mnist1d", "full", 0)]
+    with_val = make_data({**task_spec, "val_size": 60}, tmp_path / "val.npz")
+    out = tmp_path / "wiseft.zarr"
+    jobs.wiseft(pipeline.run(start) / "model.pt", pipeline.run(end) / "model.pt", [0.0, 0.5, 1.0], out,
+                data_path=with_val, device="cpu")
+    ds = storage.open_dataset(out)
+    assert ds["val_acc"].dims == ("alpha",) and ds["val_loss"].dims == ("alpha",)
+    summary = ds.expand_dims(model=["finetune/mnist1d/full"], seed=[0])
+    storage.write_dataset(summary, tmp_path / "study" / "summary" / "wiseft.zarr")
+    text = report(tmp_path / "study")
+    chosen = float(ds["alpha"][int(ds["val_acc"].argmax())])
+    assert f"alpha chosen: finetune/mnist1d/full: {chosen:g}" in text
+    table = text.split("WiSE-FT at the alpha chosen on validation")[1].split("\n\n")[0]
+    assert f"{100 * float(ds['test_acc'].sel(alpha=chosen)):.1f}" in table
+
+
 def test_ensemble_members_start_from_the_pretrained_or_the_fine_tuned_model(pipeline: Pipeline, task) -> None:
     full = _saved(pipeline.run("finetune/mnist1d/full/s0"))
     pretrained = _saved(pipeline.run("pretrain/mnist1d/s0"))["state_dict"]

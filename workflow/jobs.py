@@ -202,19 +202,24 @@ def wiseft(
     device: str = "auto", threads: int | None = None, recompute: bool = False,
 ) -> None:
     """WiSE-FT: test loss and accuracy of the weights interpolated from ``start`` (alpha = 0)
-    to ``end`` (alpha = 1), over ``alpha``; nothing when ``out`` is stored for these inputs
-    (:mod:`workflow.cache`), unless ``recompute``."""
-    key = cache.key({"wiseft": list(alphas)}, {"start": start, "end": end, "data": data_path})
+    to ``end`` (alpha = 1), over ``alpha``, and their validation loss and accuracy when the
+    task has a validation set (on which the best alpha is chosen); nothing when ``out`` is
+    stored for these inputs (:mod:`workflow.cache`), unless ``recompute``."""
+    key = cache.key({"wiseft": list(alphas), "splits": ["test", "val"]},
+                    {"start": start, "end": end, "data": data_path})
     if not cache.needed([out], key, recompute):
         return
     dev = job_device(device, threads)
     data = load_data(data_path, dev)
     (model, a), (_, b) = load_model(start, dev), load_model(end, dev)
-    rows = [_metrics(interpolate(a["state_dict"], b["state_dict"], alpha), model, data) for alpha in alphas]
-    ds = xr.Dataset(
-        {"test_loss": ("alpha", [r[0] for r in rows]), "test_acc": ("alpha", [r[1] for r in rows])},
-        coords={"alpha": np.asarray(alphas, dtype=np.float64)},
-    )
+    splits = ["test"] + (["val"] if data.y_val is not None else [])
+    states = [interpolate(a["state_dict"], b["state_dict"], alpha) for alpha in alphas]
+    measured = {}
+    for split in splits:
+        rows = [_metrics(state, model, data, split=split) for state in states]
+        measured[f"{split}_loss"] = ("alpha", [r[0] for r in rows])
+        measured[f"{split}_acc"] = ("alpha", [r[1] for r in rows])
+    ds = xr.Dataset(measured, coords={"alpha": np.asarray(alphas, dtype=np.float64)})
     with storage.stamp(key):
         attrs = storage.provenance(None, device=str(dev))
     attrs.update(start=str(start), end=str(end), method="WiSE-FT: (1 - alpha) start + alpha end, every floating tensor")

@@ -10,7 +10,7 @@ from pathlib import Path
 import xarray as xr
 
 from workflow import storage
-from workflow.summaries import final_value
+from workflow.summaries import best_over, final_value
 
 
 def _final_acc(ds: xr.Dataset) -> xr.DataArray:
@@ -135,6 +135,12 @@ def report(results: str | Path) -> str:
         parts.append(_table("network pruning", _final_acc(ds)) + f"weights remaining per level (%): {remaining}\n")
     if (ds := have("wiseft")) is not None:
         parts.append(_table("WiSE-FT (alpha 0: linear probe, 1: fine-tuned)", 100 * ds["test_acc"], "test accuracy (%)"))
+        if "val_acc" in ds:
+            best, where = best_over(ds["test_acc"], ("alpha",), by=ds["val_acc"])
+            parts.append(_table("WiSE-FT at the alpha chosen on validation (mean over seeds)", 100 * best,
+                                "test accuracy (%)")
+                         + "alpha chosen: " + ", ".join(f"{m}: {a:g}" for m, a in
+                                                        zip(where["model"].values, where["alpha"].values)) + "\n")
     if (ds := have("ensemble")) is not None:
         members = 100 * ds["member_acc"]
         rows = {"mean member": members.mean("member"), "best member": members.max("member"),
