@@ -152,14 +152,15 @@ def _norm(tensors: Sequence[torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
 
 
-HISTORY = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_distance", "relative_weight_distance")
+DISTANCES = ("weight_distance", "relative_weight_distance")  # how far the weights moved from their start
+HISTORY = ("train_loss", "train_acc", "test_loss", "test_acc", *DISTANCES)
 
 
 def history_names(data: TaskData) -> tuple[str, ...]:
     """What a run on ``data`` records each epoch: :data:`HISTORY`, with the validation
     split's loss and accuracy after the training split's when the task has one."""
     measured = tuple(f"{split}_{m}" for split, _, _ in data.splits() for m in ("loss", "acc"))
-    return measured + HISTORY[4:]
+    return measured + DISTANCES
 """The per-epoch metrics of every run."""
 
 
