@@ -1,6 +1,8 @@
 """Tests for LoRA and EVA: an untrained adapter changes nothing, merging changes
-nothing, EVA's factor is the activations' top right-singular vectors, and only the
-adapters and the head train; and for BatchNorm-only fine-tuning."""
+nothing, EVA's factor is the activations' top right-singular vectors, its ranks are
+the budget's components of highest explained variance and sum to the budget, and only
+the adapters and the head train; and for BatchNorm-only fine-tuning. EVA against peft's
+implementation: ``test_eva_peft.py``."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from workflow.finetune import FINETUNE, FinetuneSetup
-from workflow.lora import LoRA, add_lora, init_eva, layer_inputs, merge_lora
+from workflow.lora import LoRA, add_eva, add_lora, explained_variance, layer_inputs, merge_lora, redistribute_ranks
 from workflow.models import CNN1d, CifarResNet
 from workflow.train import TrainConfig, train
 
@@ -111,7 +113,8 @@ def test_conv_inputs_as_rows_match_a_loop_over_windows_and_the_convolution() -> 
     torch.testing.assert_close(out, conv(x))
 
 
-def test_eva_sets_down_to_the_top_right_singular_vectors_of_the_layer_inputs() -> None:
+@pytest.mark.parametrize("rho", [1.0, 2.0])
+def test_eva_sets_down_to_the_top_right_singular_vectors_of_the_layer_inputs(rho: float) -> None:
     model = _cnn().double()
     x = torch.randn(3 * 16, 40, dtype=torch.float64)
     # the inputs of each layer, recorded on the plain model before adapting it
@@ -123,18 +126,66 @@ def test_eva_sets_down_to_the_top_right_singular_vectors_of_the_layer_inputs() -
             model(xb)
     for h in hooks:
         h.remove()
-    adapters = add_lora(model, rank=3, alpha=6)
-    init_eva(model, adapters, x.split(16))
+    adapters, found = add_eva(model, rank=3, alpha=6, batches=x.split(16), rho=rho)
+    if rho == 1:
+        assert set(found.ranks.values()) == {3}  # no redistribution: every layer takes the rank
     for name, lora in adapters.items():
         rows = torch.cat([_patches_by_hand(a, lora.base) for a in inputs[name]])
         _, _, vh = torch.linalg.svd(rows)
         down = lora.down.flatten(1)
+        r = found.ranks[name]
         # singular vectors are defined up to sign
-        cosines = (down * vh[:3]).sum(1).abs()
-        torch.testing.assert_close(cosines, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-8)
-        torch.testing.assert_close(down @ down.T, torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-10)
+        cosines = (down * vh[:r]).sum(1).abs()
+        torch.testing.assert_close(cosines, torch.ones(r, dtype=torch.float64), rtol=0, atol=1e-8)
+        torch.testing.assert_close(down @ down.T, torch.eye(r, dtype=torch.float64), rtol=0, atol=1e-10)
+        assert lora.scale == 6 / 3  # alpha / the configured rank, whatever the layer's own
     y = torch.randn(2, 40, dtype=torch.float64)
     assert torch.equal(model(y), _cnn().double()(y))  # still the base model's outputs: up is zero
+
+
+def test_redistribution_keeps_the_budget_of_highest_explained_variance_across_layers() -> None:
+    ratios = {"a": torch.tensor([0.5, 0.3, 0.1]), "b": torch.tensor([0.6, 0.05, 0.01]), "c": torch.tensor([0.2, 0.2])}
+    assert redistribute_ranks(ratios, 3) == {"a": 2, "b": 1, "c": 0}
+    assert redistribute_ranks(ratios, 4) == {"a": 2, "b": 1, "c": 1}  # a tie goes to the earlier component
+    assert redistribute_ranks(ratios, 8) == {"a": 3, "b": 3, "c": 2}  # every candidate
+
+
+def test_explained_variance_ratios_are_the_squared_singular_values_share() -> None:
+    rows = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    vh, ratio = explained_variance(rows)
+    torch.testing.assert_close(ratio, torch.tensor([9.0, 4.0, 1.0], dtype=torch.float64) / 14)
+    torch.testing.assert_close(vh.abs(), torch.eye(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("rank,rho", [(2, 2.0), (3, 1.5), (2, 4.0)])
+def test_eva_ranks_sum_to_the_budget_and_take_the_components_of_highest_explained_variance(
+        name: str, rank: int, rho: float) -> None:
+    build, shape = MODELS[name]
+    model = build().double()
+    x = torch.randn(4 * shape[0] * 4, *shape[1:], dtype=torch.float64)
+    adapters, found = add_eva(model, rank=rank, alpha=4, batches=x.split(shape[0] * 4), rho=rho)
+    layers = [n for n, m in model.named_modules() if isinstance(m, LoRA)] + [n for n, r in found.ranks.items() if r == 0]
+    assert sum(found.ranks.values()) == rank * len(found.ranks) == rank * len(layers)
+    assert all(r <= round(rho * rank) for r in found.ranks.values())
+    kept = torch.cat([found.ratios[n][:r] for n, r in found.ranks.items()])
+    dropped = torch.cat([found.ratios[n][r:] for n, r in found.ranks.items()])
+    assert dropped.numel() == 0 or kept.min() >= dropped.max()
+    assert {n: a.rank for n, a in adapters.items()} == {n: r for n, r in found.ranks.items() if r > 0}
+    # the ratios are each layer's squared singular values over their sum
+    for n, ratio in found.ratios.items():
+        s = torch.linalg.svdvals(found.rows[n])
+        torch.testing.assert_close(ratio, (s.square() / s.square().sum())[: len(ratio)])
+
+
+def test_a_layer_eva_gives_no_rank_stays_frozen_and_unadapted() -> None:
+    model = _cnn().double()
+    x = torch.randn(64, 40, dtype=torch.float64)
+    ranks = {name: 0 for name in ("conv1.0",)}
+    adapters = add_lora(model, rank=2, alpha=4, ranks=ranks)
+    assert "conv1.0" not in adapters and isinstance(model.get_submodule("conv1.0"), nn.Conv1d)
+    assert not any(p.requires_grad for p in model.get_submodule("conv1.0").parameters())
+    assert model(x).shape == (64, 10)
 
 
 def test_bn_only_trains_nothing_but_the_batchnorm_affine_parameters(task, make_cnn) -> None:
@@ -156,7 +207,7 @@ def test_lora_methods_load_the_parent_and_need_their_settings(make_cnn, task, me
     with pytest.raises(ValueError, match="finetune.lora"):
         FINETUNE[method](make_cnn(seed=0), parent, FinetuneSetup())
     model = make_cnn(seed=0)
-    setup = FinetuneSetup({"lora": {"rank": 2, "alpha": 4, "eva_batches": 2}}, task.x_train, 50, 0)
+    setup = FinetuneSetup({"lora": {"rank": 2, "alpha": 4, "eva_batches": 2, "eva_rho": 2}}, task.x_train, 50, 0)
     FINETUNE[method](model, parent, setup)
     merged = model
     merge_lora(merged)

@@ -202,6 +202,16 @@ def test_auto_stacks_on_a_gpu_only() -> None:
         resolve_stack("vmap", torch.device("cpu"))
 
 
+def test_auto_steps_members_of_different_shapes_in_turn() -> None:
+    """EVA runs of one pack may take different ranks per seed: they cannot stack."""
+    gpu = torch.device("cuda", 0)
+    same = [torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)]
+    assert resolve_stack("auto", gpu, same) == "stacked"
+    assert resolve_stack("auto", gpu, [torch.nn.Linear(3, 2), torch.nn.Linear(3, 4)]) == "sequential"
+    frozen = [torch.nn.Linear(3, 2), torch.nn.Linear(3, 2).requires_grad_(False)]
+    assert resolve_stack("auto", gpu, frozen) == "sequential"
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

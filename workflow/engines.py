@@ -50,8 +50,10 @@ STACK_MODES = ("auto", "stacked", "sequential")
 """``execution.stack``: auto picks stacked on a GPU and sequential on a CPU (see :func:`resolve_stack`)."""
 
 
-def resolve_stack(stack: str, device: torch.device) -> str:
-    """The engine a pack uses on ``device``: ``auto`` is stacked on CUDA, sequential elsewhere.
+def resolve_stack(stack: str, device: torch.device, models: Sequence[nn.Module] | None = None) -> str:
+    """The engine a pack uses on ``device``: ``auto`` is stacked on CUDA, sequential elsewhere,
+    and sequential too for ``models`` that cannot stack (:func:`stackable`; e.g. EVA runs whose
+    ranks differ by seed).
 
     Measured in ``benchmarks/bench_pack.py``: on a 2-core CPU stacking K small CNNs
     is no faster than stepping them in turn (the CPU is compute-bound either way),
@@ -60,8 +62,18 @@ def resolve_stack(stack: str, device: torch.device) -> str:
     if stack not in STACK_MODES:
         raise ValueError(f"stack {stack!r} unknown; allowed: {', '.join(STACK_MODES)}")
     if stack == "auto":
-        return "stacked" if torch.device(device).type == "cuda" else "sequential"
+        fits = models is None or stackable(models)
+        return "stacked" if torch.device(device).type == "cuda" and fits else "sequential"
     return stack
+
+
+def _layout(model: nn.Module) -> list[tuple[str, torch.Size, bool]]:
+    return [(n, p.shape, p.requires_grad) for n, p in model.named_parameters()]
+
+
+def stackable(models: Sequence[nn.Module]) -> bool:
+    """Whether ``models`` share one architecture and one set of trainable parameters."""
+    return all(_layout(m) == _layout(models[0]) for m in models[1:])
 
 
 def optimizer(params: list[torch.Tensor], cfg: Any) -> torch.optim.Optimizer:
@@ -276,9 +288,9 @@ class Stacked:
                  cfgs: Sequence[Any], total_steps: int, record: bool = False) -> None:
         self.models = list(models)
         first = self.models[0]
-        layout = [(n, p.shape, p.requires_grad) for n, p in first.named_parameters()]
+        layout = _layout(first)
         for k, model in enumerate(self.models[1:], 1):
-            if [(n, p.shape, p.requires_grad) for n, p in model.named_parameters()] != layout:
+            if _layout(model) != layout:
                 raise ValueError(
                     f"stacked training needs one architecture and one set of trainable parameters; "
                     f"member {k} differs from member 0 (train this pack with stack: sequential)"

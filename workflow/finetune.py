@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from workflow.lora import add_lora, init_eva
+from workflow.lora import add_eva, add_lora
 from workflow.registry import Registry
 
 
@@ -22,7 +22,7 @@ from workflow.registry import Registry
 class FinetuneSetup:
     """What a method may need besides the parent: its settings and the target data."""
 
-    settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. lora: rank, alpha, eva_batches
+    settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. lora: rank, alpha, eva_batches, eva_rho
     x_train: torch.Tensor | None = None
     batch_size: int = 100
     seed: int = 0
@@ -77,13 +77,15 @@ def _lora(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: Fi
         raise ValueError(f"{init} fine-tuning needs its settings (finetune.lora: rank, alpha)")
     lora = setup.settings["lora"]
     _load_body(model, parent)
-    adapters = add_lora(model, lora["rank"], lora["alpha"], skip=("head",))
-    if init == "eva":
-        if setup.x_train is None:
-            raise ValueError("EVA needs the target training inputs")
-        generator = torch.Generator().manual_seed(setup.seed)
-        order = torch.randperm(len(setup.x_train), generator=generator)[: lora["eva_batches"] * setup.batch_size]
-        init_eva(model, adapters, setup.x_train[order.to(setup.x_train.device)].split(setup.batch_size))
+    if init == "random":
+        add_lora(model, lora["rank"], lora["alpha"], skip=("head",))
+        return
+    if setup.x_train is None:
+        raise ValueError("EVA needs the target training inputs")
+    generator = torch.Generator().manual_seed(setup.seed)
+    order = torch.randperm(len(setup.x_train), generator=generator)[: lora["eva_batches"] * setup.batch_size]
+    batches = setup.x_train[order.to(setup.x_train.device)].split(setup.batch_size)
+    add_eva(model, lora["rank"], lora["alpha"], batches, rho=lora["eva_rho"], skip=("head",))
 
 
 @FINETUNE.register("lora")
@@ -96,7 +98,8 @@ def lora(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: Fin
 @FINETUNE.register("eva")
 def eva(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
     """LoRA whose down-projections start at the top right-singular vectors of each
-    layer's input activations on the target data (EVA)."""
+    layer's input activations on the target data, with ranks redistributed across
+    layers by explained variance (EVA, see :mod:`workflow.lora`)."""
     _lora(model, parent, setup, "eva")
 
 

@@ -125,7 +125,7 @@ def _train_runs(pack: Mapping[str, Any], todo: Sequence[tuple[Mapping[str, Any],
     except ValueError as err:
         raise ValueError(f"the runs of pack {pack['pack']} train with different settings: {err}") from None
     trainable = [sum(p.numel() for p in m.model.parameters() if p.requires_grad) for m in members]
-    stack = resolve_stack(pack["stack"], dev)
+    stack = resolve_stack(pack["stack"], dev, [m.model for m in members])
     on_divergence = pack.get("on_divergence", "fail")
     # Resumable into exactly these runs (their keys cover parents and inputs) and this engine.
     saving = Checkpointing.of_spec(checkpoint, {"runs": [key for _, key in todo], "stack": stack,

@@ -11,19 +11,26 @@ to the flattened kernel is again ``up @ down``.
 Initialisations of ``down``:
 
 * ``random``: Kaiming-uniform, as the LoRA authors' reference code;
-* ``eva`` ("One Initialization to Rule them All", EVA): the top ``rank`` right-singular
-  vectors of the layer's input activations on a few minibatches of the target data
-  (for a convolution, of its input patches). We take the SVD of the stacked
-  minibatches at once, without centring, as the method's definition; the authors'
-  code reaches the same vectors incrementally and also redistributes ranks between
-  layers by explained variance, which we do not.
+* ``eva`` ("One Initialization to Rule them All", EVA): the top right-singular vectors
+  of the layer's input activations on a few minibatches of the target data (for a
+  convolution, of its input patches). We take the SVD of the stacked minibatches at
+  once, without centring, as the method's definition; the authors' code reaches the
+  same vectors incrementally. Ranks are then redistributed across layers, as the
+  paper does: each layer offers its top ``round(rho * rank)`` components, each with its
+  explained-variance ratio (its squared singular value over the sum of all of the
+  layer's), and the ``rank * layers`` components of highest ratio across all layers are
+  kept, so a layer's rank is how many of its components were kept (0 leaves it
+  unadapted; ``rho = 1`` gives every layer ``rank``). Every update keeps the scale
+  ``alpha / rank`` of the configured rank, as peft's ``adjust_scaling_factors``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -85,12 +92,14 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, skip: Iterable[str] = ("head",)) -> dict[str, LoRA]:
+def add_lora(model: nn.Module, rank: int, alpha: float, skip: Iterable[str] = ("head",),
+             ranks: Mapping[str, int] | None = None) -> dict[str, LoRA]:
     """Replace every linear and convolutional layer (except those under ``skip``) by a
     :class:`LoRA` of it, in place; freeze every other parameter outside ``skip``.
 
-    Returns the adapters by module name. Parameters under ``skip`` (the new head)
-    keep their ``requires_grad``.
+    ``ranks`` gives some layers a rank of their own (0: the layer stays as it is,
+    frozen); their updates keep the scale ``alpha / rank``. Returns the adapters by
+    module name. Parameters under ``skip`` (the new head) keep their ``requires_grad``.
     """
     skip = tuple(skip)
     names = _modules_to_adapt(model, skip)
@@ -101,7 +110,11 @@ def add_lora(model: nn.Module, rank: int, alpha: float, skip: Iterable[str] = ("
             p.requires_grad_(False)
     adapters = {}
     for name in names:
-        adapters[name] = LoRA(model.get_submodule(name), rank, alpha)
+        own = rank if ranks is None else ranks.get(name, rank)
+        if own == 0:
+            continue
+        # alpha scaled with the rank, so that the update's scale alpha / rank stays the configured one
+        adapters[name] = LoRA(model.get_submodule(name), own, alpha * own / rank)
         _set(model, name, adapters[name])
     return adapters
 
@@ -130,17 +143,14 @@ def layer_inputs(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_eva(model: nn.Module, adapters: dict[str, LoRA], batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Set each adapter's ``down`` to the top right-singular vectors of its layer's inputs.
-
-    ``batches``: minibatches of the target task's inputs, run through ``model`` in eval
-    mode (so BatchNorm uses its stored statistics). Returns the activation matrices
-    seen, by module name (for inspection and tests).
-    """
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name in adapters}
+def layer_input_rows(model: nn.Module, names: Iterable[str], batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each named layer's inputs as rows (:func:`layer_inputs`), over all ``batches``, in
+    float64; the model runs in eval mode (BatchNorm uses its stored statistics)."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     handles = [
-        lora.register_forward_pre_hook(lambda mod, args, name=name: seen[name].append(layer_inputs(mod.base, args[0])))
-        for name, lora in adapters.items()
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda mod, args, name=name: seen[name].append(layer_inputs(mod, args[0]).double()))
+        for name in seen
     ]
     was_training = model.training
     model.eval()
@@ -151,14 +161,60 @@ def init_eva(model: nn.Module, adapters: dict[str, LoRA], batches: Iterable[torc
         model.train(was_training)
         for h in handles:
             h.remove()
-    activations = {}
+    if any(not rows for rows in seen.values()):
+        raise ValueError("EVA needs at least one minibatch")
+    return {name: torch.cat(rows) for name, rows in seen.items()}
+
+
+def explained_variance(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The right-singular vectors of ``rows`` (uncentred), and each one's explained-variance
+    ratio: its squared singular value over the sum of them all (descending)."""
+    _, s, vh = torch.linalg.svd(rows, full_matrices=False)
+    power = s.square()
+    return vh, power / power.sum()
+
+
+def redistribute_ranks(ratios: Mapping[str, torch.Tensor], budget: int) -> dict[str, int]:
+    """EVA's rank allocation: the ``budget`` components of highest explained-variance ratio
+    among every layer's candidates (``ratios``: each layer's, descending), counted per layer.
+    Ties go to the earlier layer, then the earlier component."""
+    candidates = [(-float(r), i, j, name) for i, (name, layer) in enumerate(ratios.items()) for j, r in enumerate(layer)]
+    kept = Counter(name for *_, name in sorted(candidates)[:budget])
+    return {name: kept[name] for name in ratios}
+
+
+@dataclass
+class EVA:
+    """What EVA found: each layer's rank, its explained-variance ratios and the rows decomposed."""
+
+    ranks: dict[str, int]
+    ratios: dict[str, torch.Tensor]
+    rows: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def add_eva(model: nn.Module, rank: int, alpha: float, batches: Iterable[torch.Tensor], rho: float = 2.0,
+            skip: Iterable[str] = ("head",)) -> tuple[dict[str, LoRA], EVA]:
+    """:func:`add_lora` with EVA's initialisation and rank redistribution (see the module
+    docstring): each adapter's ``down`` is its layer's top right-singular vectors.
+
+    ``batches``: minibatches of the target task's inputs. ``rho`` (at least 1): a layer may
+    take up to ``round(rho * rank)`` components, within the total budget ``rank * layers``.
+    """
+    if rho < 1:
+        raise ValueError(f"EVA's rho must be at least 1, not {rho}")
+    names = _modules_to_adapt(model, tuple(skip))
+    rows = layer_input_rows(model, names, batches)
+    ratios, components = {}, {}
+    for name in names:
+        if rows[name].shape[0] < rank:
+            raise ValueError(f"EVA for {name!r}: {rows[name].shape[0]} activation rows < rank {rank}")
+        weight = model.get_submodule(name).weight
+        cap = min(round(rho * rank), weight[0].numel(), weight.shape[0], rows[name].shape[0])
+        components[name], ratio = explained_variance(rows[name])
+        ratios[name] = ratio[:cap]
+    ranks = redistribute_ranks(ratios, rank * len(names))
+    adapters = add_lora(model, rank, alpha, skip, ranks)
     for name, lora in adapters.items():
-        if not seen[name]:
-            raise ValueError("EVA needs at least one minibatch")
-        acts = torch.cat(seen[name]).double()
-        if acts.shape[0] < lora.rank:
-            raise ValueError(f"EVA for {name!r}: {acts.shape[0]} activation rows < rank {lora.rank}")
-        _, _, vh = torch.linalg.svd(acts, full_matrices=False)
-        lora.down.copy_(vh[: lora.rank].to(lora.down.dtype).view_as(lora.down))
-        activations[name] = acts
-    return activations
+        lora.down.copy_(components[name][: lora.rank].to(lora.down.dtype).view_as(lora.down))
+    return adapters, EVA(ranks, ratios, rows)

@@ -406,7 +406,7 @@ def train_pack(
             apply_masks(m.model, m.masks)
 
     device = members[0].data.x_train.device
-    engine = ENGINES[resolve_stack(stack, device)]([m.model for m in members], [m.masks for m in members],
+    engine = ENGINES[resolve_stack(stack, device, [m.model for m in members])]([m.model for m in members], [m.masks for m in members],
                                                    [m.cfg or cfg for m in members],
                                                    max(1, cfg.epochs * steps_per_epoch), record_divergence)
     # A stacked pack whose members draw their training sets from one task gathers every

@@ -81,7 +81,9 @@ class Finetune(TrainingStage):
     def spec(self, study: Study, r: Mapping[str, Any]) -> dict[str, Any]:
         spec: dict[str, Any] = {"method": r["method"]}
         if r["method"] in LORA_METHODS:
-            spec["lora"] = study.config["finetune"]["lora"]
+            lora = study.config["finetune"]["lora"]
+            # eva_rho only shapes EVA: a LoRA run's spec (and so its cache key) leaves it out
+            spec["lora"] = {k: v for k, v in lora.items() if r["method"] == "eva" or k != "eva_rho"}
         return spec
 
     def prepare(self, spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mapping[str, Path]) -> None:
