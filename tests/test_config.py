@@ -79,7 +79,7 @@ ERRORS = {
     ),
     "unknown finetune method": (
         lambda c: c["finetune"].update(methods=["full", "dora"]),
-        ["'finetune.methods[1]' = 'dora'", "allowed values: bn_only, eva, full, linear_probe, lora, scratch, stats"],
+        ["'finetune.methods[1]' = 'dora'", "allowed values: bn_head, bn_only, eva, full, linear_probe, lora, scratch, stats"],
     ),
     "unknown data-pruning score": (
         lambda c: c["prune_data"].update(scores=["memorisation"]),

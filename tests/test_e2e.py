@@ -403,7 +403,7 @@ def test_a_results_folder_copied_as_the_readme_says_redraws_its_figures_without_
     "override, expected",
     [
         ({"pretrain": {"seeds": [0], "epochz": 3}}, ["epochz", "allowed keys: seeds, train"]),
-        ({"finetune": {"methods": ["full", "dora"], "seeds": [0]}}, ["finetune.methods[1]", "bn_only, eva, full, linear_probe, lora"]),
+        ({"finetune": {"methods": ["full", "dora"], "seeds": [0]}}, ["finetune.methods[1]", "bn_head, bn_only, eva, full, linear_probe, lora"]),
         ({"train": {"epochs": "ten", "batch_size": 50, "lr": 0.01}}, ["train.epochs", "integer"]),
         ({"distill": {"teacher": "finetune/full/s7"}}, ["distill.teacher", "finetune/scratch/s0"]),
     ],

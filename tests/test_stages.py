@@ -661,12 +661,17 @@ def test_collect_of_the_study_finetune_summary_stacks_source_and_method_into_mod
     assert bool(summary["test_acc"].notnull().all())
     assert summary["source"].dims == summary["finetuning"].dims == ("model",)
     assert summary.sel(model="finetune/scratch")["source"].item() == "none"
-    # the grid a figure draws: scratch only under "none", every other method only under a real source
+    # the grid a figure draws: scratch and the random-feature methods under "none", every
+    # other method under each real source
+    ft = pipeline.study.config["finetune"]
+    assert ft["random_features"] == ["bn_only"]  # the tiny study's
     grid = crossed(summary)
     assert grid["test_acc"].dims[:2] == ("source", "finetuning")
-    assert grid["finetuning"].values.tolist() == sorted(pipeline.study.config["finetune"]["methods"])
+    assert grid["finetuning"].values.tolist() == sorted(ft["methods"])
     ran = grid["test_acc"].notnull().all(["seed", "epoch"])
-    assert (ran == ((grid["source"] == "none") == (grid["finetuning"] == "scratch"))).all()
+    random = grid["finetuning"].isin(["scratch", *ft["random_features"]])
+    pretrained = grid["finetuning"] != "scratch"
+    assert (ran == xr.where(grid["source"] == "none", random, pretrained)).all()
     for model in expected:
         one = summary.sel(model=model)
         np.testing.assert_array_equal(grid["test_acc"].sel(source=one["source"].item(),

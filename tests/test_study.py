@@ -299,6 +299,20 @@ def test_offsets_are_a_sweep_axis_of_the_score_based_methods_that_retrains_nothi
                       "fraction": 0.25, "seed": 1}
 
 
+def test_random_features_train_from_no_parent_and_retrain_nothing_finished(default_config: Config) -> None:
+    study = _changed(default_config, lambda c: c["finetune"].update(random_features=["bn_only", "linear_probe"]))
+    new = set(study.training_runs()) - set(Study(default_config).training_runs())
+    assert new == {f"finetune/none/{m}/s{s}" for m in ("bn_only", "linear_probe") for s in (0, 1)}
+    run = "finetune/none/bn_only/s1"
+    assert study.parent(run) is None
+    assert Study.parse(run) == {"stage": "finetune", "source": "none", "method": "bn_only", "seed": 1}
+    before, after = _specs(Study(default_config)), _specs(study)
+    assert all(after[r] == spec for r, spec in before.items())
+    coords = dict((p, c) for c, p in study.summaries()["finetune"])[study.path(run, "metrics.zarr")]
+    assert coords == {"model": "finetune/none/bn_only", "stage": "finetune", "source": "none",
+                      "finetuning": "bn_only", "seed": 1}
+
+
 def test_finetune_lr_changes_finetune_specs_only(default_config: Config) -> None:
     changed = _changed_runs(default_config, lambda c: c["finetune"]["train"].update(lr=0.1))
     # distill specs carry their teacher's spec (a finetune run)

@@ -4,6 +4,13 @@ Each method takes the freshly built (seeded) model and the parent's weights, and
 leaves the model ready to train: weights loaded, and ``requires_grad`` set on what
 the method trains. The head is always new: it is a classifier for the target
 task, whatever the source task was.
+
+``linear_probe``, ``bn_only`` and ``bn_head`` also take no parent: they then train
+part of a randomly initialised network, its random features ("Training BatchNorm and
+Only BatchNorm"). Such a random body's BatchNorm statistics are first set to those of
+the target's training inputs (:func:`calibrate_batchnorm`), so that a probe, whose
+BatchNorm is frozen, reads the same normalised random features the BatchNorm-only
+network starts from.
 """
 
 from __future__ import annotations
@@ -32,6 +39,52 @@ Prepare = Callable[[nn.Module, Mapping[str, torch.Tensor] | None, FinetuneSetup]
 FINETUNE: Registry[Prepare] = Registry("finetune method")
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Set every BatchNorm's running statistics to the mean and variance of its inputs over
+    ``x`` (one pass in train mode, in order, averaged over the minibatches)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    model.train()
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the minibatches
+        for xb in x.split(batch_size):
+            model(xb)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+def _start(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None) -> None:
+    """The parent's body (:func:`_load_body`), or without a parent the model's own random
+    body with BatchNorm statistics calibrated on the target's training inputs."""
+    if parent is not None:
+        _load_body(model, parent)
+        return
+    if setup is None or setup.x_train is None:
+        raise ValueError("a random-feature method needs the target training inputs (its BatchNorm statistics)")
+    calibrate_batchnorm(model, setup.x_train, setup.batch_size)
+
+
+def _train_only(model: nn.Module, batchnorm: bool, head: bool) -> None:
+    """Freeze every parameter but the affine BatchNorm ones (``batchnorm``) and the head's."""
+    model.requires_grad_(False)
+    if batchnorm:
+        affine = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        if not affine:
+            raise ValueError("training BatchNorm needs a model with affine BatchNorm layers")
+        for m in affine:
+            m.requires_grad_(True)
+    if head:
+        for name, p in model.named_parameters():
+            if name.startswith("head."):
+                p.requires_grad_(True)
+
+
 def _load_body(model: nn.Module, parent: Mapping[str, torch.Tensor] | None) -> None:
     """Load every parent weight except the head's, which keeps its fresh initialisation."""
     if parent is None:
@@ -50,26 +103,29 @@ def full(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: Fin
 
 @FINETUNE.register("linear_probe")
 def linear_probe(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
-    """Start from the parent's weights, train only the head (BatchNorm statistics frozen too)."""
-    _load_body(model, parent)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("head."))
+    """Start from the parent's weights (or random ones), train only the head (BatchNorm
+    statistics frozen too)."""
+    _start(model, parent, setup)
+    _train_only(model, batchnorm=False, head=True)
 
 
 @FINETUNE.register("bn_only")
 def bn_only(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
-    """Start from the parent's weights, train only the BatchNorm affine parameters.
+    """Start from the parent's weights (or random ones), train only the BatchNorm affine
+    parameters.
 
     As in "Training BatchNorm and Only BatchNorm", every other weight stays as it
     is, the new head included: it keeps its random initialisation.
     """
-    _load_body(model, parent)
-    model.requires_grad_(False)
-    affine = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    if not affine:
-        raise ValueError("bn_only needs a model with affine BatchNorm layers")
-    for m in affine:
-        m.requires_grad_(True)
+    _start(model, parent, setup)
+    _train_only(model, batchnorm=True, head=False)
+
+
+@FINETUNE.register("bn_head")
+def bn_head(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None = None) -> None:
+    """As :func:`bn_only`, with the head trained too (the paper's other variant)."""
+    _start(model, parent, setup)
+    _train_only(model, batchnorm=True, head=True)
 
 
 def _lora(model: nn.Module, parent: Mapping[str, torch.Tensor] | None, setup: FinetuneSetup | None, init: str) -> None:

@@ -27,7 +27,8 @@ MEMBER_SEED = 30_000
 
 
 class Finetune(TrainingStage):
-    """Each method from each source's pretrained model; scratch (no source) once per seed."""
+    """Each method from each source's pretrained model; scratch (no source) once per seed;
+    and each of ``random_features`` from the model's random initialisation (source none)."""
 
     name = "finetune"
     summary = "finetune"
@@ -73,10 +74,13 @@ class Finetune(TrainingStage):
         return [
             run_id("finetune", method=m, seed=s) if m == "scratch" else run_id("finetune", source=src, method=m, seed=s)
             for m in ft["methods"] for src in ([NO_SOURCE] if m == "scratch" else sources(config)) for s in ft["seeds"]
-        ]
+        ] + [run_id("finetune", source=NO_SOURCE, method=m, seed=s)
+             for m in ft.get("random_features", []) for s in ft["seeds"]]
 
     def parent(self, study: Study, r: Mapping[str, Any]) -> str | None:
-        return run_id("pretrain", source=r["source"], seed=r["seed"]) if "source" in r else None
+        if r.get("source", NO_SOURCE) == NO_SOURCE:
+            return None
+        return run_id("pretrain", source=r["source"], seed=r["seed"])
 
     def spec(self, study: Study, r: Mapping[str, Any]) -> dict[str, Any]:
         spec: dict[str, Any] = {"method": r["method"]}
