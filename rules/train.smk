@@ -22,6 +22,7 @@ TRAIN_RULES = {
     "distill": ("distill", 0),
     "prune_network_dense": ("prune_network", 0),
     "prune_network": ("prune_network", 1),
+    "random_teacher": ("random_teacher", 0),
 }
 
 

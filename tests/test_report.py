@@ -75,3 +75,34 @@ def test_stitching_is_printed_beside_what_it_is_read_against(tmp_path: Path) -> 
     assert "ridge classifier" in table and "not the model's own head" in table
     row = table.splitlines()[-1].split()
     assert row[0] == "finetune/mnist1d/full" and row[1:] == ["72.9", "92.2", "14.1", "81.7", "94.0"]
+
+
+def test_distillation_is_reported_at_the_t_and_alpha_chosen_on_validation(tmp_path: Path) -> None:
+    # test accuracy prefers alpha 0.9; validation prefers 0.5: the report must take 0.5
+    test = np.array([[0.70, 0.80], [0.72, 0.82]])  # (seed, alpha)
+    val = np.array([[0.75, 0.60], [0.77, 0.62]])
+    dims = ("selection", "fraction", "teacher", "temperature", "alpha", "seed", "epoch")
+    shape = (1, 1, 1, 1, 2, 2, 1)
+    ds = xr.Dataset(
+        {"test_acc": (dims, test.T.reshape(shape)), "val_acc": (dims, val.T.reshape(shape))},
+        coords={"selection": ["random"], "fraction": [0.1], "teacher": ["trained"], "temperature": [4.0],
+                "alpha": [0.5, 0.9], "seed": [0, 1], "epoch": [20]})
+    storage.write_dataset(ds, tmp_path / "summary" / "distill.zarr")
+    text = report(tmp_path)
+    table = text.split("data pruning with distillation, at the T and alpha chosen on validation")[1]
+    row = table.splitlines()[3].split()
+    assert row[-4:] == ["70.0", "72.0", "71.0", "1.4"]  # seeds 0 and 1 at alpha 0.5, their mean and std
+    choices = table.split("T and alpha chosen on validation:\n")[1].splitlines()
+    assert choices[2].split()[-2:] == ["4.0", "0.5"]
+
+
+def test_random_teachers_are_probed_beside_their_students(tmp_path: Path) -> None:
+    ds = xr.Dataset({"probe_test_acc": (("noise", "seed"), [[0.6, 0.62]]),
+                     "teacher_probe_test_acc": (("noise", "seed"), [[0.5, 0.52]])},
+                    coords={"noise": [0.0], "seed": [0, 1]})
+    storage.write_dataset(ds, tmp_path / "summary" / "random_teacher.zarr")
+    table = report(tmp_path).split("random teachers")[1]
+    lines = table.splitlines()
+    assert lines[0].endswith("test accuracy (%)")
+    assert lines[3].split()[:2] == ["student", "0.0"] and lines[3].split()[-2] == "61.0"
+    assert lines[4].split()[:2] == ["teacher", "0.0"] and lines[4].split()[-2] == "51.0"

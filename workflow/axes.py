@@ -57,6 +57,8 @@ DIMENSIONS: dict[str, str] = {
     "eig": "NTK eigenvalue index (0: the largest)",
     "hessian_eig": "Hessian eigenvalue index by magnitude (0: the largest)",
     "anchor_index": "anchor of the relative representations",
+    "noise": "how far a random teacher's student starts from it: theta_S = theta_T + noise * an independent "
+             "initialisation (0: at the teacher)",
 }
 
 # Dimensions along which runs differ in length by nature: runs stop at different epochs
@@ -143,6 +145,10 @@ PATTERNS: tuple[tuple[str, str, str, str], ...] = (
     (r"(weight|representation)_participation_ratio", "participation ratio of each {0}'s singular values", "1",
      "float"),
     (r"(weight|representation)_max_rank", "largest rank each {0} can have", "count", "int"),
+    (r"probe_(train|val|test)_acc", "{0} accuracy of a linear probe (ridge, fitted on the training set) of the "
+     "random teacher's student's penultimate features", FRACTION, "float"),
+    (r"teacher_probe_(train|val|test)_acc", "{0} accuracy of a linear probe (ridge, fitted on the training set) of "
+     "the frozen random teacher's penultimate features", FRACTION, "float"),
 )
 
 

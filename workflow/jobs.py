@@ -139,6 +139,7 @@ def _train_runs(pack: Mapping[str, Any], todo: Sequence[tuple[Mapping[str, Any],
         if setup.snapshot_steps:  # the dense run of network pruning: its rewind points
             setup.rewind = {step: result.snapshots[step] for step in setup.snapshot_steps}
         merge_lora(model)  # adapters folded in: what is saved is a plain model of the study's architecture
+        TRAINING_STAGES[spec["stage"]].finish(spec, setup)
         metrics = result.history
         metrics["trainable_params"] = xr.DataArray(n_trainable, attrs={"description": "parameters the run trained"})
         metrics.update(setup.metrics)

@@ -10,7 +10,7 @@ from pathlib import Path
 import xarray as xr
 
 from workflow import storage
-from workflow.summaries import best_over, final_value
+from workflow.summaries import best_over, best_runs, chosen_by, final_value
 
 
 def _final_acc(ds: xr.Dataset) -> xr.DataArray:
@@ -110,6 +110,31 @@ def _stitching_table(ds: xr.Dataset) -> str:
             f"{frame.round(1).to_string(na_rep='-')}\n")
 
 
+def _distill_chosen(ds: xr.Dataset) -> str:
+    """Each student's test accuracy at the temperature and alpha chosen per subset and
+    teacher (on validation where the task has a validation set), with the choices."""
+    by, how = chosen_by(ds)
+    dims = ("temperature", "alpha")
+    best = 100 * best_runs(ds["test_acc"], dims, by=by)
+    _, where = best_over(ds["test_acc"], dims, by=by)
+    choices = where.to_dataframe().dropna(how="all")
+    return (_table(f"data pruning with distillation, at the T and alpha {how}", best)
+            + f"T and alpha {how}:\n{choices.to_string()}\n")
+
+
+def _random_teacher_table(ds: xr.Dataset) -> str:
+    """The linear probe of each random teacher's students, beside the teacher's own."""
+    parts = []
+    for split in ("val", "test"):
+        if f"probe_{split}_acc" not in ds:
+            continue
+        probes = xr.concat([100 * ds[f"probe_{split}_acc"], 100 * ds[f"teacher_probe_{split}_acc"]],
+                           dim=xr.DataArray(["student", "teacher"], dims="network"))
+        parts.append(_table("random teachers: a linear probe (ridge on the training set) of the penultimate "
+                            "features, by the student's starting noise", probes, f"{split} accuracy (%)"))
+    return "".join(parts)
+
+
 def report(results: str | Path) -> str:
     """Tables for every summary present under ``results/summary``."""
     summary = Path(results) / "summary"
@@ -129,6 +154,9 @@ def report(results: str | Path) -> str:
         parts.append(_table("data pruning, no distillation", _final_acc(ds)))
     if (ds := have("distill")) is not None:
         parts.append(_table("data pruning with distillation", _final_acc(ds)))
+        parts.append(_distill_chosen(ds))
+    if (ds := have("random_teacher")) is not None:
+        parts.append(_random_teacher_table(ds))
     if (ds := have("network_pruning")) is not None:
         density = 100 * ds["density"].mean([d for d in ds["density"].dims if d != "level"])
         remaining = ", ".join(f"{lv}: {d:.1f}" for lv, d in zip(ds["level"].values, density.values))

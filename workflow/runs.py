@@ -35,6 +35,7 @@ RUN_LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "distill": (("teacher", "method", "fraction", "kd", "seed"),),
     "prune_network": (("method", "seed"), ("method", "rewind", "seed", "level")),
     "ensemble": (("source", "kind", "seed", "member"),),
+    "random_teacher": (("noise", "seed"),),
 }
 
 # The value of every wildcard a run id (or a rule's output) is made of: also the
@@ -52,6 +53,7 @@ WILDCARDS: dict[str, str] = {
     "kind": "|".join(ENSEMBLE_KINDS),
     "member": r"\d+",
     "score": r"[a-z0-9_]+",
+    "noise": r"[0-9.]+",
 }
 
 # How each field of a layout is written as a folder, from its wildcards.
@@ -66,8 +68,10 @@ FOLDERS: dict[str, str] = {
     "level": "level{level}",
     "kind": "{kind}",
     "member": "m{member}",
+    "noise": "n{noise}",
 }
-_TYPES = {"seed": int, "level": int, "rewind": int, "member": int, "fraction": float, "temperature": float, "alpha": float}
+_TYPES = {"seed": int, "level": int, "rewind": int, "member": int, "fraction": float, "temperature": float, "alpha": float,
+          "noise": float}
 _FOLDER_REGEX = {
     field: re.compile(re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m[1]}>{WILDCARDS[m[1]]})", folder))
     for field, folder in FOLDERS.items()

@@ -117,7 +117,8 @@ def fit_ridge_head(features: Array, labels: Array, num_classes: int,
     return weight, y_mean - x_mean @ weight
 
 
-def _accuracy(head: tuple[np.ndarray, np.ndarray], features: Array, labels: Array) -> float:
+def ridge_accuracy(head: tuple[np.ndarray, np.ndarray], features: Array, labels: Array) -> float:
+    """The accuracy on ``features`` of a head ``(W, b)`` of :func:`fit_ridge_head`."""
     weight, bias = head
     predictions = (as_matrix(features) @ weight + bias).argmax(axis=1)
     return float(np.mean(predictions == _labels(labels)))
@@ -135,8 +136,8 @@ def zero_shot_stitching(train_a: Array, y_train: Array, test_a: Array, test_b: A
     """
     head = fit_ridge_head(train_a, y_train, num_classes, ridge)
     return xr.Dataset(
-        {"accuracy_a": ((), _accuracy(head, test_a, y_test)),
-         "accuracy_stitched": ((), _accuracy(head, test_b, y_test))},
+        {"accuracy_a": ((), ridge_accuracy(head, test_a, y_test)),
+         "accuracy_stitched": ((), ridge_accuracy(head, test_b, y_test))},
         attrs={"ridge": ridge},
     )
 

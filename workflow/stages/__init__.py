@@ -16,7 +16,8 @@ importing torch: each ``prepare`` imports what it trains with when it runs.
   and the WiSE-FT and ensemble evaluations;
 * :mod:`~workflow.stages.data_pruning`: score stores and training on kept subsets;
 * :mod:`~workflow.stages.distill`: students on the same subsets, with a teacher;
-* :mod:`~workflow.stages.network_pruning`: the dense run, IMP and its baselines.
+* :mod:`~workflow.stages.network_pruning`: the dense run, IMP and its baselines;
+* :mod:`~workflow.stages.random_teacher`: students of frozen untrained teachers, without labels.
 """
 
 from __future__ import annotations
@@ -152,3 +153,7 @@ class TrainingStage:
 
         ``inputs``: the files of :meth:`inputs`, and ``parent`` when the run has one.
         """
+
+    def finish(self, spec: Mapping[str, Any], setup: TrainingSetup) -> None:
+        """After training, before the run is written: add what the trained run is measured by
+        to ``setup.metrics`` (e.g. a random teacher's student's linear probe)."""

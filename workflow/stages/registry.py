@@ -9,7 +9,8 @@ from workflow.stages.distill import Distill
 from workflow.stages.finetune import EnsembleMember, Finetune
 from workflow.stages.network_pruning import NetworkPruning
 from workflow.stages.pretrain import Pretrain
+from workflow.stages.random_teacher import RandomTeacher
 
 TRAINING_STAGES: Registry[TrainingStage] = Registry("training stage")
-for _stage in (Pretrain(), Finetune(), PruneData(), Distill(), NetworkPruning(), EnsembleMember()):
+for _stage in (Pretrain(), Finetune(), PruneData(), Distill(), NetworkPruning(), EnsembleMember(), RandomTeacher()):
     TRAINING_STAGES.register(_stage.name)(_stage)
