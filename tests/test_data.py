@@ -112,7 +112,7 @@ def test_unknown_generator_setting_raises_naming_the_allowed_keys(tmp_path: Path
 
 
 def test_unknown_dataset_raises_key_error_listing_the_registered(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="unknown dataset .cifar11.; allowed: cifar10, cifar100, fashion_mnist, image_folder, mnist, mnist1d, svhn"):
+    with pytest.raises(KeyError, match="unknown dataset .cifar11.; allowed: cifar10, cifar100, digits, fashion_mnist, image_folder, mnist, mnist1d, svhn"):
         make_data({"name": "cifar11"}, tmp_path / "task.npz")
 
 
@@ -196,3 +196,40 @@ def test_mnist1d_settings_read_from_its_source_are_those_the_package_returns() -
     expected = get_dataset_args(as_dict=True)
     del expected["url"]
     assert dataset_settings("mnist1d") == expected
+
+
+# --- scikit-learn's digits: a real image dataset with no download ---------------------------
+
+
+def test_digits_are_the_real_8x8_images_split_by_seed_with_nothing_shared(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    path = make_data({"name": "digits", "args": {"normalize": False}}, tmp_path / "digits.npz")
+    with np.load(path) as f:
+        x_train, y_train, x_test, y_test = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    assert x_train.shape == (1348, 1, 8, 8) and x_test.shape == (449, 1, 8, 8) and x_train.dtype == np.float32
+    digits = load_digits()
+    # every image is one of the package's, scaled to [0, 1], with its own label; none in both splits
+    originals = {img.tobytes(): int(label) for img, label in zip((digits.images / 16.0).astype(np.float32),
+                                                                   digits.target)}
+    train_keys = [img[0].tobytes() for img in x_train]
+    assert all(originals[k] == y for k, y in zip(train_keys, y_train))
+    assert all(originals[img[0].tobytes()] == y for img, y in zip(x_test, y_test))
+    assert not set(train_keys) & {img[0].tobytes() for img in x_test}
+    assert sorted(np.unique(y_test)) == list(range(10))
+    other = make_data({"name": "digits", "args": {"normalize": False, "seed": 1}}, tmp_path / "other.npz")
+    with np.load(other) as f:
+        assert not np.array_equal(f["y_test"], y_test)
+
+
+def test_digits_are_normalised_with_the_training_statistics(tmp_path: Path) -> None:
+    data = load_data(make_data({"name": "digits", "args": {}}, tmp_path / "digits.npz"), "cpu")
+    assert abs(float(data.x_train.mean())) < 1e-5 and abs(float(data.x_train.std()) - 1) < 1e-3
+    assert data.num_classes == 10 and data.in_length == 64
+
+
+def test_digits_settings_are_checked_and_counted_before_any_job() -> None:
+    source = DATASETS["digits"]
+    assert source.train_count({**source.settings(), "test_fraction": 0.2}) == 1797 - 359
+    assert source.problems({**source.settings(), "test_fraction": 1.5}) == [
+        "digits setting 'test_fraction' must lie strictly between 0 and 1, not 1.5"]

@@ -576,6 +576,60 @@ def test_a_small_twin_of_the_offsets_study_runs_to_the_end(tmp_path: Path) -> No
     np.testing.assert_array_equal(kept.numpy(), select(scores, 0.3, "hard", offset=0.2))
 
 
+def test_small_twins_of_the_random_features_and_random_teachers_studies_run_to_the_end(tmp_path: Path) -> None:
+    """BatchNorm-only from random weights beside scratch; students of random teachers, probed."""
+    cwd = copy_workflow(tmp_path)
+    small = {"data": {"target": {"name": "mnist1d", "args": {"num_samples": 600}, "val_size": 50}},
+             "model": {"name": "cnn1d", "channels": 4}, "analyze": {"probe_size": 50},
+             "train": {"epochs": 2, "batch_size": 50, "optimizer": "adam", "lr": 0.01, "schedule": "cosine"}}
+    features = yaml.safe_load((cwd / "config/studies/random_features.yaml").read_text())
+    features.update(small, results="results/features_twin")
+    features["finetune"]["seeds"] = [0]
+    teachers = yaml.safe_load((cwd / "config/studies/random_teachers.yaml").read_text())
+    teachers.update(small, results="results/teachers_twin")
+    teachers["random_teacher"].update(seeds=[0], noise=[0.0, 0.5])
+    for name, twin in (("features", features), ("teachers", teachers)):
+        (cwd / f"{name}.yaml").write_text(yaml.safe_dump(twin))
+        snakemake(cwd, configfiles=(f"{name}.yaml",))
+        assert planned(cwd, configfiles=(f"{name}.yaml",)) == {}
+    study = Study({**features, "results": str(cwd / features["results"])})
+    summary = open_quietly(Path(study.summary_path("finetune")))
+    assert summary["model"].values.tolist() == [f"finetune/none/{m}" for m in ("bn_head", "bn_only", "linear_probe")] \
+        + ["finetune/scratch"]
+    assert set(summary["source"].values.tolist()) == {"none"}
+    assert bool(summary["test_acc"].notnull().all())
+    study = Study({**teachers, "results": str(cwd / teachers["results"])})
+    summary = open_quietly(Path(study.summary_path("random_teacher")))
+    assert summary["noise"].values.tolist() == [0.0, 0.5]
+    for name in ("probe_test_acc", "probe_val_acc", "teacher_probe_test_acc"):
+        assert summary[name].dims == ("noise", "seed") and bool(((summary[name] > 0) & (summary[name] <= 1)).all())
+    # one teacher per seed, whatever the noise
+    assert summary["teacher_probe_test_acc"].std("noise").max() == 0
+    text = subprocess.run([sys.executable, "-m", "workflow", "report", teachers["results"]], cwd=cwd,
+                          capture_output=True, text=True, check=True).stdout
+    assert "random teachers: a linear probe" in text
+
+
+def test_a_small_twin_of_the_digits_study_runs_to_the_end(tmp_path: Path) -> None:
+    """The embedded image study: real images from scikit-learn, no download."""
+    cwd = copy_workflow(tmp_path)
+    twin = yaml.safe_load((cwd / "config/studies/digits.yaml").read_text())
+    twin.update(results="results/digits_twin", model={"name": "resnet20", "width": 4, "depth": 8, "channels_in": 1},
+                train={"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.01, "schedule": "cosine"})
+    twin["analyze"] = {"probe_size": 100}
+    for stage in ("pretrain", "finetune", "prune_data"):
+        twin[stage]["seeds"] = [0]
+    twin["prune_data"].update(fractions=[0.5], el2n={"inits": 1, "epoch": 1})
+    twin["distill"]["alpha"] = [0.5]
+    (cwd / "twin.yaml").write_text(yaml.safe_dump(twin))
+    snakemake(cwd, configfiles=("twin.yaml",))
+    study = Study({**twin, "results": str(cwd / twin["results"])})
+    for name in ("pretrain", "finetune", "data_pruning", "distill"):
+        summary = open_quietly(Path(study.summary_path(name)))
+        assert bool(summary["test_acc"].notnull().any()), name
+    assert Path(study.plot_path("finetune_methods", "png")).exists()
+
+
 def test_every_pack_and_batch_rule_says_what_it_holds_and_starts_with_its_stage(tmp_path: Path) -> None:
     cwd = copy_workflow(tmp_path)
     listed = snakemake(cwd, "--list-rules").stdout.splitlines()

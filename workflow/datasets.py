@@ -154,6 +154,53 @@ DATASETS.register("synthetic")(
 )
 
 
+# --- scikit-learn's handwritten digits: a real image dataset shipped inside the package -----
+
+DIGITS_EXAMPLES = 1797  # sklearn.datasets.load_digits: 8x8 images, 10 classes, no download
+
+
+def _digits_settings() -> dict[str, Any]:
+    # test_fraction: the examples, drawn by seed, held out as the test split
+    return {"test_fraction": 0.25, "seed": 0, "normalize": True}
+
+
+def _digits_test_count(settings: dict[str, Any]) -> int:
+    return round(DIGITS_EXAMPLES * settings["test_fraction"])
+
+
+def _digits_problems(settings: dict[str, Any]) -> list[str]:
+    fraction = settings["test_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        return [f"digits setting 'test_fraction' must lie strictly between 0 and 1, not {fraction!r}"]
+    return []
+
+
+def _digits(args: dict[str, Any]) -> Arrays:
+    """scikit-learn's 8x8 handwritten digits (``load_digits``: 1797 images of 16 grey
+    levels, read from the package itself), as (1, 8, 8) images scaled to [0, 1], split at
+    random (``seed``) into training and ``test_fraction`` test examples, normalised with
+    the training split's statistics."""
+    settings = _settings("digits", _digits_settings(), args, ("normalize",))
+    if problems := _digits_problems(settings):
+        raise ValueError("; ".join(problems))
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images[:, None] / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(settings["seed"]).permutation(len(y))
+    test, train = np.split(order, [_digits_test_count(settings)])
+    splits: Arrays = {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+    return _normalised(splits) if settings["normalize"] else splits
+
+
+DATASETS.register("digits")(
+    DatasetSource(_digits, _digits_settings, images=True, problems=_digits_problems,
+                  train_count=lambda settings: DIGITS_EXAMPLES - _digits_test_count(settings),
+                  test_count=_digits_test_count)
+)
+
+
 # --- image datasets read by torchvision's own loaders from a local folder -----------------
 
 TORCHVISION_CLASSES: dict[str, str] = {
