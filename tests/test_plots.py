@@ -905,3 +905,21 @@ def test_similarity_within_is_a_heatmap_per_model_of_its_first_seed() -> None:
     ds["linear_cka"].loc[{"source": "mnist1d", "finetuning": "full", "seed": 0}] = np.nan
     titles = [ax.get_title() for ax in plots.similarity_within(ds).axes]
     assert "mnist1d → full (seed 1)" in titles
+
+
+def test_wiseft_marks_the_alpha_chosen_on_validation_with_its_test_accuracy() -> None:
+    ds = _wiseft(2)
+    # validation prefers alpha 0 wherever test prefers the middle
+    ds["val_acc"] = 1.0 - ds["test_acc"]
+    fig = plots.wiseft(ds)
+    assert "α chosen on validation" in _texts(fig)
+    ax = fig.axes[0]
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*" and len(line.get_xdata())]
+    assert len(stars) == 2  # one per method of the first source
+    val = ds["val_acc"].sel(source=SOURCES[0]).mean("seed")
+    for star, method in zip(stars, ["full", "lora"]):
+        alpha = float(val.sel(finetuning=method).idxmax("alpha"))
+        assert star.get_xdata()[0] == alpha
+        expected = 100 * float(ds["test_acc"].sel(source=SOURCES[0], finetuning=method, alpha=alpha).mean("seed"))
+        assert star.get_ydata()[0] == pytest.approx(expected)
+    assert "chosen on test: the task has no validation set" in _texts(plots.wiseft(_wiseft(2)))

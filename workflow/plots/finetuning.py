@@ -26,7 +26,7 @@ from workflow.plots.drawing import (
     run_lines,
     source_styles,
 )
-from workflow.summaries import coord_values, crossed, final_value, over_seeds, seeds_text
+from workflow.summaries import best_over, chosen_by, coord_values, crossed, final_value, over_seeds, seeds_text
 
 LOSS_LABEL = "cross-entropy loss (nats)"
 
@@ -124,12 +124,20 @@ def wiseft(ds: xr.Dataset) -> Figure:
     ds = crossed(ds)
     sources, methods = coord_values(ds, "source"), coord_values(ds, "finetuning")
     colours = distinct_colours(methods)
+    by, how = chosen_by(ds)
+    best, where = best_over(ds["test_acc"], ("alpha",), by=by)
     fig, axes = new_figure(1, len(sources), (5.2, 4.2))
     for ax, source in zip(axes[0], sources):
         for method in methods:
             stats = over_seeds(100.0 * ds["test_acc"].sel({"source": source, "finetuning": method}))
             plot_band(ax, ds["alpha"].values, stats, color=colours[method], marker="o", markersize=3,
                       label=f"linear probe → {method}")
+            cell = {"source": source, "finetuning": method}
+            if bool(where["alpha"].sel(cell).notnull()):  # the alpha chosen, and its test accuracy
+                ax.plot(float(where["alpha"].sel(cell)), 100.0 * float(best.sel(cell)), marker="*", markersize=13,
+                        color=colours[method], markeredgecolor="black", linestyle="none")
+        ax.plot([], [], marker="*", markersize=11, color="white", markeredgecolor="black", linestyle="none",
+                label=f"α {how}")
         ax.set_xlabel("α  (0: linear probe, 1: fine-tuned)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"pretrained on {source}", fontsize="medium")
