@@ -154,7 +154,8 @@ def report(results: str | Path) -> str:
         parts.append(_table("data pruning, no distillation", _final_acc(ds)))
     if (ds := have("distill")) is not None:
         parts.append(_table("data pruning with distillation", _final_acc(ds)))
-        parts.append(_distill_chosen(ds))
+        if ds.sizes["temperature"] * ds.sizes["alpha"] > 1:  # a choice to make
+            parts.append(_distill_chosen(ds))
     if (ds := have("random_teacher")) is not None:
         parts.append(_random_teacher_table(ds))
     if (ds := have("network_pruning")) is not None:
