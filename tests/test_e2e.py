@@ -315,7 +315,8 @@ def test_the_teacher_is_trained_once_however_many_students_use_it(tmp_path: Path
     jobs = planned(copy_workflow(tmp_path))
     assert jobs["distill"] == 12  # 6 methods x 2 teachers (one trained, one untrained)
     assert jobs["finetune_scratch"] == 1  # the teacher, finetune/scratch/s0, once
-    assert jobs["finetune"] == 4  # full and linear_probe from each of the two sources
+    # full and linear_probe from each of the two sources, and bn_only from random weights
+    assert jobs["finetune"] == 5
 
 
 def test_the_default_study_is_one_job_per_pack_and_analysis_batch(tmp_path: Path) -> None:
