@@ -23,6 +23,7 @@ TRAIN_RULES = {
     "prune_network_dense": ("prune_network", 0),
     "prune_network": ("prune_network", 1),
     "random_teacher": ("random_teacher", 0),
+    "zoo": ("zoo", 0),
 }
 
 

@@ -57,6 +57,9 @@ DIMENSIONS: dict[str, str] = {
     "eig": "NTK eigenvalue index (0: the largest)",
     "hessian_eig": "Hessian eigenvalue index by magnitude (0: the largest)",
     "anchor_index": "anchor of the relative representations",
+    "width": "a zoo model's width (its architecture's channels or units per layer)",
+    "size": "the training examples a zoo model trains on (the first N of the task's)",
+    "lr": "a zoo model's learning rate (the temperature axis)",
     "noise": "how far a random teacher's student starts from it: theta_S = theta_T + noise * an independent "
              "initialisation (0: at the teacher)",
 }
@@ -128,6 +131,8 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                             "parameter unit", "float"),
     "hessian_trace": ("trace of the training loss's Hessian (Hutchinson)", "nats per squared parameter unit", "float"),
     "hessian_trace_stderr": ("standard error of the Hutchinson trace", "nats per squared parameter unit", "float"),
+    "hessian_top_eigenvalue": ("largest eigenvalue (by magnitude) of the training loss's Hessian",
+                               "nats per squared parameter unit", "float"),
 }
 
 # Variables by pattern, for families of names: (regex, long_name with {groups}, units, kind).

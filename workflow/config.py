@@ -221,6 +221,8 @@ def _size_problems(config: Mapping[str, Any]) -> list[str]:
     prototypes = config.get("prune_data", {}).get("prototypes")
     if prototypes is not None and "prototypes" in config["prune_data"]["scores"]:
         at_most("prune_data.prototypes.k", prototypes["k"], n_train, f"the {n_train} training examples of data.target")
+    if (zoo := config.get("zoo")) is not None:
+        at_most("zoo.sizes", max(zoo["sizes"]), n_train, f"the {n_train} training examples of data.target")
     pn = config.get("prune_network")
     if pn is not None and n_train is not None:
         train = {**config["train"], **pn.get("train", {})}

@@ -36,6 +36,7 @@ RUN_LAYOUTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "prune_network": (("method", "seed"), ("method", "rewind", "seed", "level")),
     "ensemble": (("source", "kind", "seed", "member"),),
     "random_teacher": (("noise", "seed"),),
+    "zoo": (("width", "size", "lr", "seed"),),
 }
 
 # The value of every wildcard a run id (or a rule's output) is made of: also the
@@ -54,6 +55,9 @@ WILDCARDS: dict[str, str] = {
     "member": r"\d+",
     "score": r"[a-z0-9_]+",
     "noise": r"[0-9.]+",
+    "width": r"\d+",
+    "size": r"\d+",
+    "lr": r"[0-9.]+",
 }
 
 # How each field of a layout is written as a folder, from its wildcards.
@@ -69,9 +73,12 @@ FOLDERS: dict[str, str] = {
     "kind": "{kind}",
     "member": "m{member}",
     "noise": "n{noise}",
+    "width": "w{width}",
+    "size": "n{size}",
+    "lr": "lr{lr}",
 }
 _TYPES = {"seed": int, "level": int, "rewind": int, "member": int, "fraction": float, "temperature": float, "alpha": float,
-          "noise": float}
+          "noise": float, "width": int, "size": int, "lr": float}
 _FOLDER_REGEX = {
     field: re.compile(re.sub(r"\{(\w+)\}", lambda m: f"(?P<{m[1]}>{WILDCARDS[m[1]]})", folder))
     for field, folder in FOLDERS.items()

@@ -10,7 +10,8 @@ from workflow.stages.finetune import EnsembleMember, Finetune
 from workflow.stages.network_pruning import NetworkPruning
 from workflow.stages.pretrain import Pretrain
 from workflow.stages.random_teacher import RandomTeacher
+from workflow.stages.zoo import Zoo
 
 TRAINING_STAGES: Registry[TrainingStage] = Registry("training stage")
-for _stage in (Pretrain(), Finetune(), PruneData(), Distill(), NetworkPruning(), EnsembleMember(), RandomTeacher()):
+for _stage in (Pretrain(), Finetune(), PruneData(), Distill(), NetworkPruning(), EnsembleMember(), RandomTeacher(), Zoo()):
     TRAINING_STAGES.register(_stage.name)(_stage)
