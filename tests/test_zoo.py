@@ -1,0 +1,77 @@
+"""Tests for the model zoo stage: its runs cover the grid, each spec sets the width, the
+training-set size and the learning rate, one pack trains every temperature and seed of a
+cell, a run trains on the first N examples, and its Hessian is measured after training."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from workflow.config import ConfigError, load_config
+from workflow.stages import TrainingSetup
+from workflow.stages.zoo import Zoo
+from workflow.study import Study
+from workflow.train import TrainConfig
+
+ZOO = {"widths": [4, 8], "sizes": [100, 200], "lrs": [0.01, 0.1, 0.3], "seeds": [0, 1]}
+
+
+@pytest.fixture
+def study(read_config) -> Study:
+    config = read_config("zoo")
+    config["zoo"] = {**config["zoo"], **ZOO}
+    return Study(config)
+
+
+def test_the_zoo_covers_its_grid_with_readable_run_ids(study: Study) -> None:
+    runs = [r for r in study.training_runs() if r.startswith("zoo/")]
+    assert len(runs) == 2 * 2 * 3 * 2 and len(set(runs)) == len(runs)
+    assert "zoo/w8/n200/lr0.3/s1" in runs
+    assert Study.parse("zoo/w8/n200/lr0.3/s1") == {"stage": "zoo", "width": 8, "size": 200, "lr": 0.3, "seed": 1}
+
+
+def test_a_zoo_spec_sets_the_width_size_and_learning_rate(study: Study) -> None:
+    spec = study.spec("zoo/w8/n200/lr0.3/s1")
+    assert spec["model"] == {**study.config["model"], "channels": 8}
+    assert spec["train"]["lr"] == 0.3 and spec["size"] == 200
+    assert study.parent("zoo/w8/n200/lr0.3/s1") is None
+
+
+def test_one_pack_trains_every_temperature_and_seed_of_a_cell(study: Study) -> None:
+    cell = {study.pack_of(f"zoo/w4/n100/lr{lr}/s{s}").id for lr in (0.01, 0.1, 0.3) for s in (0, 1)}
+    assert len(cell) == 1
+    assert study.pack_of("zoo/w4/n100/lr0.1/s0").id != study.pack_of("zoo/w8/n100/lr0.1/s0").id
+    assert study.pack_of("zoo/w4/n100/lr0.1/s0").id != study.pack_of("zoo/w4/n200/lr0.1/s0").id
+
+
+def test_the_summary_has_the_zoo_axes_and_the_seed(study: Study) -> None:
+    coords = [c for c, _ in study.summaries()["zoo"]]
+    assert {tuple(sorted(c)) for c in coords} == {("lr", "seed", "size", "width")}
+    assert len(coords) == 24
+
+
+def test_sizes_beyond_the_training_set_are_refused(read_config) -> None:
+    config = read_config("zoo")
+    config["zoo"]["sizes"] = [250, 5000]
+    with pytest.raises(ConfigError, match=r"'zoo.sizes' = 5000 exceeds the 3500 training examples"):
+        load_config(copy.deepcopy(config))
+
+
+def test_a_zoo_run_trains_on_the_first_examples_and_measures_its_hessian(task) -> None:
+    from workflow.analysis.hessian import hessian_analysis
+    from workflow.models import seeded_model
+
+    stage = Zoo()
+    spec = {"size": 120, "hessian": {"examples": 50, "probes": 3, "batch_size": 50}}
+    model = seeded_model({"name": "cnn1d", "channels": 4}, task.in_length, task.num_classes, 0)
+    setup = TrainingSetup(model, task, TrainConfig(epochs=1, batch_size=40, lr=0.01), 0, torch.device("cpu"))
+    stage.prepare(spec, setup, {})
+    assert torch.equal(setup.data.x_train, task.x_train[:120])
+    np.testing.assert_array_equal(setup.data.rows.numpy(), np.arange(120))
+    stage.finish(spec, setup)
+    found = hessian_analysis(model, task.x_train[:50], task.y_train[:50], k=1, num_probes=3, seed=0, batch_size=50)
+    assert float(setup.metrics["hessian_trace"]) == pytest.approx(float(found["trace"]))
+    assert float(setup.metrics["hessian_top_eigenvalue"]) == pytest.approx(float(found["eigenvalues"][0]))
