@@ -631,6 +631,34 @@ def test_a_small_twin_of_the_digits_study_runs_to_the_end(tmp_path: Path) -> Non
     assert Path(study.plot_path("finetune_methods", "png")).exists()
 
 
+def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
+    """A zoo of 2 widths x 2 sizes x 2 learning rates x 2 seeds: one pack per cell of width
+    and size, one tidy summary over the grid, the Hessian of every model, and a run index."""
+    cwd = copy_workflow(tmp_path)
+    twin = yaml.safe_load((cwd / "config/studies/zoo.yaml").read_text())
+    twin.update(results="results/zoo_twin", analyze={"probe_size": 50},
+                data={"target": {"name": "mnist1d", "args": {"num_samples": 600}, "val_size": 50}},
+                train={"epochs": 2, "batch_size": 50, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9})
+    twin["zoo"].update(widths=[2, 4], sizes=[100, 200], lrs=[0.01, 0.1], seeds=[0, 1],
+                       hessian={"examples": 50, "probes": 2, "batch_size": 50})
+    (cwd / "twin.yaml").write_text(yaml.safe_dump(twin))
+    assert planned(cwd, configfiles=("twin.yaml",))["zoo"] == 16
+    packs = [line for line in snakemake(cwd, "--list-rules", configfiles=("twin.yaml",)).stdout.splitlines()
+             if line.startswith("zoo_")]
+    assert len(packs) == 4  # one per width and size: the learning rates and seeds of a cell train together
+    snakemake(cwd, configfiles=("twin.yaml",))
+    study = Study({**twin, "results": str(cwd / twin["results"])})
+    summary = open_quietly(Path(study.summary_path("zoo")))
+    assert dict(summary["test_acc"].sizes) == {"width": 2, "size": 2, "lr": 2, "seed": 2, "epoch": 3}
+    for name in ("hessian_trace", "hessian_top_eigenvalue", "val_acc", "train_acc"):
+        assert bool(summary[name].notnull().all()), name
+    import pandas as pd
+
+    index = pd.read_csv(cwd / twin["results"] / "summary" / "runs.csv")
+    zoo = index[index["stage"] == "zoo"]
+    assert len(zoo) == 16 and {"width", "size", "lr", "seed", "model"} <= set(zoo.columns)
+
+
 def test_every_pack_and_batch_rule_says_what_it_holds_and_starts_with_its_stage(tmp_path: Path) -> None:
     cwd = copy_workflow(tmp_path)
     listed = snakemake(cwd, "--list-rules").stdout.splitlines()
