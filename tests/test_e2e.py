@@ -650,7 +650,9 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
     study = Study({**twin, "results": str(cwd / twin["results"])})
     summary = open_quietly(Path(study.summary_path("zoo")))
     assert dict(summary["test_acc"].sizes) == {"width": 2, "size": 2, "lr": 2, "seed": 2, "epoch": 3}
-    for name in ("hessian_trace", "hessian_top_eigenvalue", "val_acc", "train_acc"):
+    assert summary["init_hidden_covariance"].dims == ("width", "size", "lr", "seed", "layer")
+    for name in ("hessian_trace", "hessian_top_eigenvalue", "val_acc", "train_acc", "init_hidden_covariance",
+                 "init_ntk_condition_number", "init_ntk_alignment"):
         assert bool(summary[name].notnull().all()), name
     import pandas as pd
 

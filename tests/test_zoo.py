@@ -60,15 +60,26 @@ def test_sizes_beyond_the_training_set_are_refused(read_config) -> None:
         load_config(copy.deepcopy(config))
 
 
-def test_a_zoo_run_trains_on_the_first_examples_and_measures_its_hessian(task) -> None:
+def test_a_zoo_run_trains_on_the_first_examples_scores_its_initialisation_and_measures_its_hessian(task) -> None:
     from workflow.analysis.hessian import hessian_analysis
+    from workflow.analysis.ntk import ntk_analysis
+    from workflow.analysis.training_free import layer_scores
     from workflow.models import seeded_model
 
     stage = Zoo()
-    spec = {"size": 120, "hessian": {"examples": 50, "probes": 3, "batch_size": 50}}
+    spec = {"size": 120, "hessian": {"examples": 50, "probes": 3, "batch_size": 50}, "init_scores": {"examples": 32}}
     model = seeded_model({"name": "cnn1d", "channels": 4}, task.in_length, task.num_classes, 0)
     setup = TrainingSetup(model, task, TrainConfig(epochs=1, batch_size=40, lr=0.01), 0, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     stage.prepare(spec, setup, {})
+    # the training-free scores read the initialisation on the first examples, and change nothing
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    hidden = setup.metrics["init_hidden_covariance"]
+    assert hidden["layer"].values.tolist() == ["conv1", "conv2", "conv3"]
+    assert float(hidden.sel(layer="conv2")) == pytest.approx(layer_scores(model, task.x_train[:32], ["conv2"])["conv2"])
+    ntk = ntk_analysis(model, task.x_train[:32], task.y_train[:32], batch_size=32)
+    assert float(setup.metrics["init_ntk_condition_number"]) == pytest.approx(float(ntk["condition_number"]))
+    assert float(setup.metrics["init_ntk_alignment"]) == pytest.approx(float(ntk["alignment_centered"]))
     assert torch.equal(setup.data.x_train, task.x_train[:120])
     np.testing.assert_array_equal(setup.data.rows.numpy(), np.arange(120))
     stage.finish(spec, setup)

@@ -131,6 +131,11 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                             "parameter unit", "float"),
     "hessian_trace": ("trace of the training loss's Hessian (Hutchinson)", "nats per squared parameter unit", "float"),
     "hessian_trace_stderr": ("standard error of the Hutchinson trace", "nats per squared parameter unit", "float"),
+    "init_hidden_covariance": ("hidden-covariance score of each hidden layer at initialisation, on one minibatch "
+                               "(high: units uncorrelated)", "1", "float"),
+    "init_ntk_condition_number": ("NTK condition number at initialisation, on one minibatch", "1", "float"),
+    "init_ntk_alignment": ("centred kernel-target alignment of the NTK at initialisation, on one minibatch", "1",
+                           "float"),
     "hessian_top_eigenvalue": ("largest eigenvalue (by magnitude) of the training loss's Hessian",
                                "nats per squared parameter unit", "float"),
 }

@@ -1,8 +1,10 @@
 """A model zoo ("A Model Zoo on Phase Transitions in Neural Networks"): one architecture
 trained over a grid of widths, training-set sizes (the load: data per parameter) and
-learning rates (the temperature), several seeds per cell; each model measured by its
-train, validation and test metrics and, after training, its loss Hessian's top eigenvalue
-and trace on the examples it trained on."""
+learning rates (the temperature), several seeds per cell. Each model is measured by its
+train, validation and test metrics; at initialisation, before it trains, by training-free
+scores on its first training examples (each hidden layer's hidden-covariance score, the
+NTK's condition number and kernel-target alignment); and after training by its loss
+Hessian's top eigenvalue and trace on the examples it trained on."""
 
 from __future__ import annotations
 
@@ -40,13 +42,27 @@ class Zoo(TrainingStage):
         model[WIDTH_SETTING[model["name"]]] = r["width"]
         zoo = study.config["zoo"]
         return {"model": model, "size": r["size"], "lr": r["lr"],
-                "train": {**study.train_config("zoo"), "lr": r["lr"]}, "hessian": zoo["hessian"]}
+                "train": {**study.train_config("zoo"), "lr": r["lr"]}, "hessian": zoo["hessian"],
+                "init_scores": zoo["init_scores"]}
 
     def prepare(self, spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mapping[str, Path]) -> None:
         import numpy as np
+        import xarray as xr
+
+        from workflow.analysis.ntk import ntk_analysis
+        from workflow.analysis.training_free import layer_scores
 
         # The first `size` training examples: nested across sizes, the same for every seed.
         setup.data = setup.data.subset(np.arange(spec["size"]))
+        n = min(spec["init_scores"]["examples"], spec["size"])
+        x, y = setup.data.x_train[:n], setup.data.y_train[:n]
+        hidden = [name for name in setup.model.layers if name != "head"]
+        scores = layer_scores(setup.model, x, hidden)
+        setup.metrics["init_hidden_covariance"] = xr.DataArray(list(scores.values()), dims="layer",
+                                                               coords={"layer": hidden})
+        ntk = ntk_analysis(setup.model, x, y, batch_size=n)
+        setup.metrics["init_ntk_condition_number"] = xr.DataArray(float(ntk["condition_number"]))
+        setup.metrics["init_ntk_alignment"] = xr.DataArray(float(ntk["alignment_centered"]))
 
     def finish(self, spec: Mapping[str, Any], setup: TrainingSetup) -> None:
         import xarray as xr
