@@ -106,3 +106,24 @@ def test_random_teachers_are_probed_beside_their_students(tmp_path: Path) -> Non
     assert lines[0].endswith("test accuracy (%)")
     assert lines[3].split()[:2] == ["student", "0.0"] and lines[3].split()[-2] == "61.0"
     assert lines[4].split()[:2] == ["teacher", "0.0"] and lines[4].split()[-2] == "51.0"
+
+
+def test_a_zoo_reports_its_grids_and_how_each_initial_score_ranks_the_trained_models(tmp_path: Path) -> None:
+    dims = ("width", "size", "lr", "seed")
+    coords = {"width": [4, 8], "size": [100, 200], "lr": [0.01, 0.1], "seed": [0, 1], "layer": ["conv1"]}
+    accuracy = np.arange(16, dtype=float).reshape(2, 2, 2, 2) / 20
+    ds = xr.Dataset(
+        {"test_acc": ((*dims, "epoch"), accuracy[..., None]),
+         "hessian_trace": (dims, np.ones((2, 2, 2, 2))), "hessian_top_eigenvalue": (dims, np.ones((2, 2, 2, 2))),
+         "init_hidden_covariance": ((*dims, "layer"), accuracy[..., None]),  # ranks the models exactly
+         "init_ntk_condition_number": (dims, -accuracy),  # exactly backwards
+         "init_ntk_alignment": (dims, np.zeros((2, 2, 2, 2)) + np.arange(2))},
+        coords={**coords, "epoch": [5]})
+    storage.write_dataset(ds, tmp_path / "summary" / "zoo.zarr")
+    text = report(tmp_path)
+    grid = text.split("zoo: final test accuracy (%), mean over 2 seeds")[1].splitlines()
+    assert grid[3].split() == ["4", "100", "2.5", "12.5"]  # seeds 0 and 1 of (4, 100, lr 0.01): 0 and 5 %
+    table = text.split("against final test accuracy, over all 16 models\n")[1].splitlines()
+    rows = {line.rsplit(None, 2)[0].strip(): [float(v) for v in line.split()[-2:]] for line in table[2:5]}
+    assert rows["hidden covariance, conv1"] == [1.0, 1.0]
+    assert rows["NTK condition number"] == [-1.0, -1.0]

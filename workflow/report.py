@@ -135,6 +135,35 @@ def _random_teacher_table(ds: xr.Dataset) -> str:
     return "".join(parts)
 
 
+ZOO_SCORES = {"init_ntk_condition_number": "NTK condition number", "init_ntk_alignment": "NTK alignment (centred)"}
+
+
+def _zoo_tables(ds: xr.Dataset) -> str:
+    """A zoo's grids (width x size rows, learning rate columns; means over seeds) of test
+    accuracy and Hessian trace, and how each training-free score of the initialisations
+    ranks the trained models (Kendall's tau and Spearman's rho with final test accuracy)."""
+    from workflow.analysis.training_free import rank_agreement
+
+    parts = []
+    grids = {"final test accuracy (%)": 100 * final_value(ds["test_acc"]), "Hessian trace": ds["hessian_trace"],
+             "Hessian top eigenvalue": ds["hessian_top_eigenvalue"]}
+    for what, da in grids.items():
+        frame = da.mean("seed").to_series().unstack("lr")
+        parts.append(f"zoo: {what}, mean over {ds.sizes['seed']} seeds (rows: width, size; columns: lr)\n"
+                     f"{frame.round(1 if '%' in what else 2).to_string()}\n")
+    accuracy = final_value(ds["test_acc"])
+    scores = {**{f"hidden covariance, {layer}": ds["init_hidden_covariance"].sel(layer=layer)
+                 for layer in ds["layer"].values.tolist()},
+              **{label: ds[name] for name, label in ZOO_SCORES.items()}}
+    rows = {label: rank_agreement(score.values.ravel(), accuracy.broadcast_like(score).values.ravel())
+            for label, score in scores.items()}
+    frame = xr.Dataset({k: ("score", [r[k] for r in rows.values()]) for k in ("kendall_tau", "spearman_rho")},
+                       coords={"score": list(rows)}).to_dataframe()
+    parts.append(f"zoo: training-free scores at initialisation against final test accuracy, over all "
+                 f"{accuracy.size} models\n{frame.round(3).to_string()}\n")
+    return "".join(parts)
+
+
 def report(results: str | Path) -> str:
     """Tables for every summary present under ``results/summary``."""
     summary = Path(results) / "summary"
@@ -156,6 +185,8 @@ def report(results: str | Path) -> str:
         parts.append(_table("data pruning with distillation", _final_acc(ds)))
         if ds.sizes["temperature"] * ds.sizes["alpha"] > 1:  # a choice to make
             parts.append(_distill_chosen(ds))
+    if (ds := have("zoo")) is not None:
+        parts.append(_zoo_tables(ds))
     if (ds := have("random_teacher")) is not None:
         parts.append(_random_teacher_table(ds))
     if (ds := have("network_pruning")) is not None:
