@@ -636,7 +636,9 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
     and size, one tidy summary over the grid, the Hessian of every model, and a run index."""
     cwd = copy_workflow(tmp_path)
     twin = yaml.safe_load((cwd / "config/studies/zoo.yaml").read_text())
-    twin.update(results="results/zoo_twin", analyze={"probe_size": 50},
+    twin.update(results="results/zoo_twin",
+                analyze={"probe_size": 50, "connectivity": {"alphas": 3, "bn_batches": 1},
+                         "similarity": {"edges": ["seeds"], "measures": ["linear_cka"]}},
                 data={"target": {"name": "mnist1d", "args": {"num_samples": 600}, "val_size": 50}},
                 train={"epochs": 2, "batch_size": 50, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9})
     twin["zoo"].update(widths=[2, 4], sizes=[100, 200], lrs=[0.01, 0.1], seeds=[0, 1],
@@ -656,6 +658,13 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
         assert bool(summary[name].notnull().all()), name
     import pandas as pd
 
+    pairs = open_quietly(Path(study.summary_path("connectivity_seed_pairs")))
+    assert dict(pairs["test_error_barrier"].sizes) == {"width": 2, "size": 2, "lr": 2, "seed": 1, "other_seed": 1}
+    cka = open_quietly(Path(study.summary_path("similarity_seed_pairs")))["linear_cka"]
+    assert bool(cka.notnull().all())
+    text = subprocess.run([sys.executable, "-m", "workflow", "report", twin["results"]], cwd=cwd,
+                          capture_output=True, text=True, check=True).stdout
+    assert "zoo: phase of each cell (barrier above 0.02" in text and "test-error barrier to the other seeds" in text
     index = pd.read_csv(cwd / twin["results"] / "summary" / "runs.csv")
     zoo = index[index["stage"] == "zoo"]
     assert len(zoo) == 16 and {"width", "size", "lr", "seed", "model"} <= set(zoo.columns)

@@ -53,6 +53,25 @@ def test_the_summary_has_the_zoo_axes_and_the_seed(study: Study) -> None:
     assert len(coords) == 24
 
 
+def test_every_two_seeds_of_a_cell_are_compared_by_barrier_and_similarity(study: Study) -> None:
+    pairs = study.connectivity_pairs()
+    zoo_pairs = {path: pair for path, pair in pairs.items() if "/seed_pairs/" in path}
+    assert len(zoo_pairs) == 12  # 12 cells, one pair of their 2 seeds
+    assert ("zoo/w4/n100/lr0.1/s0", "zoo/w4/n100/lr0.1/s1") in zoo_pairs.values()
+    similarity = {path: pair for path, pair in study.similarity_pairs().items() if "/seed_pairs/" in path}
+    assert set(similarity.values()) == set(zoo_pairs.values())
+    coords = [c for c, _ in study.summaries()["connectivity_seed_pairs"]]
+    assert {"width": 4, "size": 100, "lr": 0.1, "seed": 0, "other_seed": 1} in coords
+    assert study.summaries()["zoo"] and study.summary_attrs("zoo") == {"phases": study.config["zoo"]["phases"]}
+
+
+def test_four_seeds_make_six_pairs_a_cell(read_config) -> None:
+    config = read_config("zoo")
+    config["zoo"] = {**config["zoo"], "widths": [4], "sizes": [100], "lrs": [0.1], "seeds": [0, 1, 2, 3]}
+    pairs = [pair for _, pair in Study(config).summaries()["connectivity_seed_pairs"]]
+    assert len(pairs) == 6
+
+
 def test_sizes_beyond_the_training_set_are_refused(read_config) -> None:
     config = read_config("zoo")
     config["zoo"]["sizes"] = [250, 5000]

@@ -60,6 +60,7 @@ DIMENSIONS: dict[str, str] = {
     "width": "a zoo model's width (its architecture's channels or units per layer)",
     "size": "the training examples a zoo model trains on (the first N of the task's)",
     "lr": "a zoo model's learning rate (the temperature axis)",
+    "other_seed": "the seed of the second model of a pair that differs only in its seed",
     "noise": "how far a random teacher's student starts from it: theta_S = theta_T + noise * an independent "
              "initialisation (0: at the teacher)",
 }

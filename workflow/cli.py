@@ -307,7 +307,7 @@ def _collect(args: argparse.Namespace) -> None:
     if args.summaries:
         study = json.loads(Path(args.summaries).read_text())
         for summary in study["summaries"].values():
-            collect(entries_from(summary["entries"]), summary["out"])
+            collect(entries_from(summary["entries"]), summary["out"], summary.get("attrs"))
         write_run_index(study["index"]["runs"], study["index"]["root"], **study["index"]["out"])
     else:
         collect(parse_entries(args.entries), args.out)

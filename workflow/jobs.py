@@ -321,8 +321,10 @@ def compute_scores(
         saving.remove()
 
 
-def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike) -> None:
-    """Combine per-run stores into one tidy dataset whose sweep axes are dimensions.
+def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike,
+            attrs: Mapping[str, Any] | None = None) -> None:
+    """Combine per-run stores into one tidy dataset whose sweep axes are dimensions (``attrs``:
+    settings it carries for its readers, e.g. the zoo's phase thresholds).
 
     ``entries``: (coordinates of the run on the sweep axes, its store). The coordinates
     of a stacked dimension (:data:`workflow.axes.STACKED`, e.g. ``source`` along
@@ -342,9 +344,9 @@ def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike
         parts.append(ds.expand_dims(dims).assign_coords(labels))
     combined = xr.merge(parts, join="outer", compat="no_conflicts", combine_attrs="drop")
     combined = combined.sortby([k for k in entries[0][0] if k in combined.dims])
-    attrs = storage.provenance(None)
-    attrs["runs"] = [str(p) for _, p in entries]
-    storage.write_dataset(described(combined), out, attrs)
+    stamped = {**storage.provenance(None), **(attrs or {})}
+    stamped["runs"] = [str(p) for _, p in entries]
+    storage.write_dataset(described(combined), out, stamped)
 
 
 # The final metrics of every run in the run index: the last epoch each reached.

@@ -277,9 +277,16 @@ class Study(AnalysisPlan):
     def summaries_description(self) -> dict[str, Any]:
         """What the job that gathers every summary is handed: per summary, its store and entries;
         and the run index (:meth:`run_index`), its store and its table."""
-        return {"summaries": {name: {"out": self.summary_path(name), "entries": entries}
+        return {"summaries": {name: {"out": self.summary_path(name), "entries": entries,
+                                     **({"attrs": self.summary_attrs(name)} if self.summary_attrs(name) else {})}
                               for name, entries in self.summaries().items()},
                 "index": {"out": self.run_index_paths(), "root": self.root, "runs": self.run_index()}}
+
+    def summary_attrs(self, name: str) -> dict[str, Any]:
+        """Settings a summary carries for those who read it: the zoo's phase thresholds."""
+        if name == "zoo" and "zoo" in self.config:
+            return {"phases": self.config["zoo"]["phases"]}
+        return {}
 
     def summary_inputs(self) -> list[str]:
         """Every store the summaries gather, and every run's metrics (for the run index)."""

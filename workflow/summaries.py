@@ -166,3 +166,11 @@ def seeds_text(how: str, *datasets: xr.Dataset) -> str:
     """How the seeds were summarised, for titles: ``how`` over n seeds, or "single seed"."""
     n = max(int(ds.sizes.get("seed", 1)) for ds in datasets)
     return f"{how} over {n} seeds" if n > 1 else "single seed"
+
+
+def per_seed_over_pairs(da: xr.DataArray) -> xr.DataArray:
+    """A symmetric measure of seed pairs (dims ``seed`` and ``other_seed``, each pair stored
+    once) as each seed's mean over every other seed it was paired with: dim ``seed``."""
+    mirrored = da.rename({"seed": "other_seed", "other_seed": "seed"})
+    both = da.combine_first(mirrored)
+    return both.where(both["seed"] != both["other_seed"]).mean("other_seed")

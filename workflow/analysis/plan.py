@@ -22,8 +22,10 @@ SIMILARITY_SUMMARIES = {
     "distill": "similarity_distill",  # trained teacher -> student
     "seeds": "similarity_seeds",  # first seed <-> second seed
     "within": "similarity_within",  # a model's layers against each other
+    "seed_pairs": "similarity_seed_pairs",  # every two seeds a stage pairs (a zoo's cells), with the seeds edge
 }
-SIMILARITY_EDGES = tuple(SIMILARITY_SUMMARIES)
+# The edges a study names (the seed pairs a stage declares come with ``seeds``).
+SIMILARITY_EDGES = tuple(edge for edge in SIMILARITY_SUMMARIES if edge != "seed_pairs")
 
 
 class AnalysisPlan:
@@ -38,12 +40,22 @@ class AnalysisPlan:
         One store per edge of the lineage that ``analyze.similarity.edges`` names (see
         :meth:`_similarity`); for ``within`` both runs are the same model.
         """
-        return {self.similarity_path(edge, b): (a, b) for edge, (a, b), _ in self._similarity()}
+        return {self._similarity_store(edge, a, b): (a, b) for edge, (a, b), _ in self._similarity()}
 
     def similarity_path(self, edge: str, run: str) -> str:
         """The similarity store of an edge of kind ``edge`` that ends at ``run`` (the child,
         the student, the second seed, or the model itself for ``within``)."""
         return f"{self.root}/analyze/similarity/{edge}/{run}/analysis.zarr"
+
+    def seed_pair_path(self, kind: str, a: str, b: str) -> str:
+        """The ``similarity`` or ``connectivity`` store of a seed pair (:meth:`~workflow.stages.TrainingStage.seed_pairs`)."""
+        return f"{self.root}/analyze/{kind}/seed_pairs/{a}/vs_s{parse(b)['seed']}/analysis.zarr"
+
+    def _similarity_store(self, edge: str, a: str, b: str) -> str:
+        return self.seed_pair_path("similarity", a, b) if edge == "seed_pairs" else self.similarity_path(edge, b)
+
+    def _seed_pairs(self) -> list[tuple[dict[str, Any], tuple[str, str]]]:
+        return [pair for stage in TRAINING_STAGES.values() for pair in stage.seed_pairs(self)]
 
     def activation_runs(self) -> list[str]:
         """Runs whose activations on the probe set are recorded: both ends of every similarity edge."""
@@ -69,9 +81,10 @@ class AnalysisPlan:
                     out.append((edge[0], (edge[1], run), stage.summary_entries(self, r)[0]))
         if "seeds" in edges:
             out += [("seeds", (a, b), axes.model_coords(a, seed=False)) for a, b in self.seed_twins()]
+            out += [("seed_pairs", pair, coords) for coords, pair in self._seed_pairs()]
         if "within" in edges:
             out += [("within", (run, run), axes.model_coords(run)) for run in self.analysed_runs()]
-        return sorted(out, key=lambda item: SIMILARITY_EDGES.index(item[0]))
+        return sorted(out, key=lambda item: list(SIMILARITY_SUMMARIES).index(item[0]))
 
     def analysed_runs(self) -> list[str]:
         """The runs analysed as models one by one: those of the stages that ask for it
@@ -111,7 +124,10 @@ class AnalysisPlan:
         """Each connectivity store -> the two runs joined by a line in weight space: the pairs
         each stage declares (:meth:`~workflow.stages.TrainingStage.connections`), with
         ``analyze.connectivity``."""
-        return {self.connectivity_path(coords): pair for coords, pair in self._connectivity()}
+        pairs = {self.connectivity_path(coords): pair for coords, pair in self._connectivity()}
+        if "connectivity" in self.config["analyze"]:
+            pairs.update({self.seed_pair_path("connectivity", a, b): (a, b) for _, (a, b) in self._seed_pairs()})
+        return pairs
 
     def _connectivity(self) -> list[tuple[dict[str, Any], tuple[str, str]]]:
         """(coordinates in the summary, (run a, run b)) of every connectivity store."""
@@ -126,11 +142,14 @@ class AnalysisPlan:
     def analysis_summaries(self) -> dict[str, list[tuple[dict[str, Any], str]]]:
         """Per analysis summary: its stores, each with its coordinates."""
         out: dict[str, list[tuple[dict[str, Any], str]]] = {name: [] for name in SIMILARITY_SUMMARIES.values()}
-        for edge, (_, run), where in self._similarity():
-            out[SIMILARITY_SUMMARIES[edge]].append((where, self.similarity_path(edge, run)))
+        for edge, (a, b), where in self._similarity():
+            out[SIMILARITY_SUMMARIES[edge]].append((where, self._similarity_store(edge, a, b)))
         out["spectra"] = [(axes.model_coords(run), self.spectra_path(run)) for run in self.spectra_runs()]
         out["relative"] = [(axes.model_coords(a, seed=False), path) for path, (a, _) in self.relative_pairs().items()]
         out["connectivity"] = [(coords, self.connectivity_path(coords)) for coords, _ in self._connectivity()]
+        if "connectivity" in self.config["analyze"]:
+            out["connectivity_seed_pairs"] = [(coords, self.seed_pair_path("connectivity", a, b))
+                                              for coords, (a, b) in self._seed_pairs()]
         return out
 
     def analysis_spec(self) -> dict[str, Any]:

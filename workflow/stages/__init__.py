@@ -148,6 +148,14 @@ class TrainingStage:
         each pair's coordinates (:func:`workflow.axes.pair_coords` and the seed) and (run a, run b)."""
         return []
 
+    def seed_pairs(self, study: Study) -> list[tuple[dict[str, Any], tuple[str, str]]]:
+        """Pairs of the stage's runs that differ only in their seed, each compared by mode
+        connectivity (with ``analyze.connectivity``) and layer similarity (with the ``seeds``
+        edge of ``analyze.similarity``) into the summaries ``connectivity_seed_pairs`` and
+        ``similarity_seed_pairs``: each pair's coordinates (its runs' with ``other_seed``)
+        and (run a, run b). A zoo: every two seeds of a cell."""
+        return []
+
     def prepare(self, spec: Mapping[str, Any], setup: TrainingSetup, inputs: Mapping[str, Path]) -> None:
         """Make ``setup`` ready to train the run: load the start, set masks, loss, data and sampler.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from workflow.runs import run_id
+from workflow.runs import parse, run_id
 from workflow.stages import TrainingSetup, TrainingStage
 
 if TYPE_CHECKING:
@@ -29,6 +29,17 @@ class Zoo(TrainingStage):
 
     def summary_entries(self, study: Study, r: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [{"width": r["width"], "size": r["size"], "lr": r["lr"], "seed": r["seed"]}]
+
+    def seed_pairs(self, study: Study) -> list[tuple[dict[str, Any], tuple[str, str]]]:
+        """Every two seeds of a cell (the first seed of the two as ``seed``)."""
+        seeds = study.config.get("zoo", {}).get("seeds", [])
+        out = []
+        for run in self.runs(study.config):
+            r = parse(run)
+            for other in seeds[seeds.index(r["seed"]) + 1:]:
+                coords = {**self.summary_entries(study, r)[0], "other_seed": other}
+                out.append((coords, (run, run_id("zoo", width=r["width"], size=r["size"], lr=r["lr"], seed=other))))
+        return out
 
     def runs(self, config: Mapping[str, Any]) -> list[str]:
         if "zoo" not in config:
