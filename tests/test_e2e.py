@@ -665,6 +665,7 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-m", "workflow", "report", twin["results"]], cwd=cwd,
                           capture_output=True, text=True, check=True).stdout
     assert "zoo: phase of each cell (barrier above 0.02" in text and "test-error barrier to the other seeds" in text
+    assert matplotlib.image.imread(study.plot_path("zoo", "png")).shape[0] > 100  # the phase diagram
     index = pd.read_csv(cwd / twin["results"] / "summary" / "runs.csv")
     zoo = index[index["stage"] == "zoo"]
     assert len(zoo) == 16 and {"width", "size", "lr", "seed", "model"} <= set(zoo.columns)

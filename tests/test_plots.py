@@ -401,6 +401,41 @@ def _connectivity(n_seeds: int) -> xr.Dataset:
     return ds
 
 
+ZOO_COORDS = {"width": [4, 8], "size": [100, 200], "lr": [0.01, 0.1, 0.3]}
+
+
+def _zoo(n_seeds: int) -> xr.Dataset:
+    rng = np.random.default_rng(9)
+    shape = (2, 2, 3, n_seeds)
+    dims = ("width", "size", "lr", "seed")
+    acc = 0.5 + 0.3 * rng.random((*shape, 3))
+    acc[0, 0, 0, 0, -1] = np.nan  # a run that stopped early: its final value is its last
+    return xr.Dataset(
+        {"test_acc": ((*dims, "epoch"), acc), "hessian_trace": (dims, 10 + 90 * rng.random(shape)),
+         "hessian_top_eigenvalue": (dims, 1 + 9 * rng.random(shape)),
+         "init_hidden_covariance": ((*dims, "layer"), -rng.random((*shape, 2))),
+         "init_ntk_condition_number": (dims, rng.random(shape)), "init_ntk_alignment": (dims, rng.random(shape))},
+        coords={**ZOO_COORDS, "seed": np.arange(n_seeds), "epoch": [0, 1, 2], "layer": ["conv1", "conv2"]},
+        attrs={"phases": {"barrier": 0.02, "hessian_trace": None, "cka": 0.5}})
+
+
+def _zoo_pairs(n_seeds: int) -> xr.Dataset:
+    rng = np.random.default_rng(10)
+    seeds = max(n_seeds, 2)
+    barrier = 0.05 * rng.random((2, 2, 3, seeds - 1, seeds - 1))
+    return xr.Dataset({"test_error_barrier": (("width", "size", "lr", "seed", "other_seed"), barrier)},
+                      coords={**ZOO_COORDS, "seed": np.arange(seeds - 1), "other_seed": np.arange(1, seeds)})
+
+
+def _zoo_similarity(n_seeds: int) -> xr.Dataset:
+    rng = np.random.default_rng(11)
+    seeds = max(n_seeds, 2)
+    cka = rng.random((2, 2, 3, seeds - 1, seeds - 1, 2, 2))
+    return xr.Dataset({"linear_cka": (("width", "size", "lr", "seed", "other_seed", "layer_a", "layer_b"), cka)},
+                      coords={**ZOO_COORDS, "seed": np.arange(seeds - 1), "other_seed": np.arange(1, seeds),
+                              "layer_a": ["conv1", "conv2"], "layer_b": ["conv1", "conv2"]})
+
+
 BUILDERS = {
     "pretrain": _pretrain,
     "finetune": lambda n: _with_trainable_params(_finetune(n)),
@@ -417,6 +452,9 @@ BUILDERS = {
     "similarity_within": _similarity_within,
     "spectra": _spectra,
     "connectivity": _connectivity,
+    "zoo": _zoo,
+    "connectivity_seed_pairs": _zoo_pairs,
+    "similarity_seed_pairs": _zoo_similarity,
 }
 
 
@@ -492,7 +530,7 @@ def test_figures_table_matches_signatures() -> None:
     assert set(plots.FIGURES) == {
         "training_curves", "data_pruning", "best_alpha", "network_pruning", "cka",
         "score_distributions", "score_agreement", "finetune_methods", "wiseft", "ensembles",
-        "similarity", "spectra", "connectivity", "weight_distance", "lineage", "similarity_within",
+        "similarity", "spectra", "connectivity", "weight_distance", "lineage", "similarity_within", "zoo",
     }
     assert plots.FIGURES["data_pruning"][1] == ("data_pruning", "distill")
     for figure, (func, needs) in plots.FIGURES.items():
@@ -923,3 +961,22 @@ def test_wiseft_marks_the_alpha_chosen_on_validation_with_its_test_accuracy() ->
         expected = 100 * float(ds["test_acc"].sel(source=SOURCES[0], finetuning=method, alpha=alpha).mean("seed"))
         assert star.get_ydata()[0] == pytest.approx(expected)
     assert "chosen on test: the task has no validation set" in _texts(plots.wiseft(_wiseft(2)))
+
+
+def test_the_zoo_figure_draws_each_metric_per_width_and_each_cells_phase() -> None:
+    zoo, pairs, similarity = _zoo(2), _zoo_pairs(2), _zoo_similarity(2)
+    fig = plots.zoo(zoo, connectivity_seed_pairs=pairs, similarity_seed_pairs=similarity)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 2 * 5  # 2 widths x (accuracy, trace, barrier, CKA, phase)
+    titles = [ax.get_title() for ax in panels if ax.get_title()]
+    assert titles == ["test accuracy (%)", "Hessian trace", "test-error barrier to other seeds (points)",
+                      "linear CKA to other seeds (matched layers)", "phase"]
+    assert "phases: barrier above 0.02" in fig._suptitle.get_text()
+    # the phase panel of width 4 names each cell's phase, as the report classifies it
+    cells = plots.zoo_metrics(zoo, pairs, similarity)
+    phase, _ = plots.zoo_phases(cells, zoo.attrs["phases"])
+    texts = [t.get_text() for t in panels[4].texts]
+    assert texts == [p or "-" for p in phase.sel(width=4).transpose("size", "lr").values.ravel()]
+    # without the seed pairs: the metrics of the models alone, no phase
+    alone = plots.zoo(zoo)
+    assert len([ax for ax in alone.axes if ax.get_images()]) == 2 * 2

@@ -6,12 +6,11 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Mapping
 
 import xarray as xr
 
 from workflow import storage
-from workflow.summaries import best_over, best_runs, chosen_by, final_value, per_seed_over_pairs
+from workflow.summaries import ZOO_PHASES, best_over, best_runs, chosen_by, final_value, zoo_metrics, zoo_phases
 
 
 def _final_acc(ds: xr.Dataset) -> xr.DataArray:
@@ -139,29 +138,26 @@ def _random_teacher_table(ds: xr.Dataset) -> str:
 ZOO_SCORES = {"init_ntk_condition_number": "NTK condition number", "init_ntk_alignment": "NTK alignment (centred)"}
 
 
-def _zoo_tables(ds: xr.Dataset, barrier: xr.Dataset | None, similarity: xr.Dataset | None,
-                phases: Mapping[str, float | None]) -> str:
-    """A zoo's grids (width x size rows, learning rate columns; means over seeds) of test
-    accuracy, Hessian trace and top eigenvalue, and (where the seed pairs were analysed) the
-    test-error barrier and mean matched-layer CKA between seeds and each cell's phase; and
-    how each training-free score of the initialisations ranks the trained models (Kendall's
-    tau and Spearman's rho with final test accuracy)."""
-    from workflow.analysis.phases import PHASES, Thresholds, classify
+def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset | None) -> str:
+    """A zoo's grids (width x size rows, learning rate columns; means over seeds) of its
+    metrics (:func:`workflow.summaries.zoo_metrics`), each cell's phase where the seed pairs
+    were analysed, and how each training-free score of the initialisations ranks the
+    trained models (Kendall's tau and Spearman's rho with final test accuracy)."""
+    from workflow.analysis.phases import PHASES
     from workflow.analysis.training_free import rank_agreement
 
+    cells = zoo_metrics(ds, pairs, similarity)
+    labels = {"test_acc": ("final test accuracy (%)", 100, 1), "hessian_trace": ("Hessian trace", 1, 2),
+              "hessian_top_eigenvalue": ("Hessian top eigenvalue", 1, 2),
+              "barrier": ("test-error barrier to the other seeds (points)", 100, 2),
+              "cka": ("linear CKA to the other seeds, mean over matched layers", 1, 2)}
     parts = []
-    grids = {"final test accuracy (%)": 100 * final_value(ds["test_acc"]), "Hessian trace": ds["hessian_trace"],
-             "Hessian top eigenvalue": ds["hessian_top_eigenvalue"]}
-    if barrier is not None:
-        grids["test-error barrier to the other seeds (points)"] = 100 * per_seed_over_pairs(barrier["test_error_barrier"])
-    if similarity is not None and "linear_cka" in similarity:
-        grids["linear CKA to the other seeds, mean over matched layers"] = per_seed_over_pairs(
-            _layer_mean(similarity["linear_cka"]))
-    for what, da in grids.items():
-        frame = da.mean("seed").to_series().unstack("lr")
-        parts.append(f"zoo: {what}, mean over {ds.sizes['seed']} seeds (rows: width, size; columns: lr)\n"
-                     f"{frame.round(1 if '%' in what else 2).to_string()}\n")
-    accuracy = final_value(ds["test_acc"])
+    for name, (what, scale, digits) in labels.items():
+        if name in cells:
+            frame = (scale * cells[name]).mean("seed").to_series().unstack("lr")
+            parts.append(f"zoo: {what}, mean over {ds.sizes['seed']} seeds (rows: width, size; columns: lr)\n"
+                         f"{frame.round(digits).to_string()}\n")
+    accuracy = cells["test_acc"]
     scores = {**{f"hidden covariance, {layer}": ds["init_hidden_covariance"].sel(layer=layer)
                  for layer in ds["layer"].values.tolist()},
               **{label: ds[name] for name, label in ZOO_SCORES.items()}}
@@ -171,15 +167,8 @@ def _zoo_tables(ds: xr.Dataset, barrier: xr.Dataset | None, similarity: xr.Datas
                        coords={"score": list(rows)}).to_dataframe()
     parts.append(f"zoo: training-free scores at initialisation against final test accuracy, over all "
                  f"{accuracy.size} models\n{frame.round(3).to_string()}\n")
-    if barrier is not None and similarity is not None and "linear_cka" in similarity:
-        cell_barrier = per_seed_over_pairs(barrier["test_error_barrier"]).mean("seed")
-        cell_cka = per_seed_over_pairs(_layer_mean(similarity["linear_cka"])).mean("seed")
-        cell_trace = ds["hessian_trace"].mean("seed")
-        trace = phases["hessian_trace"]
-        thresholds = Thresholds(phases["barrier"], float(cell_trace.median()) if trace is None else trace, phases["cka"])
-        phase = classify(cell_barrier, cell_trace, cell_cka, thresholds)
-        said = (f"barrier above {thresholds.barrier:g} (test error), Hessian trace above {thresholds.hessian_trace:.4g}"
-                + (" (the median cell's)" if trace is None else "") + f", CKA above {thresholds.cka:g}")
+    if (found := zoo_phases(cells, ds.attrs.get("phases") or ZOO_PHASES)) is not None:
+        phase, said = found
         parts.append(f"zoo: phase of each cell ({said})\n{phase.to_series().unstack('lr').to_string()}\n"
                      + "".join(f"  {name}: {text}\n" for name, text in PHASES.items()))
     return "".join(parts)
@@ -207,8 +196,7 @@ def report(results: str | Path) -> str:
         if ds.sizes["temperature"] * ds.sizes["alpha"] > 1:  # a choice to make
             parts.append(_distill_chosen(ds))
     if (ds := have("zoo")) is not None:
-        phases = ds.attrs.get("phases") or {"barrier": 0.02, "hessian_trace": None, "cka": 0.9}  # the schema's
-        parts.append(_zoo_tables(ds, have("connectivity_seed_pairs"), have("similarity_seed_pairs"), phases))
+        parts.append(_zoo_tables(ds, have("connectivity_seed_pairs"), have("similarity_seed_pairs")))
     if (ds := have("random_teacher")) is not None:
         parts.append(_random_teacher_table(ds))
     if (ds := have("network_pruning")) is not None:

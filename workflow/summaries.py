@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -174,3 +174,38 @@ def per_seed_over_pairs(da: xr.DataArray) -> xr.DataArray:
     mirrored = da.rename({"seed": "other_seed", "other_seed": "seed"})
     both = da.combine_first(mirrored)
     return both.where(both["seed"] != both["other_seed"]).mean("other_seed")
+
+
+# The zoo's phase thresholds when its summary carries none (the schema's defaults).
+ZOO_PHASES = {"barrier": 0.02, "hessian_trace": None, "cka": 0.9}
+
+
+def zoo_metrics(zoo: xr.Dataset, pairs: xr.Dataset | None = None, similarity: xr.Dataset | None = None) -> xr.Dataset:
+    """Each zoo model's metrics over the zoo's axes and seed: final test accuracy, Hessian
+    trace and top eigenvalue, and where its seed pairs were analysed, the test-error
+    barrier and the mean matched-layer linear CKA to the other seeds of its cell."""
+    out = xr.Dataset({"test_acc": final_value(zoo["test_acc"]), "hessian_trace": zoo["hessian_trace"],
+                      "hessian_top_eigenvalue": zoo["hessian_top_eigenvalue"]})
+    if pairs is not None:
+        out["barrier"] = per_seed_over_pairs(pairs["test_error_barrier"])
+    if similarity is not None and "linear_cka" in similarity:
+        cka = similarity["linear_cka"]
+        out["cka"] = per_seed_over_pairs(cka.where(cka["layer_a"] == cka["layer_b"]).mean(["layer_a", "layer_b"]))
+    return out
+
+
+def zoo_phases(cells: xr.Dataset, phases: Mapping[str, float | None]) -> tuple[xr.DataArray, str] | None:
+    """Each cell's phase (:func:`workflow.analysis.phases.classify`) from the seed means of
+    :func:`zoo_metrics`, at the ``phases`` thresholds (a trace threshold of None: the median
+    cell's), and the thresholds in words; None without the barrier and CKA."""
+    from workflow.analysis.phases import Thresholds, classify
+
+    if "barrier" not in cells or "cka" not in cells:
+        return None
+    means = cells.mean("seed")
+    trace = phases["hessian_trace"]
+    thresholds = Thresholds(phases["barrier"], float(means["hessian_trace"].median()) if trace is None else trace,
+                            phases["cka"])
+    said = (f"barrier above {thresholds.barrier:g} (test error), Hessian trace above {thresholds.hessian_trace:.4g}"
+            + (" (the median cell's)" if trace is None else "") + f", CKA above {thresholds.cka:g}")
+    return classify(means["barrier"], means["hessian_trace"], means["cka"], thresholds), said

@@ -41,7 +41,8 @@ from workflow.plots.finetuning import (
 from workflow.plots.network_pruning import network_pruning
 from workflow.plots.similarity import LINEAGE, lineage, similarity, similarity_within
 from workflow.plots.spectra import spectra
-from workflow.summaries import best_over, final_value
+from workflow.plots.zoo import zoo
+from workflow.summaries import best_over, final_value, zoo_metrics, zoo_phases
 
 __all__ = [
     "FIGURES",
@@ -71,6 +72,9 @@ __all__ = [
     "training_curves",
     "weight_distance",
     "wiseft",
+    "zoo",
+    "zoo_metrics",
+    "zoo_phases",
 ]
 
 
@@ -91,10 +95,12 @@ FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "weight_distance": (weight_distance, ("finetune",)),
     "lineage": (lineage, ()),
     "similarity_within": (similarity_within, ("similarity_within",)),
+    "zoo": (zoo, ("zoo",)),
 }
 # Summaries a figure also draws from, passed by name, when the study has them; such a
 # figure is drawn when the study has at least one of them.
-OPTIONAL_SUMMARIES: dict[str, tuple[str, ...]] = {"lineage": tuple(LINEAGE)}
+OPTIONAL_SUMMARIES: dict[str, tuple[str, ...]] = {"lineage": tuple(LINEAGE),
+                                                  "zoo": ("connectivity_seed_pairs", "similarity_seed_pairs")}
 
 
 def figure_summaries(figure: str, available: Collection[str]) -> list[str]:

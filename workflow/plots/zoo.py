@@ -1,0 +1,66 @@
+"""The model zoo's phase diagram: each metric over the load (training-set size) x
+temperature (learning rate) plane, one row per width, and each cell's phase."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from workflow.plots.drawing import heatmap, new_figure
+from workflow.summaries import ZOO_PHASES, zoo_metrics, zoo_phases
+
+# What each panel draws: (label, scale, colour map).
+PANELS = {
+    "test_acc": ("test accuracy (%)", 100.0, "viridis"),
+    "hessian_trace": ("Hessian trace", 1.0, "magma"),
+    "barrier": ("test-error barrier to other seeds (points)", 100.0, "magma"),
+    "cka": ("linear CKA to other seeds (matched layers)", 1.0, "viridis"),
+}
+PHASE_CODES = {"I": 0, "II": 1, "III": 2, "IV-A": 3, "IV-B": 4}
+
+
+def zoo(ds: xr.Dataset, connectivity_seed_pairs: xr.Dataset | None = None,
+        similarity_seed_pairs: xr.Dataset | None = None) -> Figure:
+    """Rows: widths; columns: each metric's seed mean over size (rows of a panel) x learning
+    rate (its columns), on one colour scale per metric, then the phases where the seed
+    pairs were analysed."""
+    cells = zoo_metrics(ds, connectivity_seed_pairs, similarity_seed_pairs)
+    panels = [name for name in PANELS if name in cells]
+    found = zoo_phases(cells, ds.attrs.get("phases") or ZOO_PHASES)
+    widths, sizes, lrs = (cells[d].values.tolist() for d in ("width", "size", "lr"))
+    ncols = len(panels) + (found is not None)
+    fig, axes = new_figure(len(widths), ncols, (2.2 + 0.45 * len(lrs), 0.9 + 0.4 * len(sizes)))
+    for j, name in enumerate(panels):
+        label, scale, cmap = PANELS[name]
+        means = scale * cells[name].mean("seed").transpose("width", "size", "lr")
+        vmin, vmax = float(means.min()), float(means.max())
+        for i, width in enumerate(widths):
+            ax = axes[i, j]
+            image = heatmap(ax, means.sel(width=width).values, cmap=cmap, vmin=vmin, vmax=vmax, fontsize=6,
+                            text_colour=lambda v, lo=vmin, hi=vmax: "white" if v < (lo + hi) / 2 else "black",
+                            missing="-")
+            if i == 0:
+                ax.set_title(label, fontsize="small")
+        fig.colorbar(image, ax=axes[:, j], shrink=0.6)
+    if found is not None:
+        phase, said = found
+        codes = xr.apply_ufunc(np.vectorize(lambda p: PHASE_CODES.get(p, np.nan), otypes=[float]), phase)
+        for i, width in enumerate(widths):
+            ax = axes[i, -1]
+            ax.imshow(codes.sel(width=width).transpose("size", "lr").values, cmap="Pastel1", vmin=0, vmax=8,
+                      aspect="auto")
+            for (r, c), p in np.ndenumerate(phase.sel(width=width).transpose("size", "lr").values):
+                ax.text(c, r, p or "-", ha="center", va="center", fontsize=7)
+            if i == 0:
+                ax.set_title("phase", fontsize="small")
+    for i, width in enumerate(widths):
+        for ax in axes[i]:
+            ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs], fontsize="x-small")
+            ax.set_yticks(range(len(sizes)), [str(n) for n in sizes], fontsize="x-small")
+        axes[i, 0].set_ylabel(f"width {width}\ntraining examples", fontsize="small")
+    for ax in axes[-1]:
+        ax.set_xlabel("learning rate", fontsize="small")
+    title = f"Model zoo: load x temperature, mean over {ds.sizes['seed']} seeds"
+    fig.suptitle(title + (f"\nphases: {found[1]}" if found is not None else ""), fontsize="medium")
+    return fig
