@@ -123,7 +123,7 @@ def test_a_zoo_reports_its_grids_and_how_each_initial_score_ranks_the_trained_mo
     text = report(tmp_path)
     grid = text.split("zoo: final test accuracy (%), mean over 2 seeds")[1].splitlines()
     assert grid[3].split() == ["4", "100", "2.5", "12.5"]  # seeds 0 and 1 of (4, 100, lr 0.01): 0 and 5 %
-    table = text.split("against final test accuracy, over all 16 models\n")[1].splitlines()
-    rows = {line.rsplit(None, 2)[0].strip(): [float(v) for v in line.split()[-2:]] for line in table[2:5]}
-    assert rows["hidden covariance, conv1"] == [1.0, 1.0]
-    assert rows["NTK condition number"] == [-1.0, -1.0]
+    table = text.split("against final test accuracy, over all 16 models")[1].splitlines()
+    rows = {line.rsplit(None, 3)[0].strip(): [float(v) for v in line.split()[-3:]] for line in table[3:6]}
+    assert rows["hidden covariance, conv1"] == [1.0, 1.0, 1.0]  # over all models, and within every cell
+    assert rows["NTK condition number"] == [-1.0, -1.0, -1.0]

@@ -7,6 +7,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from workflow import storage
@@ -163,10 +164,19 @@ def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset
               **{label: ds[name] for name, label in ZOO_SCORES.items()}}
     rows = {label: rank_agreement(score.values.ravel(), accuracy.broadcast_like(score).values.ravel())
             for label, score in scores.items()}
-    frame = xr.Dataset({k: ("score", [r[k] for r in rows.values()]) for k in ("kendall_tau", "spearman_rho")},
+    # Within one training-set size and learning rate, only the architecture (and the seed) differ:
+    # the scores' own question. Kendall's tau per cell, averaged over the cells.
+    within = {label: np.nanmean([rank_agreement(score.sel(size=n, lr=lr).values.ravel(),
+                                                accuracy.sel(size=n, lr=lr).broadcast_like(
+                                                    score.sel(size=n, lr=lr)).values.ravel())["kendall_tau"]
+                                 for n in ds["size"].values for lr in ds["lr"].values])
+              for label, score in scores.items()}
+    frame = xr.Dataset({**{k: ("score", [r[k] for r in rows.values()]) for k in ("kendall_tau", "spearman_rho")},
+                        "kendall_tau_within": ("score", list(within.values()))},
                        coords={"score": list(rows)}).to_dataframe()
     parts.append(f"zoo: training-free scores at initialisation against final test accuracy, over all "
-                 f"{accuracy.size} models\n{frame.round(3).to_string()}\n")
+                 f"{accuracy.size} models, and within each size and learning rate (over widths and seeds; "
+                 f"the mean over those cells)\n{frame.round(3).to_string()}\n")
     if (found := zoo_phases(cells, ds.attrs.get("phases") or ZOO_PHASES)) is not None:
         phase, said = found
         parts.append(f"zoo: phase of each cell ({said})\n{phase.to_series().unstack('lr').to_string()}\n"
