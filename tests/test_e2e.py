@@ -305,7 +305,11 @@ def test_the_report_has_a_table_for_every_summary(study: Study) -> None:
 
 
 def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
-    for figure in FIGURES:
+    from workflow.plots import drawable
+
+    figures = [figure for figure in FIGURES if drawable(figure, study.summaries())]
+    assert set(FIGURES) - set(figures) == {"zoo"}  # the tiny study has every stage but a zoo
+    for figure in figures:
         image = matplotlib.image.imread(study.plot_path(figure, "png"))
         assert image.shape[0] > 100 and image.shape[1] > 100
         assert Path(study.plot_path(figure, "pdf")).read_bytes().startswith(b"%PDF")
