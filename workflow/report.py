@@ -11,7 +11,8 @@ import numpy as np
 import xarray as xr
 
 from workflow import storage
-from workflow.summaries import ZOO_PHASES, best_over, best_runs, chosen_by, final_value, zoo_metrics, zoo_phases
+from workflow.summaries import (ZOO_PHASES, best_over, best_runs, chosen_by, final_value, layer_mean, zoo_metrics,
+                                zoo_phases)
 
 
 def _final_acc(ds: xr.Dataset) -> xr.DataArray:
@@ -38,13 +39,6 @@ def _table(title: str, da: xr.DataArray, what: str = "final test accuracy (%)", 
     frame = frame.dropna(subset=["mean"])
     # "-": a seed the row was not run for (stages may have different seeds), or no spread of one seed
     return f"{title}: {what}\n{frame.round(digits).to_string(na_rep='-')}\n"
-
-
-def _layer_mean(da: xr.DataArray, *, same: bool = True) -> xr.DataArray:
-    """Mean of a layer x layer similarity over the pairs of a layer with itself (``same``),
-    or over the pairs of different layers."""
-    same_layer = da["layer_a"] == da["layer_b"]
-    return da.where(same_layer if same else ~same_layer).mean(["layer_a", "layer_b"])
 
 
 # The cross-model similarity summaries besides fine-tuning's, and what their two models are.
@@ -238,15 +232,15 @@ def report(results: str | Path) -> str:
     if (ds := have("similarity")) is not None:
         for measure in ds.data_vars:
             parts.append(_table("similarity, pretrained vs fine-tuned, mean over matched layers",
-                                _layer_mean(ds[measure]), measure, 3))
+                                layer_mean(ds[measure]), measure, 3))
     for name, models in LINEAGE_TABLES.items():
         if (ds := have(name)) is not None and "linear_cka" in ds:
             parts.append(_table(f"similarity, {models}, mean over matched layers",
-                                _layer_mean(ds["linear_cka"]), "linear_cka", 3))
+                                layer_mean(ds["linear_cka"]), "linear_cka", 3))
     if (ds := have("similarity_within")) is not None and "linear_cka" in ds:
         # Each layer with itself is 1 by construction: how alike the different layers are says more.
         parts.append(_table("similarity within each model, mean over pairs of different layers",
-                            _layer_mean(ds["linear_cka"], same=False), "linear_cka", 3))
+                            layer_mean(ds["linear_cka"], same=False), "linear_cka", 3))
     if (ds := have("spectra")) is not None:
         parts.append(_table("spectra", ds["ntk_condition_number"], "NTK condition number"))
         parts.append(_table("spectra", ds["hessian_eigenvalues"].isel(hessian_eig=0), "top Hessian eigenvalue"))

@@ -168,6 +168,13 @@ def seeds_text(how: str, *datasets: xr.Dataset) -> str:
     return f"{how} over {n} seeds" if n > 1 else "single seed"
 
 
+def layer_mean(da: xr.DataArray, *, same: bool = True) -> xr.DataArray:
+    """Mean of a layer x layer similarity over the pairs of a layer with itself (``same``),
+    or over the pairs of different layers."""
+    same_layer = da["layer_a"] == da["layer_b"]
+    return da.where(same_layer if same else ~same_layer).mean(["layer_a", "layer_b"])
+
+
 def per_seed_over_pairs(da: xr.DataArray) -> xr.DataArray:
     """A symmetric measure of seed pairs (dims ``seed`` and ``other_seed``, each pair stored
     once) as each seed's mean over every other seed it was paired with: dim ``seed``."""
@@ -190,7 +197,7 @@ def zoo_metrics(zoo: xr.Dataset, pairs: xr.Dataset | None = None, similarity: xr
         out["barrier"] = per_seed_over_pairs(pairs["test_error_barrier"])
     if similarity is not None and "linear_cka" in similarity:
         cka = similarity["linear_cka"]
-        out["cka"] = per_seed_over_pairs(cka.where(cka["layer_a"] == cka["layer_b"]).mean(["layer_a", "layer_b"]))
+        out["cka"] = per_seed_over_pairs(layer_mean(cka))
     return out
 
 

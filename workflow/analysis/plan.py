@@ -125,9 +125,14 @@ class AnalysisPlan:
         each stage declares (:meth:`~workflow.stages.TrainingStage.connections`), with
         ``analyze.connectivity``."""
         pairs = {self.connectivity_path(coords): pair for coords, pair in self._connectivity()}
-        if "connectivity" in self.config["analyze"]:
-            pairs.update({self.seed_pair_path("connectivity", a, b): (a, b) for _, (a, b) in self._seed_pairs()})
+        pairs.update({path: pair for _, path, pair in self._seed_pair_connectivity()})
         return pairs
+
+    def _seed_pair_connectivity(self) -> list[tuple[dict[str, Any], str, tuple[str, str]]]:
+        """(coordinates, store, (run a, run b)) of every seed pair's connectivity, with ``analyze.connectivity``."""
+        if "connectivity" not in self.config["analyze"]:
+            return []
+        return [(coords, self.seed_pair_path("connectivity", a, b), (a, b)) for coords, (a, b) in self._seed_pairs()]
 
     def _connectivity(self) -> list[tuple[dict[str, Any], tuple[str, str]]]:
         """(coordinates in the summary, (run a, run b)) of every connectivity store."""
@@ -147,9 +152,7 @@ class AnalysisPlan:
         out["spectra"] = [(axes.model_coords(run), self.spectra_path(run)) for run in self.spectra_runs()]
         out["relative"] = [(axes.model_coords(a, seed=False), path) for path, (a, _) in self.relative_pairs().items()]
         out["connectivity"] = [(coords, self.connectivity_path(coords)) for coords, _ in self._connectivity()]
-        if "connectivity" in self.config["analyze"]:
-            out["connectivity_seed_pairs"] = [(coords, self.seed_pair_path("connectivity", a, b))
-                                              for coords, (a, b) in self._seed_pairs()]
+        out["connectivity_seed_pairs"] = [(coords, path) for coords, path, _ in self._seed_pair_connectivity()]
         return out
 
     def analysis_spec(self) -> dict[str, Any]:
