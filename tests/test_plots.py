@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import matplotlib
 import numpy as np
 import pytest
 import xarray as xr
@@ -969,9 +970,10 @@ def test_the_zoo_figure_draws_each_metric_per_width_and_each_cells_phase() -> No
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == 2 * 5  # 2 widths x (accuracy, trace, barrier, CKA, phase)
     titles = [ax.get_title() for ax in panels if ax.get_title()]
-    assert titles == ["test accuracy (%)", "Hessian trace", "test-error barrier to other seeds (points)",
+    assert titles == ["test accuracy (%)", "Hessian trace (log colour)", "test-error barrier to other seeds (points)",
                       "linear CKA to other seeds (matched layers)", "phase"]
-    assert "phases: barrier above 0.02" in fig._suptitle.get_text()
+    assert isinstance(panels[1].get_images()[0].norm, matplotlib.colors.LogNorm)  # traces span decades
+    assert "phases: straight-line barrier above 0.02" in fig._suptitle.get_text()
     # the phase panel of width 4 names each cell's phase, as the report classifies it
     cells = plots.zoo_metrics(zoo, pairs, similarity)
     phase, _ = plots.zoo_phases(cells, zoo.attrs["phases"])
@@ -980,3 +982,14 @@ def test_the_zoo_figure_draws_each_metric_per_width_and_each_cells_phase() -> No
     # without the seed pairs: the metrics of the models alone, no phase
     alone = plots.zoo(zoo)
     assert len([ax for ax in alone.axes if ax.get_images()]) == 2 * 2
+
+
+def test_the_zoo_figure_classifies_by_the_aligned_barrier_when_asked() -> None:
+    zoo, pairs, similarity = _zoo(2), _zoo_pairs(2), _zoo_similarity(2)
+    pairs["aligned_test_error_barrier"] = 0.0 * pairs["test_error_barrier"]  # aligned: every cell connected
+    zoo.attrs["phases"] = {**zoo.attrs["phases"], "path": "aligned"}
+    fig = plots.zoo(zoo, connectivity_seed_pairs=pairs, similarity_seed_pairs=similarity)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert "the barrier, units aligned (points)" in [ax.get_title() for ax in panels]
+    assert "phases: aligned barrier above 0.02" in fig._suptitle.get_text()
+    assert {t.get_text() for t in panels[5].texts} <= {"III", "IV-A", "IV-B"}

@@ -19,7 +19,7 @@ import xarray as xr
 from workflow import jobs, storage
 from workflow.analysis import stages as analysis
 from workflow.finetune import FINETUNE
-from workflow.models import build_model, seeded_model
+from workflow.models import build_model, load_model, seeded_model
 from workflow.prune_data import random_scores
 from workflow.prune_network import apply_masks
 from workflow.study import Study
@@ -587,6 +587,25 @@ def test_connectivity_of_a_model_with_itself_has_no_barrier(pipeline: Pipeline, 
     ds = storage.open_dataset(tmp_path / "c.zarr")
     assert ds["alpha"].values.tolist() == [0.0, 0.5, 1.0]
     assert float(ds["test_error_barrier"]) == 0.0 and bool(ds["stable"])
+
+
+def test_aligned_connectivity_undoes_a_permutation_of_the_units(pipeline: Pipeline, tmp_path: Path) -> None:
+    from workflow.analysis.alignment import permute_units, unit_blocks
+
+    model = pipeline.run("finetune/mnist1d/full/s0") / "model.pt"
+    saved = storage.load_torch(model)
+    net, _ = load_model(model)
+    rng = np.random.default_rng(0)
+    perms = {name: rng.permutation(getattr(net, name)[1].num_features) for name in unit_blocks(net)}
+    storage.save_torch({**saved, "state_dict": permute_units(net, perms).state_dict()}, tmp_path / "shuffled.pt")
+    analysis.connectivity(model, tmp_path / "shuffled.pt", pipeline.task_path, tmp_path / "c.zarr", names=("a", "b"),
+                          settings={"alphas": 3, "bn_batches": 1, "align": True}, device="cpu")
+    ds = storage.open_dataset(tmp_path / "c.zarr")
+    assert float(ds["test_error_barrier"]) > 0.05  # the order of the units alone makes a barrier
+    assert float(ds["aligned_test_error_barrier"]) == 0.0
+    np.testing.assert_allclose(ds["aligned_test_error"], ds["aligned_test_error"][0])
+    assert ds["aligned_unit_correlation"]["layer"].values.tolist() == ["conv1", "conv2", "conv3"]
+    assert (ds["aligned_unit_correlation"] > 0.5).all()
 
 
 def test_record_keeps_the_chosen_layers_pooled_or_flattened(pipeline: Pipeline, tmp_path: Path) -> None:

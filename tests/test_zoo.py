@@ -79,6 +79,18 @@ def test_sizes_beyond_the_training_set_are_refused(read_config) -> None:
         load_config(copy.deepcopy(config))
 
 
+def test_aligning_needs_a_model_of_chained_blocks_and_the_aligned_path_needs_aligning(read_config) -> None:
+    config = read_config("zoo")
+    config["analyze"]["connectivity"]["align"] = False
+    with pytest.raises(ConfigError, match=r"'zoo.phases.path' = 'aligned' needs 'analyze.connectivity.align: true'"):
+        load_config(copy.deepcopy(config))
+    config = read_config("zoo")
+    config["model"] = {"name": "resnet20", "width": 4, "depth": 8, "channels_in": 1}
+    with pytest.raises(ConfigError, match=r"'analyze.connectivity.align' needs a model whose units can be aligned, "
+                                          r"not 'resnet20'; allowed models: cnn1d, mlp"):
+        load_config(copy.deepcopy(config))
+
+
 def test_a_zoo_run_trains_on_the_first_examples_scores_its_initialisation_and_measures_its_hessian(task) -> None:
     from workflow.analysis.hessian import hessian_analysis
     from workflow.analysis.ntk import ntk_analysis

@@ -168,6 +168,17 @@ def check_semantics(config: Mapping[str, Any]) -> None:
     for key, needs in (("wiseft", "linear_probe"), ("ensemble", "full")):
         if key in ft and needs not in ft["methods"]:
             problems.append(f"config key 'finetune.{key}' needs '{needs}' in 'finetune.methods'; have: {ft['methods']}")
+    connectivity = config.get("analyze", {}).get("connectivity", {})
+    if connectivity.get("align"):
+        from workflow.analysis.alignment import ALIGNABLE
+
+        if config["model"]["name"] not in ALIGNABLE:
+            problems.append(
+                f"config key 'analyze.connectivity.align' needs a model whose units can be aligned, not "
+                f"{config['model']['name']!r}; allowed models: {', '.join(ALIGNABLE)}")
+    if "zoo" in config and config["zoo"]["phases"]["path"] == "aligned" and not connectivity.get("align"):
+        problems.append("config key 'zoo.phases.path' = 'aligned' needs 'analyze.connectivity.align: true'; "
+                        "allowed without it: linear")
     pd = config.get("prune_data")
     if pd is not None and set(pd["scores"]) - {"random", "rs2"}:
         beyond = sorted({(o, f) for o in pd["offsets"] for f in pd["fractions"] if o + f > 1 + 1e-12})

@@ -145,6 +145,7 @@ def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset
     labels = {"test_acc": ("final test accuracy (%)", 100, 1), "hessian_trace": ("Hessian trace", 1, 2),
               "hessian_top_eigenvalue": ("Hessian top eigenvalue", 1, 2),
               "barrier": ("test-error barrier to the other seeds (points)", 100, 2),
+              "aligned_barrier": ("test-error barrier to the other seeds, their units aligned (points)", 100, 2),
               "cka": ("linear CKA to the other seeds, mean over matched layers", 1, 2)}
     parts = []
     for name, (what, scale, digits) in labels.items():

@@ -184,17 +184,20 @@ def per_seed_over_pairs(da: xr.DataArray) -> xr.DataArray:
 
 
 # The zoo's phase thresholds when its summary carries none (the schema's defaults).
-ZOO_PHASES = {"barrier": 0.02, "hessian_trace": None, "cka": 0.9}
+ZOO_PHASES = {"barrier": 0.02, "path": "linear", "hessian_trace": None, "cka": 0.9}
 
 
 def zoo_metrics(zoo: xr.Dataset, pairs: xr.Dataset | None = None, similarity: xr.Dataset | None = None) -> xr.Dataset:
     """Each zoo model's metrics over the zoo's axes and seed: final test accuracy, Hessian
     trace and top eigenvalue, and where its seed pairs were analysed, the test-error
-    barrier and the mean matched-layer linear CKA to the other seeds of its cell."""
+    barrier (and, where the seeds' units were aligned, ``aligned_barrier``) and the mean
+    matched-layer linear CKA to the other seeds of its cell."""
     out = xr.Dataset({"test_acc": final_value(zoo["test_acc"]), "hessian_trace": zoo["hessian_trace"],
                       "hessian_top_eigenvalue": zoo["hessian_top_eigenvalue"]})
     if pairs is not None:
         out["barrier"] = per_seed_over_pairs(pairs["test_error_barrier"])
+        if "aligned_test_error_barrier" in pairs:
+            out["aligned_barrier"] = per_seed_over_pairs(pairs["aligned_test_error_barrier"])
     if similarity is not None and "linear_cka" in similarity:
         cka = similarity["linear_cka"]
         out["cka"] = per_seed_over_pairs(layer_mean(cka))
@@ -204,15 +207,19 @@ def zoo_metrics(zoo: xr.Dataset, pairs: xr.Dataset | None = None, similarity: xr
 def zoo_phases(cells: xr.Dataset, phases: Mapping[str, float | None]) -> tuple[xr.DataArray, str] | None:
     """Each cell's phase (:func:`workflow.analysis.phases.classify`) from the seed means of
     :func:`zoo_metrics`, at the ``phases`` thresholds (a trace threshold of None: the median
-    cell's), and the thresholds in words; None without the barrier and CKA."""
+    cell's; ``path``: the barrier on the straight line, or after aligning the seeds' units),
+    and the thresholds in words; None without that barrier and CKA."""
     from workflow.analysis.phases import Thresholds, classify
 
-    if "barrier" not in cells or "cka" not in cells:
+    path = phases.get("path", "linear")
+    barrier = "aligned_barrier" if path == "aligned" else "barrier"
+    if barrier not in cells or "cka" not in cells:
         return None
     means = cells.mean("seed")
     trace = phases["hessian_trace"]
     thresholds = Thresholds(phases["barrier"], float(means["hessian_trace"].median()) if trace is None else trace,
                             phases["cka"])
-    said = (f"barrier above {thresholds.barrier:g} (test error), Hessian trace above {thresholds.hessian_trace:.4g}"
+    said = (f"{'aligned' if path == 'aligned' else 'straight-line'} barrier above {thresholds.barrier:g} (test error), "
+            f"Hessian trace above {thresholds.hessian_trace:.4g}"
             + (" (the median cell's)" if trace is None else "") + f", CKA above {thresholds.cka:g}")
-    return classify(means["barrier"], means["hessian_trace"], means["cka"], thresholds), said
+    return classify(means[barrier], means["hessian_trace"], means["cka"], thresholds), said

@@ -19,6 +19,7 @@ from torch import nn
 
 from workflow import cache, storage
 from workflow.analysis.activations import activations_dataset, pool_positions, record_activations
+from workflow.analysis.alignment import match_units, matched_correlation, permute_units
 from workflow.analysis.connectivity import linear_connectivity
 from workflow.analysis.hessian import hessian_analysis
 from workflow.analysis.ntk import ntk_analysis
@@ -35,6 +36,10 @@ from workflow.data import TaskData, load_data
 from workflow.models import load_model
 from workflow.storage import PathLike
 from workflow.runtime import evaluate, job_device
+
+
+CONNECTIVITY_BATCH = 256
+"""Examples per batch on the line, and per batch that re-estimates BatchNorm there."""
 
 
 def _two_models(model_a: PathLike, model_b: PathLike, data_path: PathLike, device: str,
@@ -172,12 +177,25 @@ def connectivity(
     device: str = "auto",
     threads: int | None = None,
 ) -> None:
-    """Loss and error on the line between two models, BatchNorm re-estimated at each point."""
+    """Loss and error on the line between two models, BatchNorm re-estimated at each point.
+
+    With ``align``, also on the line to b with its units matched to a's
+    (:mod:`workflow.analysis.alignment`, on the training examples that re-estimate
+    BatchNorm): its variables prefixed ``aligned_``, and ``aligned_unit_correlation``
+    (dim ``layer``), the mean correlation of each block's matched units.
+    """
     data, (a, b) = _two_models(model_a, model_b, data_path, device, threads)
-    ds = linear_connectivity(
-        a, b, data.x_test, data.y_test, x_train=data.x_train, y_train=data.y_train,
-        alphas=np.linspace(0.0, 1.0, settings["alphas"]), bn_batches=settings["bn_batches"], names=names,
-    )
+    kwargs = dict(x_train=data.x_train, y_train=data.y_train, alphas=np.linspace(0.0, 1.0, settings["alphas"]),
+                  bn_batches=settings["bn_batches"], batch_size=CONNECTIVITY_BATCH, names=names)
+    ds = linear_connectivity(a, b, data.x_test, data.y_test, **kwargs)
+    if settings.get("align"):
+        matching = data.x_train[: settings["bn_batches"] * CONNECTIVITY_BATCH]
+        perms = match_units(a, b, matching)
+        aligned = linear_connectivity(a, permute_units(b, perms), data.x_test, data.y_test, **kwargs)
+        correlation = matched_correlation(a, b, matching, perms)
+        ds = ds.merge(aligned.rename({v: f"aligned_{v}" for v in aligned.data_vars}))
+        ds["aligned_unit_correlation"] = xr.DataArray(list(correlation.values()), dims="layer",
+                                                      coords={"layer": list(correlation)})
     _write_comparison(ds, out, settings, names)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 import matplotlib
 import numpy as np
 import xarray as xr
-from matplotlib import colormaps, ticker
+from matplotlib import colormaps, colors, ticker
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -111,12 +111,17 @@ def heatmap(
     text_colour: Callable[[float], str],
     aspect: str = "auto",
     missing: str | None = None,
+    log: bool = False,
 ) -> Any:
-    """``values`` as an image with each cell annotated (``missing`` in NaN cells, if given)."""
-    image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect=aspect)
+    """``values`` as an image with each cell annotated (``missing`` in NaN cells, if given);
+    with ``log``, on a logarithmic colour scale, annotated to 3 significant digits."""
+    if log:
+        image = ax.imshow(values, norm=colors.LogNorm(vmin=vmin, vmax=vmax), cmap=cmap, aspect=aspect)
+    else:
+        image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect=aspect)
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            text, colour = f"{v:.2f}", text_colour(v)
+            text, colour = (f"{v:.3g}" if log else f"{v:.2f}"), text_colour(v)
         elif missing is not None:
             text, colour = missing, "dimgrey"
         else:

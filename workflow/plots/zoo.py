@@ -10,12 +10,13 @@ from matplotlib.figure import Figure
 from workflow.plots.drawing import heatmap, new_figure
 from workflow.summaries import ZOO_PHASES, zoo_metrics, zoo_phases
 
-# What each panel draws: (label, scale, colour map).
+# What each panel draws: (label, scale, colour map, log colour scale).
 PANELS = {
-    "test_acc": ("test accuracy (%)", 100.0, "viridis"),
-    "hessian_trace": ("Hessian trace", 1.0, "magma"),
-    "barrier": ("test-error barrier to other seeds (points)", 100.0, "magma"),
-    "cka": ("linear CKA to other seeds (matched layers)", 1.0, "viridis"),
+    "test_acc": ("test accuracy (%)", 100.0, "viridis", False),
+    "hessian_trace": ("Hessian trace (log colour)", 1.0, "magma", True),  # spans orders of magnitude
+    "barrier": ("test-error barrier to other seeds (points)", 100.0, "magma", False),
+    "aligned_barrier": ("the barrier, units aligned (points)", 100.0, "magma", False),
+    "cka": ("linear CKA to other seeds (matched layers)", 1.0, "viridis", False),
 }
 PHASE_CODES = {"I": 0, "II": 1, "III": 2, "IV-A": 3, "IV-B": 4}
 
@@ -32,14 +33,16 @@ def zoo(ds: xr.Dataset, connectivity_seed_pairs: xr.Dataset | None = None,
     ncols = len(panels) + (found is not None)
     fig, axes = new_figure(len(widths), ncols, (2.2 + 0.45 * len(lrs), 0.9 + 0.4 * len(sizes)))
     for j, name in enumerate(panels):
-        label, scale, cmap = PANELS[name]
+        label, scale, cmap, log = PANELS[name]
         means = scale * cells[name].mean("seed").transpose("width", "size", "lr")
         vmin, vmax = float(means.min()), float(means.max())
+        log = log and vmin > 0
+        middle = np.sqrt(vmin * vmax) if log else (vmin + vmax) / 2
         for i, width in enumerate(widths):
             ax = axes[i, j]
             image = heatmap(ax, means.sel(width=width).values, cmap=cmap, vmin=vmin, vmax=vmax, fontsize=6,
-                            text_colour=lambda v, lo=vmin, hi=vmax: "white" if v < (lo + hi) / 2 else "black",
-                            missing="-")
+                            text_colour=lambda v, mid=middle: "white" if v < mid else "black",
+                            missing="-", log=log)
             if i == 0:
                 ax.set_title(label, fontsize="small")
         fig.colorbar(image, ax=axes[:, j], shrink=0.6)
