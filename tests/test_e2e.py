@@ -46,7 +46,7 @@ def snakemake(
 # A pack's rule: the layout rule of its stage, then the pack (rules/train.smk); an analysis
 # batch's rule: its kind of job, then its pack's rule (rules/analyze.smk).
 PACK_RULE = re.compile(r"^(\w+?)_[0-9a-f]{8}_\d+(?:_\d+)?$")
-BATCH_RULE = re.compile(r"^(?:analyze|spectra)_\w+$")
+BATCH_RULE = re.compile(r"^(?:analyze|spectra|manifold)_\w+$")
 
 
 def _store_kind(path: str) -> str:
@@ -641,8 +641,9 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
     cwd = copy_workflow(tmp_path)
     twin = yaml.safe_load((cwd / "config/studies/zoo.yaml").read_text())
     twin.update(results="results/zoo_twin",
-                analyze={"probe_size": 50, "connectivity": {"alphas": 3, "bn_batches": 1},
-                         "similarity": {"edges": ["seeds"], "measures": ["linear_cka"]}},
+                analyze={"probe_size": 50, "connectivity": {"alphas": 3, "bn_batches": 1, "align": True},
+                         "similarity": {"edges": ["seeds"], "measures": ["linear_cka"]},
+                         "manifold": {"lrs": [0.1], "seeds": [0], "dims": [1, 8, 40], "trials": 2, "steps": 10}},
                 data={"target": {"name": "mnist1d", "args": {"num_samples": 600}, "val_size": 50}},
                 train={"epochs": 2, "batch_size": 50, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9})
     twin["zoo"].update(widths=[2, 4], sizes=[100, 200], lrs=[0.01, 0.1], seeds=[0, 1],
@@ -664,11 +665,17 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
 
     pairs = open_quietly(Path(study.summary_path("connectivity_seed_pairs")))
     assert dict(pairs["test_error_barrier"].sizes) == {"width": 2, "size": 2, "lr": 2, "seed": 1, "other_seed": 1}
+    assert bool(pairs["aligned_test_error_barrier"].notnull().all())
+    assert pairs["aligned_unit_correlation"].dims == ("width", "size", "lr", "seed", "other_seed", "layer")
+    manifold = open_quietly(Path(study.summary_path("manifold")))
+    assert dict(manifold["success_rate"].sizes) == {"width": 2, "size": 2, "lr": 1, "seed": 1, "class_label": 10,
+                                                    "subspace_dim": 3}
     cka = open_quietly(Path(study.summary_path("similarity_seed_pairs")))["linear_cka"]
     assert bool(cka.notnull().all())
     text = subprocess.run([sys.executable, "-m", "workflow", "report", twin["results"]], cwd=cwd,
                           capture_output=True, text=True, check=True).stdout
-    assert "zoo: phase of each cell (barrier above 0.02" in text and "test-error barrier to the other seeds" in text
+    assert "zoo: phase of each cell (aligned barrier above 0.02" in text and "their units aligned" in text
+    assert "zoo: rank correlation of the class-manifold dimension" in text
     assert matplotlib.image.imread(study.plot_path("zoo", "png")).shape[0] > 100  # the phase diagram
     index = pd.read_csv(cwd / twin["results"] / "summary" / "runs.csv")
     zoo = index[index["stage"] == "zoo"]

@@ -127,3 +127,23 @@ def test_a_zoo_reports_its_grids_and_how_each_initial_score_ranks_the_trained_mo
     rows = {line.rsplit(None, 3)[0].strip(): [float(v) for v in line.split()[-3:]] for line in table[3:6]}
     assert rows["hidden covariance, conv1"] == [1.0, 1.0, 1.0]  # over all models, and within every cell
     assert rows["NTK condition number"] == [-1.0, -1.0, -1.0]
+    # the class-manifold dimension of the models measured, beside their accuracy
+    mdims = ("width", "size", "lr", "seed", "class_label")
+    dimension = np.stack([30 + 2 * accuracy[:, :, 1:], 30 + 2 * accuracy[:, :, 1:]], axis=-1)  # lr 0.1, 2 classes
+    manifold = xr.Dataset({"class_manifold_dimension": (mdims, dimension),
+                           "success_rate": ((*mdims, "subspace_dim"), np.ones((*dimension.shape, 2))),
+                           "input_dim": (dims, np.full(dimension.shape[:-1], 40))},
+                          coords={**{k: coords[k] for k in dims}, "lr": [0.1], "class_label": [0, 1],
+                                  "subspace_dim": [1, 2]},
+                          attrs={"manifold": {"threshold": 0.9, "trials": 8}})
+    storage.write_dataset(manifold, tmp_path / "summary" / "manifold.zarr")
+    text = report(tmp_path)
+    head, grid = text.split("zoo: class-manifold dimension (")[1].split("\n", 1)
+    assert head.startswith("input dimension 40 minus the smallest subspace dimension, of [1, 2], reaching the class "
+                           "at probability 0.9 in half of 8 trials")
+    lines = grid.splitlines()
+    assert lines[3].split() == ["4", "100", "30.2", "12.5"]  # 30 + 2 x the mean of 0.10 and 0.15; 10 and 15 %
+    ranks = text.split("zoo: rank correlation of the class-manifold dimension")[1].splitlines()
+    assert ranks[2].split()[-2:] == ["1.000", "1.000"]  # with accuracy: the same order
+    # with size: each width and lr has 2 sizes x 2 seeds, in order; the tied sizes cap tau-b and rho
+    assert ranks[3].split()[-2:] == ["0.816", "0.894"]

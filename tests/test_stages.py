@@ -608,6 +608,23 @@ def test_aligned_connectivity_undoes_a_permutation_of_the_units(pipeline: Pipeli
     assert (ds["aligned_unit_correlation"] > 0.5).all()
 
 
+def test_manifold_stores_every_class_and_subspace_dimension(pipeline: Pipeline, tmp_path: Path) -> None:
+    model = pipeline.run("finetune/mnist1d/full/s0") / "model.pt"
+    settings = {"dims": [1, 40], "trials": 2, "steps": 20, "lr": 0.3, "threshold": 0.5, "seed": 0}
+    analysis.manifold(model, pipeline.task_path, tmp_path / "m.zarr", settings=settings, device="cpu")
+    ds = storage.open_dataset(tmp_path / "m.zarr")
+    assert ds["success_rate"].dims == ("class_label", "subspace_dim")
+    assert ds["class_label"].values.tolist() == list(range(10)) and ds["subspace_dim"].values.tolist() == [1, 40]
+    assert int(ds["input_dim"]) == 40
+    # the whole input space holds every class the model ever predicts confidently
+    rates, dimension = ds["success_rate"], ds["class_manifold_dimension"]
+    reached_at_1 = rates.sel(subspace_dim=1) >= 0.5
+    np.testing.assert_array_equal(dimension.where(reached_at_1), xr.full_like(dimension, 39).where(reached_at_1))
+    reached_at_40 = ~reached_at_1 & (rates.sel(subspace_dim=40) >= 0.5)
+    assert (dimension.where(reached_at_40).fillna(0) == 0).all()
+    assert json.loads(ds.attrs["analysis_config"]) == settings
+
+
 def test_record_keeps_the_chosen_layers_pooled_or_flattened(pipeline: Pipeline, tmp_path: Path) -> None:
     model = pipeline.run("pretrain/mnist1d/s0") / "model.pt"
     analysis.record(model, pipeline.task_path, tmp_path / "flat.zarr", probe_size=20, layers=["conv2", "head"],

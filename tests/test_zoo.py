@@ -72,6 +72,36 @@ def test_four_seeds_make_six_pairs_a_cell(read_config) -> None:
     assert len(pairs) == 6
 
 
+def test_the_manifold_is_measured_on_the_models_it_selects_in_their_packs_own_jobs(study: Study) -> None:
+    study.config["analyze"]["manifold"].update(widths=[8], seeds=[1])  # lrs [0.1] from the study
+    runs = study.manifold_runs()
+    assert runs == ["zoo/w8/n100/lr0.1/s1", "zoo/w8/n200/lr0.1/s1"]
+    batches = [b for b in study.analysis_batches() if b.job == "manifold"]
+    assert [[t.runs for t in b.tasks] for b in batches] == [[(runs[0],)], [(runs[1],)]]
+    assert {b.pack for b in batches} == {study.pack_of(run).id for run in runs}
+    entries = study.summaries()["manifold"]
+    assert entries[0] == ({"width": 8, "size": 100, "lr": 0.1, "seed": 1}, study.manifold_path(runs[0]))
+    # which models are measured decides which stores exist, not what is in one
+    settings = study.analysis_settings("manifold")
+    assert not {"widths", "sizes", "lrs", "seeds"} & set(settings) and settings["threshold"] == 0.9
+    assert study.summary_attrs("manifold") == {"manifold": settings}
+    row = next(r for r in study.run_index() if r["run"] == runs[0])
+    assert study.manifold_path(runs[0]).removeprefix(study.root + "/") in row["other_stores"].split(";")
+
+
+def test_a_manifold_selection_outside_the_zoo_is_refused(read_config) -> None:
+    config = read_config("zoo")
+    config["analyze"]["manifold"] = {"lrs": [0.1, 0.5], "seeds": [7]}
+    with pytest.raises(ConfigError) as error:
+        load_config(copy.deepcopy(config))
+    assert "'analyze.manifold.lrs' has [0.5], which 'zoo.lrs' lacks" in str(error.value)
+    assert "'analyze.manifold.seeds' has [7], which 'zoo.seeds' lacks; allowed: [0, 1, 2, 3]" in str(error.value)
+    config = read_config("default")
+    config["analyze"]["manifold"] = {}
+    with pytest.raises(ConfigError, match="'analyze.manifold' needs a 'zoo' section"):
+        load_config(copy.deepcopy(config))
+
+
 def test_sizes_beyond_the_training_set_are_refused(read_config) -> None:
     config = read_config("zoo")
     config["zoo"]["sizes"] = [250, 5000]

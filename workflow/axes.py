@@ -61,6 +61,8 @@ DIMENSIONS: dict[str, str] = {
     "size": "the training examples a zoo model trains on (the first N of the task's)",
     "lr": "a zoo model's learning rate (the temperature axis)",
     "other_seed": "the seed of the second model of a pair that differs only in its seed",
+    "class_label": "a class of the target task, by its index",
+    "subspace_dim": "dimension of the random affine subspaces of input space searched for a class",
     "noise": "how far a random teacher's student starts from it: theta_S = theta_T + noise * an independent "
              "initialisation (0: at the teacher)",
 }
@@ -139,7 +141,17 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                            "float"),
     "hessian_top_eigenvalue": ("largest eigenvalue (by magnitude) of the training loss's Hessian",
                                "nats per squared parameter unit", "float"),
+    "aligned_unit_correlation": ("mean correlation of each of the first model's units with the second model's "
+                                 "unit matched to it, per block", "1", "float"),
+    "input_dim": ("dimension of the model's input space", "dimensions", "int"),
+    "success_rate": ("fraction of random affine subspaces through random inputs within which the search reached "
+                     "the class at the threshold probability", FRACTION, "float"),
+    "class_manifold_dimension": ("effective dimension of the class's high-confidence region: the input's "
+                                 "dimension minus the smallest subspace dimension reaching it in at least half "
+                                 "the trials (Fort et al.)", "dimensions", "float"),
 }
+
+ALIGNED = "aligned_"  # prefixes a connectivity measure taken after aligning the units (analysis.alignment)
 
 # Variables by pattern, for families of names: (regex, long_name with {groups}, units, kind).
 PATTERNS: tuple[tuple[str, str, str, str], ...] = (
@@ -167,6 +179,9 @@ def variable_info(name: str) -> tuple[str, str, str]:
     """``(long_name, units, kind)`` of a summary variable; a name the vocabulary lacks is an error."""
     if name in VARIABLES:
         return VARIABLES[name]
+    if name.startswith(ALIGNED) and name not in VARIABLES:  # the same measure after aligning units
+        long_name, units, kind = variable_info(name.removeprefix(ALIGNED))
+        return f"{long_name}, the second model's units aligned to the first's", units, kind
     for pattern, long_name, units, kind in PATTERNS:
         if (m := re.fullmatch(pattern, name)) is not None:
             return long_name.format(*m.groups()), units, kind

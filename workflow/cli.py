@@ -320,7 +320,7 @@ def _analyze_options(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-@command("analyze", "run a batch of analyses (activations, similarity, relative, connectivity, spectra)",
+@command("analyze", "run a batch of analyses (activations, similarity, relative, connectivity, spectra, manifold)",
          _analyze_options)
 def _analyze(args: argparse.Namespace) -> None:
     from pathlib import Path

@@ -176,6 +176,15 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             problems.append(
                 f"config key 'analyze.connectivity.align' needs a model whose units can be aligned, not "
                 f"{config['model']['name']!r}; allowed models: {', '.join(ALIGNABLE)}")
+    if (manifold := config.get("analyze", {}).get("manifold")) is not None:
+        if "zoo" not in config:
+            problems.append("config key 'analyze.manifold' needs a 'zoo' section: it analyses the zoo's models")
+        else:
+            for key in ("widths", "sizes", "lrs", "seeds"):
+                extra = sorted(set(manifold[key] or []) - set(config["zoo"][key]))
+                if extra:
+                    problems.append(f"config key 'analyze.manifold.{key}' has {extra}, which 'zoo.{key}' lacks; "
+                                    f"allowed: {config['zoo'][key]}")
     if "zoo" in config and config["zoo"]["phases"]["path"] == "aligned" and not connectivity.get("align"):
         problems.append("config key 'zoo.phases.path' = 'aligned' needs 'analyze.connectivity.align: true'; "
                         "allowed without it: linear")

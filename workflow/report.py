@@ -8,11 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from workflow import storage
-from workflow.summaries import (ZOO_PHASES, best_over, best_runs, chosen_by, final_value, layer_mean, zoo_metrics,
-                                zoo_phases)
+from workflow.summaries import (ZOO_PHASES, best_over, best_runs, chosen_by, final_value, layer_mean, zoo_manifold,
+                                zoo_metrics, zoo_phases)
 
 
 def _final_acc(ds: xr.Dataset) -> xr.DataArray:
@@ -133,7 +134,8 @@ def _random_teacher_table(ds: xr.Dataset) -> str:
 ZOO_SCORES = {"init_ntk_condition_number": "NTK condition number", "init_ntk_alignment": "NTK alignment (centred)"}
 
 
-def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset | None) -> str:
+def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset | None,
+                manifold: xr.Dataset | None = None) -> str:
     """A zoo's grids (width x size rows, learning rate columns; means over seeds) of its
     metrics (:func:`workflow.summaries.zoo_metrics`), each cell's phase where the seed pairs
     were analysed, and how each training-free score of the initialisations ranks the
@@ -176,7 +178,38 @@ def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset
         phase, said = found
         parts.append(f"zoo: phase of each cell ({said})\n{phase.to_series().unstack('lr').to_string()}\n"
                      + "".join(f"  {name}: {text}\n" for name, text in PHASES.items()))
+    if manifold is not None:
+        parts.append(_zoo_manifold_table(ds, manifold))
     return "".join(parts)
+
+
+def _zoo_manifold_table(ds: xr.Dataset, manifold: xr.Dataset) -> str:
+    """The class-manifold dimension of the zoo models measured (mean over classes and seeds;
+    rows: width, size; columns: lr), and how it ranks with test accuracy and with the
+    training-set size (Kendall's tau and Spearman's rho over the models; for the size,
+    within each width and learning rate, averaged)."""
+    from workflow.analysis.training_free import rank_agreement
+
+    measured = zoo_manifold(ds, manifold)
+    dimension, accuracy = measured["class_manifold_dimension"], measured["test_acc"]
+    frame = xr.Dataset({"dimension": dimension.mean("seed"), "test_acc_%": 100 * accuracy.mean("seed")}
+                       ).to_dataframe(dim_order=["width", "size", "lr"]).unstack("lr")
+    with_acc = rank_agreement(dimension.values.ravel(), accuracy.values.ravel())
+    with_size = [rank_agreement(dimension.sel(width=w, lr=lr).values.ravel(),
+                                dimension["size"].broadcast_like(dimension.sel(width=w, lr=lr)).values.ravel())
+                 for w in dimension["width"].values for lr in dimension["lr"].values]
+    rows = pd.DataFrame({"kendall_tau": [with_acc["kendall_tau"], np.nanmean([r["kendall_tau"] for r in with_size])],
+                         "spearman_rho": [with_acc["spearman_rho"],
+                                          np.nanmean([r["spearman_rho"] for r in with_size])]},
+                        index=[f"with test accuracy (all {dimension.size} models)",
+                               "with training-set size (within each width and lr, mean)"])
+    dims = manifold["subspace_dim"].values.tolist()
+    settings = manifold.attrs.get("manifold", {})
+    return (f"zoo: class-manifold dimension (input dimension {int(manifold['input_dim'].max())} minus the "
+            f"smallest subspace dimension, of {dims}, reaching the class at probability "
+            f"{settings.get('threshold', '?')} in half of {settings.get('trials', '?')} trials; mean over classes and "
+            f"{manifold.sizes['seed']} seeds) and test accuracy\n{frame.round(1).to_string()}\n"
+            f"zoo: rank correlation of the class-manifold dimension\n{rows.round(3).to_string()}\n")
 
 
 def report(results: str | Path) -> str:
@@ -201,7 +234,8 @@ def report(results: str | Path) -> str:
         if ds.sizes["temperature"] * ds.sizes["alpha"] > 1:  # a choice to make
             parts.append(_distill_chosen(ds))
     if (ds := have("zoo")) is not None:
-        parts.append(_zoo_tables(ds, have("connectivity_seed_pairs"), have("similarity_seed_pairs")))
+        parts.append(_zoo_tables(ds, have("connectivity_seed_pairs"), have("similarity_seed_pairs"),
+                                 have("manifold")))
     if (ds := have("random_teacher")) is not None:
         parts.append(_random_teacher_table(ds))
     if (ds := have("network_pruning")) is not None:

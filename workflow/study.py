@@ -283,9 +283,12 @@ class Study(AnalysisPlan):
                 "index": {"out": self.run_index_paths(), "root": self.root, "runs": self.run_index()}}
 
     def summary_attrs(self, name: str) -> dict[str, Any]:
-        """Settings a summary carries for those who read it: the zoo's phase thresholds."""
+        """Settings a summary carries for those who read it: the zoo's phase thresholds, the
+        class-manifold search's settings."""
         if name == "zoo" and "zoo" in self.config:
             return {"phases": self.config["zoo"]["phases"]}
+        if name == "manifold" and "manifold" in self.config["analyze"]:
+            return {"manifold": self.analysis_settings("manifold")}
         return {}
 
     def summary_inputs(self) -> list[str]:
@@ -304,7 +307,8 @@ class Study(AnalysisPlan):
         that a copy of the folder keeps its index)."""
         stores: dict[str, list[str]] = {}
         pairs = {**self.similarity_pairs(), **self.relative_pairs(), **self.connectivity_pairs(),
-                 **self.wiseft_pairs(), **self.ensembles()}
+                 **self.wiseft_pairs(), **self.ensembles(),
+                 **{self.manifold_path(run): (run,) for run in self.manifold_runs()}}
         for path, members in pairs.items():
             for run in dict.fromkeys(members):
                 stores.setdefault(run, []).append(path)

@@ -204,6 +204,15 @@ def zoo_metrics(zoo: xr.Dataset, pairs: xr.Dataset | None = None, similarity: xr
     return out
 
 
+def zoo_manifold(zoo: xr.Dataset, manifold: xr.Dataset) -> xr.Dataset:
+    """The zoo models whose class-manifold dimension was measured: its mean over classes
+    (``class_manifold_dimension``; NaN if a class was never reached) beside their final test
+    accuracy, over the zoo's axes and seed (only the coordinates measured)."""
+    dimension = manifold["class_manifold_dimension"].mean("class_label", skipna=False)
+    accuracy = final_value(zoo["test_acc"]).sel({d: dimension[d] for d in ("width", "size", "lr", "seed")})
+    return xr.Dataset({"class_manifold_dimension": dimension, "test_acc": accuracy})
+
+
 def zoo_phases(cells: xr.Dataset, phases: Mapping[str, float | None]) -> tuple[xr.DataArray, str] | None:
     """Each cell's phase (:func:`workflow.analysis.phases.classify`) from the seed means of
     :func:`zoo_metrics`, at the ``phases`` thresholds (a trace threshold of None: the median

@@ -2,7 +2,7 @@
 
 Training runs train in packs (:mod:`workflow.packs`); their analyses run in batches
 of the same packs, so that a study pays one process start-up per pack and kind of
-job, not one per store. Each training pack has at most two analysis jobs:
+job, not one per store. Each training pack has at most three analysis jobs:
 
 * ``analyze``: the activations of the pack's runs on the probe set, then every
   comparison whose second run (the child, student, pruned model, second seed, or the
@@ -12,6 +12,8 @@ job, not one per store. Each training pack has at most two analysis jobs:
 * ``spectra``: the NTK and Hessian spectra and ranks of the pack's runs. The costly
   analysis has its own job, so that changing another analysis's settings does not
   recompute it.
+* ``manifold``: the class-manifold dimension of the pack's zoo models that
+  ``analyze.manifold`` selects, costly too and on its own for the same reason.
 
 Every store keeps its own path, so summaries read them as before. A batch's job is
 keyed on its description (every task and the settings of its kinds): changing a
@@ -31,8 +33,8 @@ if TYPE_CHECKING:
 # The kinds of task, in the order a batch runs them (activations before what reads them),
 # and the job each belongs to.
 TASK_JOBS = {"activations": "analyze", "similarity": "analyze", "relative": "analyze",
-             "connectivity": "analyze", "spectra": "spectra"}
-BATCH_JOBS = ("analyze", "spectra")
+             "connectivity": "analyze", "spectra": "spectra", "manifold": "manifold"}
+BATCH_JOBS = ("analyze", "spectra", "manifold")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def plan(study: Study) -> list[Batch]:
             add(b, Task(kind, path, {"a": study.path(a, "model.pt"), "b": study.path(b, "model.pt")}, (a, b)))
     for run in study.spectra_runs():
         add(run, Task("spectra", study.spectra_path(run), {"model": study.path(run, "model.pt")}, (run,)))
+    for run in study.manifold_runs():
+        add(run, Task("manifold", study.manifold_path(run), {"model": study.path(run, "model.pt")}, (run,)))
 
     order = list(TASK_JOBS)
     batches = []

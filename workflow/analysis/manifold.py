@@ -32,32 +32,44 @@ class Cutting:
     lr: float = 0.3
 
 
-def reaches(model: nn.Module, x0: torch.Tensor, basis: torch.Tensor, label: int, cutting: Cutting) -> bool:
-    """Whether optimising within ``x0 + basis @ t`` (``basis``: D x d) raises the model's
-    probability of ``label`` to ``cutting.threshold``."""
-    t = torch.zeros(basis.shape[1], dtype=basis.dtype, device=basis.device, requires_grad=True)
+def _reached(model: nn.Module, x0: torch.Tensor, bases: torch.Tensor, labels: torch.Tensor,
+             cutting: Cutting) -> torch.Tensor:
+    """Which trials reach their class: trial ``i`` optimises ``x0[i] + bases[i] @ t[i]``
+    (``x0``: trials x D, ``bases``: trials x D x d) for the probability of ``labels[i]``.
+
+    The trials run as one batch: in eval mode a trial's output depends on its own input
+    only and Adam's update is elementwise, so each ``t[i]`` follows the path it would
+    alone; a trial counts as reached from the first step at which it was.
+    """
+    t = torch.zeros(bases.shape[0], bases.shape[2], dtype=bases.dtype, device=bases.device, requires_grad=True)
     optimiser = torch.optim.Adam([t], lr=cutting.lr)
     # annealed to 0, so that the search settles into a narrow region instead of circling it
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, cutting.steps)
     log_threshold = float(np.log(cutting.threshold))
+    reached = torch.zeros(len(labels), dtype=torch.bool, device=bases.device)
     for _ in range(cutting.steps + 1):
-        x = (x0.reshape(-1) + basis @ t).reshape(1, *x0.shape)
-        log_p = F.log_softmax(model(x), dim=-1)[0, label]
-        if float(log_p.detach()) >= log_threshold:
-            return True
+        x = x0 + torch.einsum("nij,nj->ni", bases, t)  # flat inputs: every model here takes them
+        log_p = F.log_softmax(model(x), dim=-1).gather(1, labels[:, None])[:, 0]
+        reached |= log_p.detach() >= log_threshold
+        if bool(reached.all()):
+            break
         optimiser.zero_grad()
-        (-log_p).backward()
+        (-log_p.sum()).backward()
         optimiser.step()
         schedule.step()
-    return False
+    return reached
 
 
-def success_rates(model: nn.Module, label: int, dims: Sequence[int], draw_point: Callable[[torch.Generator], torch.Tensor],
-                  cutting: Cutting = Cutting(), seed: int = 0) -> dict[int, float]:
-    """The fraction of trials that reach the class, per subspace dimension ``d``.
+def class_success_rates(model: nn.Module, labels: Sequence[int], dims: Sequence[int],
+                        draw_point: Callable[[torch.Generator], torch.Tensor], cutting: Cutting = Cutting(),
+                        seed: int = 0) -> np.ndarray:
+    """The fraction of trials that reach each class (rows: ``labels``) per subspace
+    dimension (columns: ``dims``).
 
-    ``draw_point(generator)`` gives a trial's starting point in the model's input shape.
-    The model runs in eval mode, its parameters untouched (only ``t`` is optimised).
+    Per dimension, ``cutting.trials`` random points (``draw_point(generator)``, one input,
+    flattened) and random subspaces through them are drawn from ``seed``; every class is
+    sought in the same subspaces. The model runs in eval mode, its parameters untouched
+    (only the subspace coordinates are optimised).
     """
     was_training = model.training
     model.eval()
@@ -65,24 +77,35 @@ def success_rates(model: nn.Module, label: int, dims: Sequence[int], draw_point:
     for p in frozen:
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
+    rates = np.zeros((len(labels), len(dims)))
     try:
-        rates = {}
-        for d in dims:
-            hits = 0
+        for j, d in enumerate(dims):
+            points, bases = [], []
             for _ in range(cutting.trials):
-                x0 = draw_point(generator)
-                size = x0.numel()
-                if not 1 <= d <= size:
-                    raise ValueError(f"subspace dimension {d} must lie in 1..{size} (the input's dimension)")
-                gaussian = torch.randn(size, d, generator=generator, dtype=torch.float64).to(x0.dtype)
-                basis, _ = torch.linalg.qr(gaussian)
-                hits += reaches(model, x0, basis.to(x0.device), label, cutting)
-            rates[d] = hits / cutting.trials
+                x0 = draw_point(generator).reshape(-1)
+                if not 1 <= d <= x0.numel():
+                    raise ValueError(f"subspace dimension {d} must lie in 1..{x0.numel()} (the input's dimension)")
+                gaussian = torch.randn(x0.numel(), d, generator=generator, dtype=torch.float64)
+                points.append(x0)
+                bases.append(torch.linalg.qr(gaussian)[0].to(x0.dtype))
+            device = points[0].device
+            x0 = torch.stack(points).repeat(len(labels), 1)  # class-major: trials of class 0, then 1, ...
+            basis = torch.stack(bases).to(device).repeat(len(labels), 1, 1)
+            targets = torch.as_tensor(list(labels), device=device).repeat_interleave(cutting.trials)
+            reached = _reached(model, x0, basis, targets, cutting).reshape(len(labels), cutting.trials)
+            rates[:, j] = reached.double().mean(1).cpu().numpy()
         return rates
     finally:
         for p in frozen:
             p.requires_grad_(True)
         model.train(was_training)
+
+
+def success_rates(model: nn.Module, label: int, dims: Sequence[int], draw_point: Callable[[torch.Generator], torch.Tensor],
+                  cutting: Cutting = Cutting(), seed: int = 0) -> dict[int, float]:
+    """:func:`class_success_rates` of one class, per subspace dimension."""
+    rates = class_success_rates(model, [label], dims, draw_point, cutting, seed)[0]
+    return {d: float(r) for d, r in zip(dims, rates)}
 
 
 def effective_dimension(rates: dict[int, float], input_dim: int) -> float:

@@ -108,6 +108,20 @@ class AnalysisPlan:
                 twins.append((run, run.rsplit("/", 1)[0] + f"/s{seeds[1]}"))
         return twins
 
+    def manifold_runs(self) -> list[str]:
+        """The zoo's runs whose class-manifold dimension is measured (with ``analyze.manifold``):
+        those on the widths, sizes, learning rates and seeds it selects (None: all)."""
+        manifold = self.config["analyze"].get("manifold")
+        if manifold is None:
+            return []
+        chosen = {axis: manifold[key] for axis, key in (("width", "widths"), ("size", "sizes"), ("lr", "lrs"),
+                                                        ("seed", "seeds")) if manifold[key] is not None}
+        return [run for run in TRAINING_STAGES["zoo"].runs(self.config)
+                if all(parse(run)[axis] in values for axis, values in chosen.items())]
+
+    def manifold_path(self, run: str) -> str:
+        return f"{self.root}/analyze/manifold/{run}/analysis.zarr"
+
     def relative_pairs(self) -> dict[str, tuple[str, str]]:
         """Each relative-representation store -> two runs that differ only in their seed.
 
@@ -150,6 +164,9 @@ class AnalysisPlan:
         for edge, (a, b), where in self._similarity():
             out[SIMILARITY_SUMMARIES[edge]].append((where, self._similarity_store(edge, a, b)))
         out["spectra"] = [(axes.model_coords(run), self.spectra_path(run)) for run in self.spectra_runs()]
+        zoo = TRAINING_STAGES["zoo"]
+        out["manifold"] = [(zoo.summary_entries(self, parse(run))[0], self.manifold_path(run))
+                           for run in self.manifold_runs()]
         out["relative"] = [(axes.model_coords(a, seed=False), path) for path, (a, _) in self.relative_pairs().items()]
         out["connectivity"] = [(coords, self.connectivity_path(coords)) for coords, _ in self._connectivity()]
         out["connectivity_seed_pairs"] = [(coords, path) for coords, path, _ in self._seed_pair_connectivity()]
@@ -161,12 +178,15 @@ class AnalysisPlan:
         return {"data": self.config["data"]["target"], **{k: analyze[k] for k in ("probe_size", "layers", "conv")}}
 
     def analysis_settings(self, analysis: str) -> dict[str, Any]:
-        """The settings of one analysis (``similarity``, ``spectra``, ``connectivity``) with the probe set's.
+        """The settings of one analysis (``similarity``, ``spectra``, ``connectivity``, ``manifold``)
+        with the probe set's.
 
-        Without ``similarity.edges``: which edges are compared decides which stores
-        exist, not what is in one, so changing it must not rerun the others.
+        Without ``similarity.edges``, nor the models ``manifold`` selects: which edges or
+        models are analysed decides which stores exist, not what is in one, so changing it
+        must not rerun the others.
         """
         settings = {**self.analysis_spec(), **self.config["analyze"][analysis]}
-        settings.pop("edges", None)
+        for key in ("edges", *(("widths", "sizes", "lrs", "seeds") if analysis == "manifold" else ())):
+            settings.pop(key, None)
         return settings
 

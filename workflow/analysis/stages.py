@@ -22,6 +22,7 @@ from workflow.analysis.activations import activations_dataset, pool_positions, r
 from workflow.analysis.alignment import match_units, matched_correlation, permute_units
 from workflow.analysis.connectivity import linear_connectivity
 from workflow.analysis.hessian import hessian_analysis
+from workflow.analysis.manifold import Cutting, class_success_rates, effective_dimension
 from workflow.analysis.ntk import ntk_analysis
 from workflow.analysis.rank import representation_ranks, weight_ranks
 from workflow.analysis.relative import (
@@ -251,6 +252,45 @@ def relative(
     _write_comparison(ds, out, settings, names)
 
 
+def manifold(
+    model_path: PathLike,
+    data_path: PathLike,
+    out: PathLike,
+    *,
+    settings: Mapping[str, Any],
+    device: str = "auto",
+    threads: int | None = None,
+) -> None:
+    """The class-manifold dimension of every class of the target task (Fort et al.,
+    :mod:`workflow.analysis.manifold`).
+
+    Starting points are drawn per input coordinate from a normal with the training
+    inputs' mean and standard deviation there. Stores ``success_rate`` (class_label,
+    subspace_dim), ``class_manifold_dimension`` (class_label; NaN where no dimension
+    tried reached the class in half the trials) and the ``input_dim``.
+    """
+    dev = job_device(device, threads)
+    data = load_data(data_path, dev)
+    model, saved = load_model(model_path, dev)
+    x = data.x_train.reshape(len(data.x_train), -1)
+    mean, std = x.mean(0), x.std(0)
+
+    def draw_point(generator: torch.Generator) -> torch.Tensor:
+        return mean + std * torch.randn(x.shape[1], generator=generator).to(dev)
+
+    cutting = Cutting(threshold=settings["threshold"], trials=settings["trials"], steps=settings["steps"],
+                      lr=settings["lr"])
+    dims, labels = list(settings["dims"]), list(range(data.num_classes))
+    rates = class_success_rates(model, labels, dims, draw_point, cutting, seed=settings["seed"])
+    dimension = [effective_dimension(dict(zip(dims, row)), x.shape[1]) for row in rates]
+    ds = xr.Dataset({"success_rate": (("class_label", "subspace_dim"), rates),
+                     "class_manifold_dimension": ("class_label", dimension), "input_dim": ((), x.shape[1])},
+                    coords={"class_label": labels, "subspace_dim": dims})
+    attrs = _model_attrs(saved, model_path, dev)
+    attrs.update(analysis_config=json.dumps(settings, sort_keys=True))
+    storage.write_dataset(ds, out, attrs)
+
+
 def _task_names(task: Mapping[str, Any]) -> tuple[str, str]:
     runs = task["runs"]
     return runs[0], runs[-1]
@@ -271,6 +311,8 @@ _TASKS: dict[str, Any] = {
         t["inputs"]["a"], t["inputs"]["b"], data, t["out"], names=_task_names(t), settings=s, device=device,
         threads=threads),
     "spectra": lambda t, data, s, device, threads: spectra(
+        t["inputs"]["model"], data, t["out"], settings=s, device=device, threads=threads),
+    "manifold": lambda t, data, s, device, threads: manifold(
         t["inputs"]["model"], data, t["out"], settings=s, device=device, threads=threads),
 }
 
