@@ -308,7 +308,7 @@ def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
     from workflow.plots import drawable
 
     figures = [figure for figure in FIGURES if drawable(figure, study.summaries())]
-    assert set(FIGURES) - set(figures) == {"zoo"}  # the tiny study has every stage but a zoo
+    assert set(FIGURES) - set(figures) == {"zoo", "zoo_scores"}  # the tiny study has every stage but a zoo
     for figure in figures:
         image = matplotlib.image.imread(study.plot_path(figure, "png"))
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -677,6 +677,7 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
     assert "zoo: phase of each cell (aligned barrier above 0.02" in text and "their units aligned" in text
     assert "zoo: rank correlation of the class-manifold dimension" in text
     assert matplotlib.image.imread(study.plot_path("zoo", "png")).shape[0] > 100  # the phase diagram
+    assert matplotlib.image.imread(study.plot_path("zoo_scores", "png")).shape[0] > 100
     index = pd.read_csv(cwd / twin["results"] / "summary" / "runs.csv")
     zoo = index[index["stage"] == "zoo"]
     assert len(zoo) == 16 and {"width", "size", "lr", "seed", "model"} <= set(zoo.columns)

@@ -437,6 +437,14 @@ def _zoo_similarity(n_seeds: int) -> xr.Dataset:
                               "layer_a": ["conv1", "conv2"], "layer_b": ["conv1", "conv2"]})
 
 
+def _zoo_manifold(n_seeds: int) -> xr.Dataset:
+    rng = np.random.default_rng(12)
+    dims = ("width", "size", "lr", "seed", "class_label")
+    return xr.Dataset({"class_manifold_dimension": (dims, rng.integers(20, 40, (2, 2, 1, n_seeds, 3)).astype(float)),
+                       "input_dim": (dims[:-1], np.full((2, 2, 1, n_seeds), 40))},
+                      coords={**ZOO_COORDS, "lr": [0.1], "seed": np.arange(n_seeds), "class_label": [0, 1, 2]})
+
+
 BUILDERS = {
     "pretrain": _pretrain,
     "finetune": lambda n: _with_trainable_params(_finetune(n)),
@@ -456,6 +464,7 @@ BUILDERS = {
     "zoo": _zoo,
     "connectivity_seed_pairs": _zoo_pairs,
     "similarity_seed_pairs": _zoo_similarity,
+    "manifold": _zoo_manifold,
 }
 
 
@@ -532,6 +541,7 @@ def test_figures_table_matches_signatures() -> None:
         "training_curves", "data_pruning", "best_alpha", "network_pruning", "cka",
         "score_distributions", "score_agreement", "finetune_methods", "wiseft", "ensembles",
         "similarity", "spectra", "connectivity", "weight_distance", "lineage", "similarity_within", "zoo",
+        "zoo_scores",
     }
     assert plots.FIGURES["data_pruning"][1] == ("data_pruning", "distill")
     for figure, (func, needs) in plots.FIGURES.items():
@@ -993,3 +1003,20 @@ def test_the_zoo_figure_classifies_by_the_aligned_barrier_when_asked() -> None:
     assert "the barrier, units aligned (points)" in [ax.get_title() for ax in panels]
     assert "phases: aligned barrier above 0.02" in fig._suptitle.get_text()
     assert {t.get_text() for t in panels[5].texts} <= {"III", "IV-A", "IV-B"}
+
+
+def test_the_zoo_scores_figure_puts_each_score_against_accuracy_with_its_rank_agreement() -> None:
+    zoo, manifold = _zoo(2), _zoo_manifold(2)
+    fig = plots.zoo_scores(zoo, manifold=manifold)
+    panels = [ax for ax in fig.axes if ax.collections]
+    assert len(panels) == 2 + 2 + 1  # hidden covariance of 2 layers, NTK condition and alignment, the manifold
+    assert panels[2].get_xscale() == "log"  # the NTK condition number spans decades
+    accuracy = 100 * plots.final_value(zoo["test_acc"])
+    ranks = plots.zoo_rank_agreement(zoo["init_ntk_alignment"], accuracy)
+    assert panels[3].get_title() == (f"NTK alignment (centred)\nτ {ranks['kendall_tau']:.2f}, "
+                                     f"ρ {ranks['spearman_rho']:.2f}; τ within size, lr "
+                                     f"{ranks['kendall_tau_within']:.2f}")
+    # a point per model: all 24 for a score, the 8 measured for the manifold
+    assert sum(len(c.get_offsets()) for c in panels[3].collections) == 24
+    assert sum(len(c.get_offsets()) for c in panels[4].collections) == 8
+    assert len([ax for ax in plots.zoo_scores(zoo).axes if ax.collections]) == 4

@@ -12,8 +12,8 @@ import pandas as pd
 import xarray as xr
 
 from workflow import storage
-from workflow.summaries import (ZOO_PHASES, best_over, best_runs, chosen_by, final_value, layer_mean, zoo_manifold,
-                                zoo_metrics, zoo_phases)
+from workflow.summaries import (ZOO_PHASES, best_over, best_runs, chosen_by, final_value, layer_mean, zoo_init_scores,
+                                zoo_manifold, zoo_metrics, zoo_phases, zoo_rank_agreement)
 
 
 def _final_acc(ds: xr.Dataset) -> xr.DataArray:
@@ -131,9 +131,6 @@ def _random_teacher_table(ds: xr.Dataset) -> str:
     return "".join(parts)
 
 
-ZOO_SCORES = {"init_ntk_condition_number": "NTK condition number", "init_ntk_alignment": "NTK alignment (centred)"}
-
-
 def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset | None,
                 manifold: xr.Dataset | None = None) -> str:
     """A zoo's grids (width x size rows, learning rate columns; means over seeds) of its
@@ -141,7 +138,6 @@ def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset
     were analysed, and how each training-free score of the initialisations ranks the
     trained models (Kendall's tau and Spearman's rho with final test accuracy)."""
     from workflow.analysis.phases import PHASES
-    from workflow.analysis.training_free import rank_agreement
 
     cells = zoo_metrics(ds, pairs, similarity)
     labels = {"test_acc": ("final test accuracy (%)", 100, 1), "hessian_trace": ("Hessian trace", 1, 2),
@@ -156,21 +152,8 @@ def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset
             parts.append(f"zoo: {what}, mean over {ds.sizes['seed']} seeds (rows: width, size; columns: lr)\n"
                          f"{frame.round(digits).to_string()}\n")
     accuracy = cells["test_acc"]
-    scores = {**{f"hidden covariance, {layer}": ds["init_hidden_covariance"].sel(layer=layer)
-                 for layer in ds["layer"].values.tolist()},
-              **{label: ds[name] for name, label in ZOO_SCORES.items()}}
-    rows = {label: rank_agreement(score.values.ravel(), accuracy.broadcast_like(score).values.ravel())
-            for label, score in scores.items()}
-    # Within one training-set size and learning rate, only the architecture (and the seed) differ:
-    # the scores' own question. Kendall's tau per cell, averaged over the cells.
-    within = {label: np.nanmean([rank_agreement(score.sel(size=n, lr=lr).values.ravel(),
-                                                accuracy.sel(size=n, lr=lr).broadcast_like(
-                                                    score.sel(size=n, lr=lr)).values.ravel())["kendall_tau"]
-                                 for n in ds["size"].values for lr in ds["lr"].values])
-              for label, score in scores.items()}
-    frame = xr.Dataset({**{k: ("score", [r[k] for r in rows.values()]) for k in ("kendall_tau", "spearman_rho")},
-                        "kendall_tau_within": ("score", list(within.values()))},
-                       coords={"score": list(rows)}).to_dataframe()
+    rows = {label: zoo_rank_agreement(score, accuracy) for label, score in zoo_init_scores(ds).items()}
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("score")
     parts.append(f"zoo: training-free scores at initialisation against final test accuracy, over all "
                  f"{accuracy.size} models, and within each size and learning rate (over widths and seeds; "
                  f"the mean over those cells)\n{frame.round(3).to_string()}\n")

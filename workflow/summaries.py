@@ -204,6 +204,33 @@ def zoo_metrics(zoo: xr.Dataset, pairs: xr.Dataset | None = None, similarity: xr
     return out
 
 
+ZOO_SCORES = {"init_ntk_condition_number": "NTK condition number", "init_ntk_alignment": "NTK alignment (centred)"}
+
+
+def zoo_init_scores(zoo: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Each training-free score of the zoo's initialisations, by its label: the hidden-covariance
+    score of each hidden layer, the NTK's condition number and its centred alignment."""
+    layers = {f"hidden covariance, {layer}": zoo["init_hidden_covariance"].sel(layer=layer, drop=True)
+              for layer in zoo["layer"].values.tolist()} if "init_hidden_covariance" in zoo else {}
+    return {**layers, **{label: zoo[name] for name, label in ZOO_SCORES.items() if name in zoo}}
+
+
+def zoo_rank_agreement(score: xr.DataArray, accuracy: xr.DataArray) -> dict[str, float]:
+    """How ``score`` ranks the models by ``accuracy`` (both over the zoo's axes and seed):
+    Kendall's tau and Spearman's rho over every model, and ``kendall_tau_within``, Kendall's
+    tau within each training-set size and learning rate (where only the architecture and
+    the seed differ: a training-free score's own question) averaged over those cells."""
+    from workflow.analysis.training_free import rank_agreement
+
+    score, accuracy = xr.broadcast(score, accuracy)
+    overall = rank_agreement(score.values.ravel(), accuracy.values.ravel())
+    within = [rank_agreement(score.sel(size=n, lr=lr).values.ravel(), accuracy.sel(size=n, lr=lr).values.ravel())
+              for n in score["size"].values for lr in score["lr"].values]
+    taus = [r["kendall_tau"] for r in within if np.isfinite(r["kendall_tau"])]
+    return {"kendall_tau": overall["kendall_tau"], "spearman_rho": overall["spearman_rho"],
+            "kendall_tau_within": float(np.mean(taus)) if taus else float("nan")}
+
+
 def zoo_manifold(zoo: xr.Dataset, manifold: xr.Dataset) -> xr.Dataset:
     """The zoo models whose class-manifold dimension was measured: its mean over classes
     (``class_manifold_dimension``; NaN if a class was never reached) beside their final test

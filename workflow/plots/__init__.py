@@ -41,8 +41,8 @@ from workflow.plots.finetuning import (
 from workflow.plots.network_pruning import network_pruning
 from workflow.plots.similarity import LINEAGE, lineage, similarity, similarity_within
 from workflow.plots.spectra import spectra
-from workflow.plots.zoo import zoo
-from workflow.summaries import best_over, final_value, zoo_metrics, zoo_phases
+from workflow.plots.zoo import zoo, zoo_scores
+from workflow.summaries import best_over, final_value, zoo_metrics, zoo_phases, zoo_rank_agreement
 
 __all__ = [
     "FIGURES",
@@ -75,6 +75,8 @@ __all__ = [
     "zoo",
     "zoo_metrics",
     "zoo_phases",
+    "zoo_rank_agreement",
+    "zoo_scores",
 ]
 
 
@@ -96,11 +98,13 @@ FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "lineage": (lineage, ()),
     "similarity_within": (similarity_within, ("similarity_within",)),
     "zoo": (zoo, ("zoo",)),
+    "zoo_scores": (zoo_scores, ("zoo",)),
 }
 # Summaries a figure also draws from, passed by name, when the study has them; such a
 # figure is drawn when the study has at least one of them.
 OPTIONAL_SUMMARIES: dict[str, tuple[str, ...]] = {"lineage": tuple(LINEAGE),
-                                                  "zoo": ("connectivity_seed_pairs", "similarity_seed_pairs")}
+                                                  "zoo": ("connectivity_seed_pairs", "similarity_seed_pairs"),
+                                                  "zoo_scores": ("manifold",)}
 
 
 def figure_summaries(figure: str, available: Collection[str]) -> list[str]:

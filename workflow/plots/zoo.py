@@ -1,14 +1,17 @@
-"""The model zoo's phase diagram: each metric over the load (training-set size) x
-temperature (learning rate) plane, one row per width, and each cell's phase."""
+"""The model zoo's figures: its phase diagram (each metric over the load (training-set
+size) x temperature (learning rate) plane, one row per width, and each cell's phase), and
+its training-free scores against trained accuracy."""
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from workflow.plots.drawing import heatmap, new_figure
-from workflow.summaries import ZOO_PHASES, zoo_metrics, zoo_phases
+from workflow.plots.drawing import distinct_colours, heatmap, legend, new_figure
+from workflow.summaries import (ZOO_PHASES, final_value, zoo_init_scores, zoo_manifold, zoo_metrics, zoo_phases,
+                                zoo_rank_agreement)
 
 # What each panel draws: (label, scale, colour map, log colour scale).
 PANELS = {
@@ -66,4 +69,35 @@ def zoo(ds: xr.Dataset, connectivity_seed_pairs: xr.Dataset | None = None,
         ax.set_xlabel("learning rate", fontsize="small")
     title = f"Model zoo: load x temperature, mean over {ds.sizes['seed']} seeds"
     fig.suptitle(title + (f"\nphases: {found[1]}" if found is not None else ""), fontsize="medium")
+    return fig
+
+
+def zoo_scores(ds: xr.Dataset, manifold: xr.Dataset | None = None) -> Figure:
+    """Each training-free score of the initialisations (and, where measured, the trained
+    models' class-manifold dimension) against final test accuracy, a point per model coloured
+    by width; each panel titled with the rank agreement over every model and within each
+    training-set size and learning rate (:func:`workflow.summaries.zoo_rank_agreement`)."""
+    accuracy = 100 * final_value(ds["test_acc"])
+    panels = dict(zoo_init_scores(ds))
+    if manifold is not None:
+        measured = zoo_manifold(ds, manifold)
+        panels["class-manifold dimension (trained)"] = measured["class_manifold_dimension"]
+    fig, axes = new_figure(1, len(panels), (3.2, 3.0))
+    colours = distinct_colours(ds["width"].values.tolist())
+    for ax, (label, score) in zip(axes[0], panels.items()):
+        acc = accuracy.sel({d: score[d] for d in ("width", "size", "lr", "seed")})
+        for width, colour in colours.items():
+            ax.scatter(score.sel(width=width).values.ravel(), acc.sel(width=width).values.ravel(), s=6,
+                       color=colour, alpha=0.7, label=f"width {width}")
+        if label == "NTK condition number":
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # decades only: the minor labels collide
+        ranks = zoo_rank_agreement(score, acc)
+        ax.set_title(f"{label}\nτ {ranks['kendall_tau']:.2f}, ρ {ranks['spearman_rho']:.2f}; "
+                     f"τ within size, lr {ranks['kendall_tau_within']:.2f}", fontsize="small")
+        ax.set_xlabel(label, fontsize="small")
+    axes[0, 0].set_ylabel("final test accuracy (%)")
+    legend(axes[0, -1], outside=True, fontsize="x-small")
+    title = "Model zoo: training-free scores at initialisation against trained accuracy"
+    fig.suptitle(title + (", and the class-manifold dimension" if manifold is not None else ""), fontsize="medium")
     return fig
