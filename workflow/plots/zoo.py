@@ -92,6 +92,9 @@ def zoo_scores(ds: xr.Dataset, manifold: xr.Dataset | None = None) -> Figure:
         if label == "NTK condition number":
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # decades only: the minor labels collide
+        elif label.startswith("hidden covariance"):
+            # about -units for uncorrelated units, down to -1e5 per near-zero eigenvalue: decades apart
+            ax.set_xscale("symlog")
         ranks = zoo_rank_agreement(score, acc)
         ax.set_title(f"{label}\nτ {ranks['kendall_tau']:.2f}, ρ {ranks['spearman_rho']:.2f}; "
                      f"τ within size, lr {ranks['kendall_tau_within']:.2f}", fontsize="small")
