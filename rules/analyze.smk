@@ -45,13 +45,14 @@ for _batch in STUDY.analysis_batches():
 rule collect:
     """Gather per-run stores into the study's summaries, each with its sweep axes as dimensions,
     and write the run index (summary/runs.zarr, runs.csv): every run, its coordinates, parent,
-    pack, files and final metrics."""
+    pack, files and final metrics; with a zoo, its per-model table (summary/zoo_models.zarr, .csv)."""
     input:
         STUDY.summary_inputs(),
     output:
         [directory(STUDY.summary_path(name)) for name in STUDY.summaries()],
         directory(STUDY.run_index_paths()["zarr"]),
         STUDY.run_index_paths()["csv"],
+        [directory(STUDY.zoo_models_paths()["zarr"]), STUDY.zoo_models_paths()["csv"]] if "zoo" in STUDY.summaries() else [],
     params:
         job="collect",
         spec=digest(STUDY.summaries_description()),

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -678,6 +679,18 @@ def test_a_small_twin_of_the_zoo_study_runs_to_the_end(tmp_path: Path) -> None:
     assert "zoo: rank correlation of the class-manifold dimension" in text
     assert matplotlib.image.imread(study.plot_path("zoo", "png")).shape[0] > 100  # the phase diagram
     assert matplotlib.image.imread(study.plot_path("zoo_scores", "png")).shape[0] > 100
+    models = pd.read_csv(cwd / twin["results"] / "summary" / "zoo_models.csv")  # a row per model, every metric
+    assert len(models) == 16 and models[["aligned_barrier", "cka", "hessian_trace", "val_acc"]].notnull().all().all()
+    # the class-manifold dimension of the models measured (lr 0.1, seed 0), mean over classes; NaN elsewhere
+    measured = manifold["class_manifold_dimension"].mean("class_label", skipna=False).to_series()
+    rows = models.set_index(["width", "size", "lr", "seed"])["class_manifold_dimension"]
+    np.testing.assert_array_equal(rows.reindex(measured.index).to_numpy(), measured.to_numpy())
+    assert rows.drop(measured.index).isnull().all()
+    # the README's lines that open the zoo as a dataset run as written, on the twin's results
+    readme = (REPO / "README.md").read_text().split("* **The zoo is a dataset.**")[1]
+    snippet = readme.split("```python\n")[1].split("```")[0].replace("results/zoo/", f"{twin['results']}/")
+    snippet = snippet.replace("sel(width=64, size=2000, lr=0.1)", "sel(width=4, size=200, lr=0.1)")
+    subprocess.run([sys.executable, "-c", textwrap.dedent(snippet)], cwd=cwd, check=True)
     index = pd.read_csv(cwd / twin["results"] / "summary" / "runs.csv")
     zoo = index[index["stage"] == "zoo"]
     assert len(zoo) == 16 and {"width", "size", "lr", "seed", "model"} <= set(zoo.columns)

@@ -147,3 +147,52 @@ def test_a_zoo_run_trains_on_the_first_examples_scores_its_initialisation_and_me
     found = hessian_analysis(model, task.x_train[:50], task.y_train[:50], k=1, num_probes=3, seed=0, batch_size=50)
     assert float(setup.metrics["hessian_trace"]) == pytest.approx(float(found["trace"]))
     assert float(setup.metrics["hessian_top_eigenvalue"]) == pytest.approx(float(found["eigenvalues"][0]))
+
+
+def test_the_per_model_table_holds_every_metric_of_every_model(tmp_path) -> None:
+    import pandas as pd
+    import xarray as xr
+
+    from workflow import storage
+    from workflow.jobs import write_zoo_models
+
+    dims, cells = ("width", "size", "lr", "seed"), (2, 1, 1, 3)
+    coords = {"width": [4, 8], "size": [100], "lr": [0.1], "seed": [0, 1, 2]}
+    acc = np.arange(6, dtype=float).reshape(cells) / 10
+    zoo = xr.Dataset({"test_acc": ((*dims, "epoch"), np.stack([acc / 2, acc], -1)),
+                      "val_acc": ((*dims, "epoch"), np.stack([acc, acc], -1)),
+                      "hessian_trace": (dims, acc + 1), "hessian_top_eigenvalue": (dims, acc + 2),
+                      "init_hidden_covariance": ((*dims, "layer"), np.stack([-acc, -2 * acc], -1))},
+                     coords={**coords, "epoch": [0, 1], "layer": ["conv1", "conv2"]})
+    # pairs (0, 1), (0, 2), (1, 2) of each cell; seed 0's mean barrier is that of its two pairs
+    barrier = np.full((2, 1, 1, 2, 2), np.nan)
+    barrier[..., 0, 0], barrier[..., 0, 1], barrier[..., 1, 1] = 0.1, 0.3, 0.5
+    pairs = xr.Dataset({"test_error_barrier": ((*dims, "other_seed"), barrier),
+                        "aligned_test_error_barrier": ((*dims, "other_seed"), barrier / 10)},
+                       coords={**coords, "seed": [0, 1], "other_seed": [1, 2]})
+    manifold = xr.Dataset({"class_manifold_dimension": ((*dims, "class_label"), [[[[[30.0, 32.0]]]]])},
+                          coords={"width": [8], "size": [100], "lr": [0.1], "seed": [2], "class_label": [0, 1]})
+    paths = {}
+    for name, ds in {"zoo": zoo, "connectivity_seed_pairs": pairs, "manifold": manifold}.items():
+        paths[name] = str(storage.write_dataset(ds, tmp_path / f"{name}.zarr"))
+    write_zoo_models(paths, zarr=tmp_path / "models.zarr", csv=tmp_path / "models.csv")
+    models = storage.open_dataset(tmp_path / "models.zarr")
+    assert dict(models["test_acc"].sizes) == dict(zip(dims, cells))
+    np.testing.assert_allclose(models["test_acc"].values, acc)  # final epoch
+    np.testing.assert_allclose(models["barrier"].sel(width=4).values.ravel(), [0.2, 0.3, 0.4])  # (0.1+0.3)/2, ...
+    np.testing.assert_allclose(models["aligned_barrier"].sel(width=4).values.ravel(), [0.02, 0.03, 0.04])
+    dimension = models["class_manifold_dimension"]
+    assert float(dimension.sel(width=8, seed=2).squeeze()) == 31.0 and int(dimension.notnull().sum()) == 1
+    assert models["barrier"].attrs["units"] == "fraction (0 to 1)"
+    table = pd.read_csv(tmp_path / "models.csv")
+    assert len(table) == 6 and table.loc[0, "model_path"] == "zoo/w4/n100/lr0.1/s0/model.pt"
+    assert {"init_hidden_covariance_conv1", "init_hidden_covariance_conv2", "val_acc", "hessian_trace"} <= set(table)
+    assert "cka" not in table  # no similarity summary here
+
+
+def test_the_collect_job_writes_the_per_model_table_with_a_zoo(study: Study, read_config) -> None:
+    described = study.summaries_description()
+    assert described["zoo_models"]["out"] == study.zoo_models_paths()
+    assert set(described["zoo_models"]["summaries"]) == {"zoo", "connectivity_seed_pairs", "similarity_seed_pairs",
+                                                         "manifold"}
+    assert "zoo_models" not in Study(read_config("default")).summaries_description()

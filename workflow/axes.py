@@ -141,6 +141,11 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                            "float"),
     "hessian_top_eigenvalue": ("largest eigenvalue (by magnitude) of the training loss's Hessian",
                                "nats per squared parameter unit", "float"),
+    "barrier": ("mean test-error barrier on the straight line to each other seed of the zoo cell", FRACTION,
+                "float"),
+    "aligned_barrier": ("mean test-error barrier to each other seed of the zoo cell, its units aligned to this "
+                        "model's", FRACTION, "float"),
+    "cka": ("mean linear CKA of matched layers to each other seed of the zoo cell", "1", "float"),
     "aligned_unit_correlation": ("mean correlation of each of the first model's units with the second model's "
                                  "unit matched to it, per block", "1", "float"),
     "input_dim": ("dimension of the model's input space", "dimensions", "int"),

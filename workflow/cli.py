@@ -293,14 +293,14 @@ def _collect_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="the summary store")
     p.add_argument("--summaries", help='JSON file: {"summaries": {"<name>": {"out": "...", "entries": [...]}, ...}, '
                    '"index": {"out": {"zarr": "...", "csv": "..."}, "runs": [...]}}: every summary of a study and '
-                   "its run index, as the workflow writes it beside its log")
+                   "its run index (and a zoo's per-model table), as the workflow writes it beside its log")
 
 
 @command("collect", "gather per-run stores into summaries", _collect_options)
 def _collect(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from workflow.jobs import collect, entries_from, parse_entries, write_run_index
+    from workflow.jobs import collect, entries_from, parse_entries, write_run_index, write_zoo_models
 
     if (args.summaries is None) == (args.entries is None) or (args.entries is None) != (args.out is None):
         raise SystemExit("collect: give --summaries FILE, or --entries JSON with --out")
@@ -309,6 +309,8 @@ def _collect(args: argparse.Namespace) -> None:
         for summary in study["summaries"].values():
             collect(entries_from(summary["entries"]), summary["out"], summary.get("attrs"))
         write_run_index(study["index"]["runs"], study["index"]["root"], **study["index"]["out"])
+        if "zoo_models" in study:
+            write_zoo_models(study["zoo_models"]["summaries"], **study["zoo_models"]["out"])
     else:
         collect(parse_entries(args.entries), args.out)
 

@@ -349,6 +349,19 @@ def collect(entries: Sequence[tuple[Mapping[str, Any], PathLike]], out: PathLike
     storage.write_dataset(described(combined), out, stamped)
 
 
+def write_zoo_models(summaries: Mapping[str, PathLike], *, zarr: PathLike, csv: PathLike) -> None:
+    """The zoo's per-model table (:func:`workflow.summaries.zoo_models`) from the study's
+    summaries (``zoo`` and those of :data:`~workflow.summaries.ZOO_MODEL_SOURCES` it has), as
+    a dataset over the zoo's axes and seed in Zarr and as a CSV table, a row per model."""
+    from workflow.summaries import ZOO_MODEL_SOURCES, zoo_models, zoo_models_frame
+
+    opened = {name: storage.open_dataset(path) for name, path in summaries.items()}
+    models = described(zoo_models(opened["zoo"], **{n: opened[n] for n in ZOO_MODEL_SOURCES if n in opened}))
+    storage.write_dataset(models, zarr, storage.provenance(None))
+    with storage.atomic_path(csv) as tmp:
+        zoo_models_frame(models).to_csv(tmp, index=False)
+
+
 # The final metrics of every run in the run index: the last epoch each reached.
 INDEX_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 

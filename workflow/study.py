@@ -276,11 +276,24 @@ class Study(AnalysisPlan):
 
     def summaries_description(self) -> dict[str, Any]:
         """What the job that gathers every summary is handed: per summary, its store and entries;
-        and the run index (:meth:`run_index`), its store and its table."""
+        the run index (:meth:`run_index`), its store and its table; and with a zoo, the
+        summaries its per-model table is built from and where that goes."""
         return {"summaries": {name: {"out": self.summary_path(name), "entries": entries,
                                      **({"attrs": self.summary_attrs(name)} if self.summary_attrs(name) else {})}
                               for name, entries in self.summaries().items()},
-                "index": {"out": self.run_index_paths(), "root": self.root, "runs": self.run_index()}}
+                "index": {"out": self.run_index_paths(), "root": self.root, "runs": self.run_index()},
+                **({"zoo_models": {"out": self.zoo_models_paths(), "summaries": self.zoo_model_sources()}}
+                   if "zoo" in self.summaries() else {})}
+
+    def zoo_models_paths(self) -> dict[str, str]:
+        """The zoo's per-model table (:func:`workflow.jobs.write_zoo_models`) as a Zarr store and as CSV."""
+        return {"zarr": f"{self.root}/summary/zoo_models.zarr", "csv": f"{self.root}/summary/zoo_models.csv"}
+
+    def zoo_model_sources(self) -> dict[str, str]:
+        """The summaries the zoo's per-model table is built from, those this study has."""
+        from workflow.summaries import ZOO_MODEL_SOURCES
+
+        return {name: self.summary_path(name) for name in ("zoo", *ZOO_MODEL_SOURCES) if name in self.summaries()}
 
     def summary_attrs(self, name: str) -> dict[str, Any]:
         """Settings a summary carries for those who read it: the zoo's phase thresholds, the

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from workflow import axes
@@ -229,6 +230,53 @@ def zoo_rank_agreement(score: xr.DataArray, accuracy: xr.DataArray) -> dict[str,
     taus = [r["kendall_tau"] for r in within if np.isfinite(r["kendall_tau"])]
     return {"kendall_tau": overall["kendall_tau"], "spearman_rho": overall["spearman_rho"],
             "kendall_tau_within": float(np.mean(taus)) if taus else float("nan")}
+
+
+# The summaries the zoo's per-model table is built from, besides ``zoo`` (each where the study has it).
+ZOO_MODEL_SOURCES = ("connectivity_seed_pairs", "similarity_seed_pairs", "manifold")
+
+
+def zoo_models(zoo: xr.Dataset, connectivity_seed_pairs: xr.Dataset | None = None,
+               similarity_seed_pairs: xr.Dataset | None = None, manifold: xr.Dataset | None = None) -> xr.Dataset:
+    """One tidy table of the zoo, a row per model over its axes and seed: the final train,
+    validation and test metrics, the Hessian's trace and top eigenvalue, the training-free
+    scores of its initialisation, and where measured the mean barriers and CKA to the other
+    seeds of its cell (:func:`zoo_metrics`) and its class-manifold dimension (mean over
+    classes; NaN for the models not measured)."""
+    out = zoo_metrics(zoo, connectivity_seed_pairs, similarity_seed_pairs)
+    for name in ("train_acc", "val_acc", "train_loss", "val_loss", "test_loss"):
+        if name in zoo:
+            out[name] = final_value(zoo[name])
+    for name in ("init_hidden_covariance", "init_ntk_condition_number", "init_ntk_alignment"):
+        if name in zoo:
+            out[name] = zoo[name]
+    if manifold is not None:
+        dimension = manifold["class_manifold_dimension"].mean("class_label", skipna=False)
+        out["class_manifold_dimension"] = dimension.reindex({d: out[d] for d in dimension.dims})
+    return out
+
+
+def zoo_models_frame(models: xr.Dataset) -> pd.DataFrame:
+    """:func:`zoo_models` as a flat table: a row per model, its ``model_path`` (relative to the
+    results folder), a column per metric (a per-layer metric as one column per layer,
+    ``<name>_<layer>``)."""
+    from workflow.runs import run_id
+
+    flat = {}
+    for name, var in models.data_vars.items():
+        extra = [d for d in var.dims if d not in ZOO_AXES]
+        if extra:  # the layer
+            for value in var[extra[0]].values.tolist():
+                flat[f"{name}_{value}"] = var.sel({extra[0]: value}, drop=True)
+        else:
+            flat[str(name)] = var
+    frame = xr.Dataset(flat).to_dataframe(dim_order=list(ZOO_AXES)).reset_index()
+    paths = [f"{run_id('zoo', **dict(zip(ZOO_AXES, row)))}/model.pt" for row in frame[list(ZOO_AXES)].itertuples(False)]
+    frame.insert(len(ZOO_AXES), "model_path", paths)
+    return frame
+
+
+ZOO_AXES = ("width", "size", "lr", "seed")
 
 
 def zoo_manifold(zoo: xr.Dataset, manifold: xr.Dataset) -> xr.Dataset:
