@@ -92,3 +92,10 @@ def test_a_residual_network_is_refused() -> None:
     resnet = build_model({"name": "resnet20", "width": 4, "depth": 8, "channels_in": 1}, 64, 10)
     with pytest.raises(ValueError, match="supported models: cnn1d, mlp"):
         unit_blocks(resnet)
+
+
+def test_the_config_check_names_exactly_the_models_alignment_supports() -> None:
+    from workflow.analysis.alignment import ALIGNABLE
+    from workflow.analysis.plan import ALIGNABLE_MODELS
+
+    assert tuple(ALIGNABLE) == ALIGNABLE_MODELS

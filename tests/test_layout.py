@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,12 @@ def test_a_module_loads_only_what_its_side_needs(module: str) -> None:
     assert module in loaded
     unwanted = [m for m in MUST_NOT_LOAD[module] if m in loaded]
     assert not unwanted, f"importing {module} loads {unwanted}"
+
+
+def test_checking_a_zoo_config_loads_no_torch() -> None:
+    """Every Snakemake start checks its config: the zoo's alignment and manifold checks too."""
+    code = ("import json, sys, yaml; from workflow.config import load_config; "
+            "load_config(yaml.safe_load(open('config/studies/zoo.yaml'))); print(json.dumps(sorted(sys.modules)))")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root).stdout
+    assert "torch" not in json.loads(out)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from workflow.analysis.manifold import Cutting, effective_dimension, success_rates
+from workflow.analysis.manifold import Cutting, class_success_rates, effective_dimension, success_rates
 
 D = 8
 
@@ -63,3 +64,39 @@ def test_the_model_is_left_as_it_was() -> None:
 def test_no_success_gives_no_dimension() -> None:
     assert math.isnan(effective_dimension({1: 0.0, 2: 0.25}, D))
     assert effective_dimension({1: 0.0, 2: 0.5, 3: 1.0}, D) == D - 2
+
+
+def _sequential_rates(model: nn.Module, labels: list[int], dims: list[int], cut: Cutting, seed: int) -> np.ndarray:
+    """The search one trial at a time, as the paper describes it: the reference for the batch."""
+    generator = torch.Generator().manual_seed(seed)
+    rates = np.zeros((len(labels), len(dims)))
+    for j, d in enumerate(dims):
+        for _ in range(cut.trials):
+            x0 = _point(generator)
+            basis = torch.linalg.qr(torch.randn(D, d, generator=generator, dtype=torch.float64))[0]
+            for i, label in enumerate(labels):
+                t = torch.zeros(d, dtype=torch.float64, requires_grad=True)
+                optimiser = torch.optim.Adam([t], lr=cut.lr)
+                schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, cut.steps)
+                for _ in range(cut.steps + 1):
+                    log_p = torch.log_softmax(model((x0 + basis @ t)[None]), -1)[0, label]
+                    if float(log_p) >= math.log(cut.threshold):
+                        rates[i, j] += 1 / cut.trials
+                        break
+                    optimiser.zero_grad()
+                    (-log_p).backward()
+                    optimiser.step()
+                    schedule.step()
+    return rates
+
+
+def test_the_batched_search_finds_what_one_trial_at_a_time_finds() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(D, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    with torch.no_grad():
+        model[2].weight.mul_(3)
+    cut = Cutting(threshold=0.9, trials=4, steps=60, lr=0.3)
+    labels, dims = [0, 1, 2], [1, 2, 4]
+    batched = class_success_rates(model, labels, dims, _point, cut, seed=5)
+    np.testing.assert_allclose(batched, _sequential_rates(model, labels, dims, cut, seed=5))
+    assert 0 < batched.mean() < 1  # some trials reach their class and some do not: the test can tell

@@ -170,12 +170,12 @@ def check_semantics(config: Mapping[str, Any]) -> None:
             problems.append(f"config key 'finetune.{key}' needs '{needs}' in 'finetune.methods'; have: {ft['methods']}")
     connectivity = config.get("analyze", {}).get("connectivity", {})
     if connectivity.get("align"):
-        from workflow.analysis.alignment import ALIGNABLE
+        from workflow.analysis.plan import ALIGNABLE_MODELS
 
-        if config["model"]["name"] not in ALIGNABLE:
+        if config["model"]["name"] not in ALIGNABLE_MODELS:
             problems.append(
                 f"config key 'analyze.connectivity.align' needs a model whose units can be aligned, not "
-                f"{config['model']['name']!r}; allowed models: {', '.join(ALIGNABLE)}")
+                f"{config['model']['name']!r}; allowed models: {', '.join(ALIGNABLE_MODELS)}")
     if (manifold := config.get("analyze", {}).get("manifold")) is not None:
         if "zoo" not in config:
             problems.append("config key 'analyze.manifold' needs a 'zoo' section: it analyses the zoo's models")

@@ -232,6 +232,8 @@ def zoo_rank_agreement(score: xr.DataArray, accuracy: xr.DataArray) -> dict[str,
             "kendall_tau_within": float(np.mean(taus)) if taus else float("nan")}
 
 
+ZOO_AXES = ("width", "size", "lr", "seed")  # a zoo model's coordinates
+
 # The summaries the zoo's per-model table is built from, besides ``zoo`` (each where the study has it).
 ZOO_MODEL_SOURCES = ("connectivity_seed_pairs", "similarity_seed_pairs", "manifold")
 
@@ -251,7 +253,7 @@ def zoo_models(zoo: xr.Dataset, connectivity_seed_pairs: xr.Dataset | None = Non
         if name in zoo:
             out[name] = zoo[name]
     if manifold is not None:
-        dimension = manifold["class_manifold_dimension"].mean("class_label", skipna=False)
+        dimension = zoo_manifold(zoo, manifold)["class_manifold_dimension"]
         out["class_manifold_dimension"] = dimension.reindex({d: out[d] for d in dimension.dims})
     return out
 
@@ -276,15 +278,12 @@ def zoo_models_frame(models: xr.Dataset) -> pd.DataFrame:
     return frame
 
 
-ZOO_AXES = ("width", "size", "lr", "seed")
-
-
 def zoo_manifold(zoo: xr.Dataset, manifold: xr.Dataset) -> xr.Dataset:
     """The zoo models whose class-manifold dimension was measured: its mean over classes
     (``class_manifold_dimension``; NaN if a class was never reached) beside their final test
     accuracy, over the zoo's axes and seed (only the coordinates measured)."""
     dimension = manifold["class_manifold_dimension"].mean("class_label", skipna=False)
-    accuracy = final_value(zoo["test_acc"]).sel({d: dimension[d] for d in ("width", "size", "lr", "seed")})
+    accuracy = final_value(zoo["test_acc"]).sel({d: dimension[d] for d in ZOO_AXES})
     return xr.Dataset({"class_manifold_dimension": dimension, "test_acc": accuracy})
 
 

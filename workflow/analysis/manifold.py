@@ -28,7 +28,7 @@ class Cutting:
 
     threshold: float = 0.9  # the probability of the class that counts as reaching it
     trials: int = 8  # per subspace dimension
-    steps: int = 500  # Adam steps within a subspace
+    steps: int = 300  # Adam steps within a subspace
     lr: float = 0.3
 
 

@@ -24,6 +24,9 @@ SIMILARITY_SUMMARIES = {
     "within": "similarity_within",  # a model's layers against each other
     "seed_pairs": "similarity_seed_pairs",  # every two seeds a stage pairs (a zoo's cells), with the seeds edge
 }
+# The models whose hidden units the connectivity analysis can align (analyze.connectivity.align;
+# workflow.analysis.alignment), named here so that checking a config loads no torch.
+ALIGNABLE_MODELS = ("cnn1d", "mlp")
 # The edges a study names (the seed pairs a stage declares come with ``seeds``).
 SIMILARITY_EDGES = tuple(edge for edge in SIMILARITY_SUMMARIES if edge != "seed_pairs")
 
@@ -183,10 +186,15 @@ class AnalysisPlan:
 
         Without ``similarity.edges``, nor the models ``manifold`` selects: which edges or
         models are analysed decides which stores exist, not what is in one, so changing it
-        must not rerun the others.
+        must not rerun the others. ``manifold`` searches random inputs, not the probe set:
+        only the task's spec joins its own settings.
         """
-        settings = {**self.analysis_spec(), **self.config["analyze"][analysis]}
-        for key in ("edges", *(("widths", "sizes", "lrs", "seeds") if analysis == "manifold" else ())):
-            settings.pop(key, None)
-        return settings
+        own = dict(self.config["analyze"][analysis])
+        if analysis == "manifold":  # on random inputs, of the models it selects: no probe set
+            return {"data": self.config["data"]["target"],
+                    **{k: v for k, v in own.items() if k not in ("widths", "sizes", "lrs", "seeds")}}
+        own.pop("edges", None)
+        if not own.get("align", True):  # align: false is the plain line alone, as without the key
+            own.pop("align")
+        return {**self.analysis_spec(), **own}
 

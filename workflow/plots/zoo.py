@@ -10,13 +10,13 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from workflow.plots.drawing import distinct_colours, heatmap, legend, new_figure
-from workflow.summaries import (ZOO_PHASES, final_value, zoo_init_scores, zoo_manifold, zoo_metrics, zoo_phases,
-                                zoo_rank_agreement)
+from workflow.summaries import (ZOO_AXES, ZOO_PHASES, final_value, zoo_init_scores, zoo_manifold, zoo_metrics,
+                                zoo_phases, zoo_rank_agreement)
 
 # What each panel draws: (label, scale, colour map, log colour scale).
 PANELS = {
     "test_acc": ("test accuracy (%)", 100.0, "viridis", False),
-    "hessian_trace": ("Hessian trace (log colour)", 1.0, "magma", True),  # spans orders of magnitude
+    "hessian_trace": ("Hessian trace", 1.0, "magma", True),  # spans orders of magnitude
     "barrier": ("test-error barrier to other seeds (points)", 100.0, "magma", False),
     "aligned_barrier": ("the barrier, units aligned (points)", 100.0, "magma", False),
     "cka": ("linear CKA to other seeds (matched layers)", 1.0, "viridis", False),
@@ -40,6 +40,7 @@ def zoo(ds: xr.Dataset, connectivity_seed_pairs: xr.Dataset | None = None,
         means = scale * cells[name].mean("seed").transpose("width", "size", "lr")
         vmin, vmax = float(means.min()), float(means.max())
         log = log and vmin > 0
+        label = label + " (log colour)" if log else label
         middle = np.sqrt(vmin * vmax) if log else (vmin + vmax) / 2
         for i, width in enumerate(widths):
             ax = axes[i, j]
@@ -85,7 +86,7 @@ def zoo_scores(ds: xr.Dataset, manifold: xr.Dataset | None = None) -> Figure:
     fig, axes = new_figure(1, len(panels), (3.2, 3.0))
     colours = distinct_colours(ds["width"].values.tolist())
     for ax, (label, score) in zip(axes[0], panels.items()):
-        acc = accuracy.sel({d: score[d] for d in ("width", "size", "lr", "seed")})
+        acc = accuracy.sel({d: score[d] for d in ZOO_AXES})
         for width, colour in colours.items():
             ax.scatter(score.sel(width=width).values.ravel(), acc.sel(width=width).values.ravel(), s=6,
                        color=colour, alpha=0.7, label=f"width {width}")
