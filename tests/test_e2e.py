@@ -316,6 +316,47 @@ def test_every_figure_exists_as_png_and_pdf(study: Study) -> None:
         assert Path(study.plot_path(figure, "pdf")).read_bytes().startswith(b"%PDF")
 
 
+def test_the_snakemake_report_holds_every_figure_with_its_caption_the_tables_and_the_config(
+        study_dir: Path, study: Study) -> None:
+    import zipfile
+
+    from workflow.plots import drawable
+
+    tables = Path(study.root) / "report" / "tables.html"
+    assert "<h3>finetune (target task): final test accuracy (%)</h3>" in tables.read_text()
+    config = yaml.safe_load((Path(study.root) / "report" / "config.yaml").read_text())
+    assert config["results"] == "results/tiny" and config["train"]["optimizer"]  # defaults filled in
+    snakemake(study_dir, "--report", "report.zip")
+    with zipfile.ZipFile(study_dir / "report.zip") as archive:
+        names = archive.namelist()
+        text = "".join(archive.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    figures = [figure for figure in FIGURES if drawable(figure, study.summaries())]
+    for figure in figures:
+        assert any(n.endswith(f"/{figure}.png") for n in names), figure
+    assert any(n.endswith("/tables.html") for n in names) and any(n.endswith("/config.yaml") for n in names)
+    for category in ("Pretraining and transfer", "Data pruning and distillation", "Network pruning",
+                     "Analysis along the lineage", "Study"):
+        assert category in text, category
+    assert "WiSE-FT: test accuracy of the weights" in text  # a caption
+
+
+def test_the_notebook_runs_on_a_finished_studys_results(study: Study, monkeypatch: pytest.MonkeyPatch) -> None:
+    """notebooks/explore.ipynb, executed headless as a researcher would open it (from
+    notebooks/), on the tiny study's results: every cell runs, the figure is drawn."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(REPO / "notebooks" / "explore.ipynb", as_version=4)
+    monkeypatch.setenv("DLSCI_RESULTS", str(Path(study.root).resolve()))
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    assert any("image/png" in out.get("data", {}) for out in outputs)  # the redrawn figure
+    last = notebook.cells[-1].outputs[0]["data"]["text/plain"]
+    assert float(last.split("(")[-1].rstrip(")")) < 1e-5  # the stored activations are the model's own
+
+
 def test_the_teacher_is_trained_once_however_many_students_use_it(tmp_path: Path) -> None:
     jobs = planned(copy_workflow(tmp_path))
     assert jobs["distill"] == 12  # 6 methods x 2 teachers (one trained, one untrained)

@@ -6,8 +6,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import matplotlib
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import xarray as xr
@@ -1020,3 +1020,11 @@ def test_the_zoo_scores_figure_puts_each_score_against_accuracy_with_its_rank_ag
     assert sum(len(c.get_offsets()) for c in panels[3].collections) == 24
     assert sum(len(c.get_offsets()) for c in panels[4].collections) == 8
     assert len([ax for ax in plots.zoo_scores(zoo).axes if ax.collections]) == 4
+
+
+def test_every_figure_has_a_report_category_and_a_caption() -> None:
+    captions = Path(__file__).resolve().parents[1] / "rules" / "report"
+    assert set(plots.REPORT_CATEGORY) == set(plots.FIGURES)
+    assert sum(len(figures) for figures in plots.REPORT_CATEGORIES.values()) == len(plots.FIGURES)
+    for figure in plots.FIGURES:
+        assert len((captions / f"{figure}.rst").read_text().strip()) > 100, figure

@@ -354,13 +354,30 @@ def _plot(args: argparse.Namespace) -> None:
 
 def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="?", default="results", help="the study's results folder")
+    p.add_argument("--html", help="write the tables to this HTML file instead of printing them")
+    p.add_argument("--config", help="JSON: the study's resolved config, written to --config-out as YAML")
+    p.add_argument("--config-out", help="where the resolved config goes (with --config)")
 
 
 @command("report", "print the headline numbers of a study from its summaries", _report_options)
 def _report(args: argparse.Namespace) -> None:
-    from workflow.report import report
+    from pathlib import Path
 
-    print(report(args.results))
+    from workflow import storage
+    from workflow.report import report, report_html
+
+    if (args.config is None) != (args.config_out is None):
+        raise SystemExit("report: give --config with --config-out")
+    if args.config is not None:
+        import yaml
+
+        with storage.atomic_path(args.config_out) as tmp:
+            Path(tmp).write_text(yaml.safe_dump(json.loads(args.config), sort_keys=False))
+    if args.html is None:
+        print(report(args.results))
+        return
+    with storage.atomic_path(args.html) as tmp:
+        Path(tmp).write_text(report_html(args.results, f"Tables of {args.results}"))
 
 
 # --- the entry point ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from collections import Counter
@@ -132,7 +133,7 @@ def _random_teacher_table(ds: xr.Dataset) -> str:
 
 
 def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset | None,
-                manifold: xr.Dataset | None = None) -> str:
+                manifold: xr.Dataset | None = None) -> list[str]:
     """A zoo's grids (width x size rows, learning rate columns; means over seeds) of its
     metrics (:func:`workflow.summaries.zoo_metrics`), each cell's phase where the seed pairs
     were analysed, and how each training-free score of the initialisations ranks the
@@ -162,11 +163,11 @@ def _zoo_tables(ds: xr.Dataset, pairs: xr.Dataset | None, similarity: xr.Dataset
         parts.append(f"zoo: phase of each cell ({said})\n{phase.to_series().unstack('lr').to_string()}\n"
                      + "".join(f"  {name}: {text}\n" for name, text in PHASES.items()))
     if manifold is not None:
-        parts.append(_zoo_manifold_table(ds, manifold))
-    return "".join(parts)
+        parts += _zoo_manifold_tables(ds, manifold)
+    return parts
 
 
-def _zoo_manifold_table(ds: xr.Dataset, manifold: xr.Dataset) -> str:
+def _zoo_manifold_tables(ds: xr.Dataset, manifold: xr.Dataset) -> list[str]:
     """The class-manifold dimension of the zoo models measured (mean over classes and seeds;
     rows: width, size; columns: lr), and how it ranks with test accuracy and with the
     training-set size (Kendall's tau and Spearman's rho over the models; for the size,
@@ -188,15 +189,31 @@ def _zoo_manifold_table(ds: xr.Dataset, manifold: xr.Dataset) -> str:
                                "with training-set size (within each width and lr, mean)"])
     dims = manifold["subspace_dim"].values.tolist()
     settings = manifold.attrs.get("manifold", {})
-    return (f"zoo: class-manifold dimension (input dimension {int(manifold['input_dim'].max())} minus the "
+    return [f"zoo: class-manifold dimension (input dimension {int(manifold['input_dim'].max())} minus the "
             f"smallest subspace dimension, of {dims}, reaching the class at probability "
             f"{settings.get('threshold', '?')} in half of {settings.get('trials', '?')} trials; mean over classes and "
-            f"{manifold.sizes['seed']} seeds) and test accuracy\n{frame.round(1).to_string()}\n"
-            f"zoo: rank correlation of the class-manifold dimension\n{rows.round(3).to_string()}\n")
+            f"{manifold.sizes['seed']} seeds) and test accuracy\n{frame.round(1).to_string()}\n",
+            f"zoo: rank correlation of the class-manifold dimension\n{rows.round(3).to_string()}\n"]
 
 
 def report(results: str | Path) -> str:
-    """Tables for every summary present under ``results/summary``."""
+    """Tables for every summary present under ``results/summary``, as plain text."""
+    return "\n".join(report_parts(results))
+
+
+def report_html(results: str | Path, title: str = "Tables") -> str:
+    """The tables of :func:`report` as an HTML page: each under its heading, in a fixed-width
+    block, as the terminal shows them (for Snakemake's report, and to send)."""
+    sections = []
+    for part in report_parts(results):
+        heading, _, body = part.partition("\n")
+        sections.append(f"<h3>{html.escape(heading)}</h3>\n<pre>{html.escape(body)}</pre>")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>\n"
+            f"<body>\n<h2>{html.escape(title)}</h2>\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def report_parts(results: str | Path) -> list[str]:
+    """Each table of :func:`report` (its title on the first line), in the report's order."""
     summary = Path(results) / "summary"
     parts = []
 
@@ -217,8 +234,7 @@ def report(results: str | Path) -> str:
         if ds.sizes["temperature"] * ds.sizes["alpha"] > 1:  # a choice to make
             parts.append(_distill_chosen(ds))
     if (ds := have("zoo")) is not None:
-        parts.append(_zoo_tables(ds, have("connectivity_seed_pairs"), have("similarity_seed_pairs"),
-                                 have("manifold")))
+        parts += _zoo_tables(ds, have("connectivity_seed_pairs"), have("similarity_seed_pairs"), have("manifold"))
     if (ds := have("random_teacher")) is not None:
         parts.append(_random_teacher_table(ds))
     if (ds := have("network_pruning")) is not None:
@@ -280,4 +296,4 @@ def report(results: str | Path) -> str:
     if not parts:
         raise FileNotFoundError(f"no summaries under {summary}; run the study first")
     parts.append(provenance_table(results))
-    return "\n".join(parts)
+    return parts

@@ -46,6 +46,8 @@ from workflow.summaries import best_over, final_value, zoo_metrics, zoo_phases, 
 
 __all__ = [
     "FIGURES",
+    "REPORT_CATEGORIES",
+    "REPORT_CATEGORY",
     "FINETUNE_LABELS",
     "KD_STYLES",
     "PRUNING_LABELS",
@@ -100,6 +102,16 @@ FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "zoo": (zoo, ("zoo",)),
     "zoo_scores": (zoo_scores, ("zoo",)),
 }
+# The question each figure answers: its category in Snakemake's report (rules/plot.smk).
+REPORT_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "Pretraining and transfer": ("training_curves", "finetune_methods", "wiseft", "ensembles", "weight_distance"),
+    "Data pruning and distillation": ("data_pruning", "best_alpha", "score_distributions", "score_agreement"),
+    "Network pruning": ("network_pruning",),
+    "Analysis along the lineage": ("lineage", "cka", "similarity", "similarity_within", "spectra", "connectivity"),
+    "Model zoo": ("zoo", "zoo_scores"),
+}
+REPORT_CATEGORY = {figure: category for category, figures in REPORT_CATEGORIES.items() for figure in figures}
+
 # Summaries a figure also draws from, passed by name, when the study has them; such a
 # figure is drawn when the study has at least one of them.
 OPTIONAL_SUMMARIES: dict[str, tuple[str, ...]] = {"lineage": tuple(LINEAGE),
