@@ -876,7 +876,7 @@ def _diagonal(da: xr.DataArray) -> xr.DataArray:
     return da.sel({"layer_a": index, "layer_b": index})
 
 
-def test_lineage_draws_a_row_per_edge_kind_present() -> None:
+def test_lineage_draws_the_panels_of_every_edge_kind_in_a_grid_each_with_its_legend() -> None:
     summaries = {name: BUILDERS[name](2) for name in plots.OPTIONAL_SUMMARIES["lineage"]}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # all-NaN combinations must not leak RuntimeWarnings
@@ -910,6 +910,12 @@ def test_lineage_draws_a_row_per_edge_kind_present() -> None:
     for ax in fig.axes:
         if ax.axison:
             assert ax.get_ylim() == (0.0, 1.05)
+            assert ax.get_legend() is not None  # beneath its own panel
+    # six panels: two rows of three, not one tall column
+    drawn = [ax for ax in fig.axes if ax.axison]
+    fig.canvas.draw()
+    assert len({round(ax.get_position().x0, 2) for ax in drawn}) == 3
+    assert len({round(ax.get_position().y0, 2) for ax in drawn}) == 2
 
 
 def test_lineage_draws_the_edges_a_study_has() -> None:

@@ -180,37 +180,40 @@ def lineage(**summaries: xr.Dataset) -> Figure:
     """Cross-model similarity along the lineage: how much of each layer survives every edge.
 
     Takes the similarity summaries by name (those of :data:`LINEAGE` the study has);
-    a row of panels per edge kind present: pretrained -> fine-tuned and seed <-> seed
+    panels in a grid, those of an edge kind together: pretrained -> fine-tuned and seed <-> seed
     by layer; dense -> pruned (per rewind step) against the pruning level and teacher
     -> student (per temperature and alpha) against the kept fraction, averaged over
     layers. Each value is the linear CKA of a layer with the same layer of the other
     model; seeds as min–max bands.
     """
-    rows = [(name, build(summaries[name]) if LINEAGE_MEASURE in summaries[name] else [])
-            for name, build in LINEAGE.items() if name in summaries]
-    ncols = max([len(panels) for _, panels in rows] + [1])
-    fig, axes = new_figure(max(1, len(rows)), ncols, (5.0, 3.3))
+    # Every panel in reading order (a kind's panels together), laid out in a grid of at most
+    # three columns, each with its own legend beneath it: a tall column of panels with the
+    # legends beside them leaves the panels narrow.
+    panels: list[tuple[str, str, Callable[[Axes], None] | None]] = []
+    for name, build in LINEAGE.items():
+        if name in summaries:
+            built = build(summaries[name]) if LINEAGE_MEASURE in summaries[name] else []
+            panels += [(name, title, draw) for title, draw in built] or [(name, "", None)]
+    ncols = min(3, max(1, len(panels))) if len(panels) != 4 else 2
+    nrows = max(1, -(-len(panels) // ncols))
+    fig, axes = new_figure(nrows, ncols, (4.6, 4.6))
     for ax in axes.flat:
         ax.set_axis_off()
-    if not rows:
+    if not panels:
         axes[0, 0].set_axis_on()
         no_data(axes[0, 0], "no similarity summaries")
-    for i, (name, panels) in enumerate(rows):
-        if not panels:
-            axes[i, 0].set_axis_on()
-            no_data(axes[i, 0], f"{name}: no {SIMILARITY_LABELS[LINEAGE_MEASURE]}")
-        for j, (title, draw) in enumerate(panels):
-            ax = axes[i, j]
-            ax.set_axis_on()
-            draw(ax)
-            ax.set_ylim(0.0, 1.05)
-            ax.axhline(1.0, color="grey", linestyle=":", linewidth=0.8, zorder=0)
-            ax.set_title(title, fontsize="medium")
-            ax.set_ylabel("linear CKA, same layer" if name in ("similarity", "similarity_seeds")
-                          else "linear CKA, mean over layers")
-        if panels:
-            # Beside the row's last panel: the lines of a row share their methods.
-            legend(axes[i, len(panels) - 1], fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    for ax, (name, title, draw) in zip(axes.flat, panels):
+        ax.set_axis_on()
+        if draw is None:
+            no_data(ax, f"{name}: no {SIMILARITY_LABELS[LINEAGE_MEASURE]}")
+            continue
+        draw(ax)
+        ax.set_ylim(0.0, 1.05)
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=0.8, zorder=0)
+        ax.set_title(title, fontsize="medium")
+        ax.set_ylabel("linear CKA, same layer" if name in ("similarity", "similarity_seeds")
+                      else "linear CKA, mean over layers")
+        legend(ax, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
     how = seeds_text("mean line, min–max band", *summaries.values()) if summaries else "no data"
     fig.suptitle("Cross-model similarity along the lineage: linear CKA of each layer with the same layer "
                  f"of the other model\n(1 = the same representation up to rotation and scale; {how})",
