@@ -580,6 +580,11 @@ def _lines(ax) -> dict[str, object]:
     return {c.get_label(): c.lines[0] for c in ax.containers}
 
 
+def _figure_lines(fig) -> dict[str, object]:
+    """:func:`_lines` of every panel of a figure."""
+    return {label: line for ax in fig.axes for label, line in _lines(ax).items()}
+
+
 def _texts(fig) -> str:
     """All text drawn in a figure (titles, notes, legends), for checking what it says."""
     return "\n".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
@@ -620,7 +625,7 @@ def test_best_over_chooses_by_one_metric_and_reports_another() -> None:
 def test_data_pruning_kd_points_are_at_best_temperature_and_alpha() -> None:
     pruned, distill = _data_pruning(2), _distill(2)
     fig = plots.data_pruning(pruned, distill)
-    lines = _lines(fig.axes[0])
+    lines = _figure_lines(fig)
     final = plots.final_value(distill["test_acc"]).sel({"selection": "el2n-hard"})
     for teacher, style in (("trained", "KD, trained teacher"),
                            ("untrained", "KD, untrained (random) teacher")):
@@ -645,6 +650,17 @@ def test_data_pruning_kd_points_are_at_best_temperature_and_alpha() -> None:
     assert [t.get_text() for t in style_key.get_texts()] == [
         "no KD", "KD, trained teacher", "KD, untrained (random) teacher"]
     assert "chosen on test: the task has no validation set" in _texts(fig)  # this summary has no val_acc
+    # a panel per score, each with its selections, on one error scale; random as a grey reference
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.axison and ax.get_title()}
+    assert list(panels) == ["el2n", "grand", "forgetting", "prototypes", "random", "rs2"]
+    assert set(_lines(panels["el2n"])) == {f"el2n-{keep}, {style}" for keep in ("hard", "easy")
+                                          for style in ("no KD", "KD, trained teacher",
+                                                        "KD, untrained (random) teacher")}
+    assert len({ax.get_ylim() for ax in panels.values()}) == 1
+    random = 100 * (1 - plots.final_value(pruned["test_acc"]).sel({"selection": "random"}).mean("seed"))
+    grey = [line for line in panels["el2n"].get_lines() if line.get_label() == "_random, no KD"]
+    np.testing.assert_allclose(grey[0].get_ydata(), random.values[np.isfinite(random.values)])
+    assert not [line for line in panels["random"].get_lines() if line.get_label() == "_random, no KD"]
 
 
 def test_kd_points_are_chosen_on_validation_and_show_their_test_error() -> None:
@@ -652,7 +668,7 @@ def test_kd_points_are_chosen_on_validation_and_show_their_test_error() -> None:
     # validation prefers the opposite of test: the lowest-test combination has the best validation
     distill["val_acc"] = 1.0 - distill["test_acc"]
     fig = plots.data_pruning(pruned, distill)
-    line = _lines(fig.axes[0])["el2n-hard, KD, trained teacher"]
+    line = _figure_lines(fig)["el2n-hard, KD, trained teacher"]
     final = plots.final_value(distill["test_acc"]).sel({"selection": "el2n-hard", "teacher": "trained"})
     val = plots.final_value(distill["val_acc"]).sel({"selection": "el2n-hard", "teacher": "trained"})
     chosen = val.mean("seed").stack(kd=("temperature", "alpha")).fillna(-np.inf).argmax("kd")

@@ -158,21 +158,38 @@ def _pruning_curves(
     return curves
 
 
+def _scoring(ds: xr.Dataset, selection: Hashable) -> str:
+    """The score a subset was chosen by: the ``scoring`` coordinate along ``selection``
+    where the summary has it, else its label's first part (el2n-hard -> el2n)."""
+    if "scoring" in ds.coords and selection in ds["selection"].values:
+        return str(ds["scoring"].sel({"selection": selection}).item())
+    return str(selection).split("-")[0]
+
+
 def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
-    """Final test error against training data kept, per pruning method, without and with KD.
+    """Final test error against training data kept, one panel per score (its selections:
+    the end kept, offsets), without and with KD, on one shared scale.
 
     Solid: no distillation; dashed: KD from the trained teacher; dotted: KD from
     a frozen untrained teacher. Each KD point is at the temperature and alpha with
     the best mean final validation accuracy over seeds for that (method, fraction,
-    teacher), and shows its test error.
+    teacher), and shows its test error. Every other panel repeats random subsets
+    without KD as a grey reference line.
     """
-    fig, axes = new_figure(1, 1, (7.0, 4.8))
-    ax = axes[0, 0]
     methods = list(dict.fromkeys(coord_values(pruned, "selection") + coord_values(distill, "selection")))
-    colours = distinct_colours(methods)
+    where = {m: pruned if m in pruned["selection"].values else distill for m in methods}
+    scorings = list(dict.fromkeys(_scoring(where[m], m) for m in methods))
+    ncols = min(3, len(scorings))
+    nrows = -(-len(scorings) // ncols)
+    fig, axes = new_figure(nrows, ncols, (4.4, 3.8))
+    panel = {scoring: ax for scoring, ax in zip(scorings, axes.flat)}
+    for ax in list(axes.flat)[len(scorings):]:
+        ax.set_axis_off()
+    colours = distinct_colours(methods, grey=False)  # grey is the random reference
     drawn_methods: set[Hashable] = set()
     styles: list[Line2D] = []
-    for teacher, acc in _pruning_curves(pruned, distill):
+    curves = _pruning_curves(pruned, distill)
+    for teacher, acc in curves:
         linestyle, label = _kd_style(teacher)
         x = 100.0 * acc["fraction"].values
         drawn = False
@@ -180,29 +197,49 @@ def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
             stats = over_seeds(100.0 * (1.0 - acc.sel({"selection": method})))
             # Each method a little to the side, so that error bars do not hide each other.
             dodge = _dodge(methods.index(method), len(methods))
-            if plot_errorbar(ax, x * dodge, stats, color=colours[method],
+            if plot_errorbar(panel[_scoring(where[method], method)], x * dodge, stats, color=colours[method],
                              linestyle=linestyle, label=f"{method}, {label}"):
                 drawn = True
                 drawn_methods.add(method)
         if drawn:
             styles.append(Line2D([], [], color="dimgrey", linestyle=linestyle, label=label))
+    reference = curves[0][1]
+    if "random" in reference["selection"].values:
+        random = over_seeds(100.0 * (1.0 - reference.sel({"selection": "random"})))
+        x, mean = 100.0 * reference["fraction"].values, random.mean.values
+        keep = np.isfinite(mean)
+        for scoring, ax in panel.items():
+            if scoring != "random" and keep.any():
+                ax.plot(x[keep], mean[keep], color="0.6", linewidth=1.0, marker=".", zorder=0,
+                        label="_random, no KD")
     if not styles:
-        no_data(ax)
+        no_data(axes[0, 0])
     _method_key(fig, [m for m in methods if m in drawn_methods], colours)
     # The choice is made on validation, where the task has a validation set; the key says
     # on which split it was made.
     kd_note = f"KD: temperature T and weight α per point, {chosen_by(distill)[1]}"
-    key(fig, f"line style ({kd_note})" if len(styles) > 1 else "line style", styles,
+    reference_note = "; grey: random subsets, no KD" if len(scorings) > 1 and "random" in scorings else ""
+    key(fig, (f"line style ({kd_note})" if len(styles) > 1 else "line style") + reference_note, styles,
         "outside lower center", ncols=len(styles) or 1)
-    # Log-log, as in data-pruning scaling laws; ticks at the fractions actually kept.
+    # Log-log, as in data-pruning scaling laws; ticks at the fractions actually kept; one
+    # error scale for every panel, so that the scores compare at a glance.
     fractions = np.union1d(pruned["fraction"].values, distill["fraction"].values)
-    log_axis(ax, "x", ticks=100.0 * fractions)
-    log_axis(ax, "y")
-    ax.set_xlabel("training examples kept (%; methods offset slightly)")
-    ax.set_ylabel("final test error (%)")
-    ax.grid(which="both", alpha=0.3)
+    errors = [y for ax in panel.values() for line in ax.get_lines() for y in np.asarray(line.get_ydata(), float)]
+    errors = [y for y in errors if np.isfinite(y) and y > 0]
+    for scoring, ax in panel.items():
+        log_axis(ax, "x", ticks=100.0 * fractions)
+        ax.set_xlim(100.0 * fractions.min() / 1.25, 100.0 * fractions.max() * 1.25)
+        log_axis(ax, "y")
+        if errors:
+            ax.set_ylim(min(errors) / 1.15, max(errors) * 1.15)
+        ax.grid(which="both", alpha=0.3)
+        ax.set_title(scoring, fontsize="medium")
+    for ax in axes[-1]:
+        ax.set_xlabel("training examples kept (%; methods offset slightly)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("final test error (%)")
     how = seeds_text("mean ± std", pruned, distill)
-    ax.set_title(f"Data pruning with and without distillation\n{how}")
+    fig.suptitle(f"Data pruning with and without distillation, a panel per score\n{how}")
     return fig
 
 

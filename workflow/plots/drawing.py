@@ -37,10 +37,12 @@ def new_figure(
     return fig, axes
 
 
-def distinct_colours(names: Iterable[Hashable]) -> dict[Hashable, Any]:
-    """One distinct colour per name, stable in the order given."""
+def distinct_colours(names: Iterable[Hashable], *, grey: bool = True) -> dict[Hashable, Any]:
+    """One distinct colour per name, stable in the order given; without ``grey`` (tab10's
+    seventh), for a figure that draws a reference in grey."""
     cmap = colormaps["tab10"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+    palette = [cmap(i) for i in range(cmap.N) if grey or i != 7]
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
 def _finite(x: Any, stats: SeedStats) -> tuple[np.ndarray, ...]:
