@@ -1050,3 +1050,22 @@ def test_every_figure_has_a_report_category_and_a_caption() -> None:
     assert sum(len(figures) for figures in plots.REPORT_CATEGORIES.values()) == len(plots.FIGURES)
     for figure in plots.FIGURES:
         assert len((captions / f"{figure}.rst").read_text().strip()) > 100, figure
+
+
+def test_the_same_summaries_draw_the_same_bytes(tmp_path: Path) -> None:
+    """Figures are byte-stable for unchanged inputs (a PDF carries no creation date), so a
+    redraw leaves them as they were."""
+    import hashlib
+    import time
+
+    paths = {}
+    for name in ("data_pruning", "distill"):
+        paths[name] = tmp_path / f"{name}.zarr"
+        storage.write_dataset(BUILDERS[name](2), paths[name])
+    digests = []
+    for attempt in range(2):
+        outs = [tmp_path / f"{attempt}.png", tmp_path / f"{attempt}.pdf"]
+        plots.render("data_pruning", paths, outs)
+        digests.append([hashlib.sha256(out.read_bytes()).hexdigest() for out in outs])
+        time.sleep(1.1)  # a creation date would now differ
+    assert digests[0] == digests[1]

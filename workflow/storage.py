@@ -199,8 +199,11 @@ def write_json(obj: Any, path: PathLike) -> Path:
 
 
 def save_figure(fig: Any, path: PathLike) -> Path:
-    """Save a matplotlib figure atomically; the format follows the suffix of ``path``."""
+    """Save a matplotlib figure atomically; the format follows the suffix of ``path``. The
+    same figure gives the same bytes: a PDF carries no creation date."""
     final = Path(path)
+    fmt = final.suffix.lstrip(".")
+    metadata = {"CreationDate": None} if fmt == "pdf" else None
     with atomic_path(final) as tmp:
-        fig.savefig(tmp, format=final.suffix.lstrip("."), bbox_inches="tight", dpi=150)
+        fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=150, metadata=metadata)
     return final
