@@ -339,6 +339,7 @@ def _plot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", action="append", required=True,
                    help="output file (.png, .pdf, .svg); repeatable; with several figures, a pattern "
                    "with {figure} in it, e.g. plots/{figure}.png")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (the README's small copies: 60)")
 
 
 @command("plot", "draw figures from summaries", _plot_options)
@@ -349,7 +350,7 @@ def _plot(args: argparse.Namespace) -> None:
     if len(args.figure) > 1 and not all("{figure}" in out for out in args.out):
         raise SystemExit("plot: with several figures, every --out must hold {figure}")
     for figure in args.figure:
-        render(figure, summaries, [out.replace("{figure}", figure) for out in args.out])
+        render(figure, summaries, [out.replace("{figure}", figure) for out in args.out], dpi=args.dpi)
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:

@@ -198,12 +198,12 @@ def write_json(obj: Any, path: PathLike) -> Path:
     return Path(path)
 
 
-def save_figure(fig: Any, path: PathLike) -> Path:
+def save_figure(fig: Any, path: PathLike, dpi: int = 150) -> Path:
     """Save a matplotlib figure atomically; the format follows the suffix of ``path``. The
     same figure gives the same bytes: a PDF carries no creation date."""
     final = Path(path)
     fmt = final.suffix.lstrip(".")
     metadata = {"CreationDate": None} if fmt == "pdf" else None
     with atomic_path(final) as tmp:
-        fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=150, metadata=metadata)
+        fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=dpi, metadata=metadata)
     return final

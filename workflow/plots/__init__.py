@@ -136,6 +136,7 @@ def render(
     figure: str,
     summary_paths: Mapping[str, str | Path],
     outputs: Sequence[str | Path],
+    dpi: int = 150,
 ) -> None:
     """Draw ``figure`` from the summary stores it needs and save it to every path in ``outputs``."""
     if figure not in FIGURES:
@@ -151,7 +152,7 @@ def render(
                **{name: storage.open_dataset(summary_paths[name]) for name in optional})
     try:
         for path in outputs:
-            storage.save_figure(fig, path)
+            storage.save_figure(fig, path, dpi=dpi)
     finally:
         # Not registered with pyplot, so clearing is what frees its artists.
         fig.clear()
