@@ -25,7 +25,7 @@ if STUDY_FIGURES:
     rule plot:
         """Every figure, drawn from summaries alone, as PNG and PDF, in one job; beside them, for
         the report, the tables of `python -m workflow report` as HTML and the study's resolved
-        config (every default filled in)."""
+        config (the schema's defaults filled in)."""
         input:
             unpack(lambda w: {name: STUDY.summary_path(name) for name in STUDY_SUMMARIES}),
         output:

@@ -325,7 +325,7 @@ def test_the_snakemake_report_holds_every_figure_with_its_caption_the_tables_and
     tables = Path(study.root) / "report" / "tables.html"
     assert "<h3>finetune (target task): final test accuracy (%)</h3>" in tables.read_text()
     config = yaml.safe_load((Path(study.root) / "report" / "config.yaml").read_text())
-    assert config["results"] == "results/tiny" and config["train"]["optimizer"]  # defaults filled in
+    assert config["results"] == "results/tiny" and config["execution"]["stack"]  # the schema's defaults filled in
     snakemake(study_dir, "--report", "report.zip")
     with zipfile.ZipFile(study_dir / "report.zip") as archive:
         names = archive.namelist()
