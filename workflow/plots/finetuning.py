@@ -101,8 +101,9 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
         count = over_seeds(finetune["trainable_params"].sel(where)).mean
         x, y, err = float(count), float(stats.mean), float(stats.std)
         if np.isfinite(x) and np.isfinite(y):
+            # no text beside the points: methods of equal cost and accuracy would print over
+            # each other; colour (method) and marker (source) say which is which
             ax.errorbar([x], [y], yerr=[err], marker=styles[source][1], capsize=3, color=colours[method])
-            ax.annotate(str(method), (x, y), textcoords="offset points", xytext=(5, 4), fontsize="small")
     log_axis(ax, "x")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("final test accuracy (%)")
