@@ -70,26 +70,28 @@ def _matched_panel(ax: Axes, da: xr.DataArray, runs: Sequence[Run]) -> None:
 def similarity(ds: xr.Dataset) -> Figure:
     """Similarity of each layer to itself before and after fine-tuning, one panel per measure.
 
-    Rows: the measures present (procrustes is a distance, the others similarities);
-    one line per (source, method), colour per method and line style per source.
+    Panels: the measures present (procrustes is a distance, the others similarities), in a
+    grid of up to three columns; one line per (source, method), colour per method and line
+    style per source.
     """
     ds = crossed(ds)
     measures = [m for m in SIMILARITY_LABELS if m in ds]
     runs = run_lines(ds, measures, "finetuning")
-    fig, axes = new_figure(max(1, len(measures)), 1, (6.4, 2.3))
-    for ax, measure in zip(axes[:, 0], measures):
+    ncols = min(3, max(1, len(measures))) if len(measures) != 4 else 2
+    fig, axes = new_figure(max(1, -(-len(measures) // ncols)), ncols, (5.0, 3.0))
+    for ax in axes.flat[len(measures):]:
+        ax.set_axis_off()
+    for ax, measure in zip(axes.flat, measures):
         _matched_panel(ax, ds[measure], runs)
         distance = measure in DISTANCES
         ax.axhline(0.0 if distance else 1.0, color="grey", linestyle=":", linewidth=0.8, zorder=0)
         ax.set_ylabel("distance" if distance else "similarity")
         what = "distance, 0 = unchanged" if distance else "similarity, 1 = unchanged"
         ax.set_title(f"{SIMILARITY_LABELS[measure]} ({what})", fontsize="medium")
-        if ax is not axes[-1, 0]:
-            ax.sharex(axes[-1, 0])
-            ax.tick_params(labelbottom=False)
+        ax.set_xlabel("layer (pretrained vs the same layer fine-tuned)", fontsize="small")
     if not measures:
+        axes[0, 0].set_axis_on()
         no_data(axes[0, 0], "no similarity measures")
-    axes[-1, 0].set_xlabel("layer (pretrained vs the same layer fine-tuned)")
     run_key(fig, runs, "fine-tuning")
     how = seeds_text("mean line, min–max band", ds)
     fig.suptitle(f"Which layers fine-tuning changes: matched-layer similarity\n({how})",
