@@ -445,6 +445,14 @@ def _zoo_manifold(n_seeds: int) -> xr.Dataset:
                       coords={**ZOO_COORDS, "lr": [0.1], "seed": np.arange(n_seeds), "class_label": [0, 1, 2]})
 
 
+def _random_teacher(n_seeds: int) -> xr.Dataset:
+    rng = np.random.default_rng(13)
+    dims, shape = ("noise", "seed"), (3, n_seeds)
+    return xr.Dataset({f"{who}probe_{split}_acc": (dims, 0.5 + 0.1 * rng.random(shape))
+                       for who in ("", "teacher_") for split in ("val", "test")},
+                      coords={"noise": [0.0, 0.1, 1.0], "seed": np.arange(n_seeds)})
+
+
 BUILDERS = {
     "pretrain": _pretrain,
     "finetune": lambda n: _with_trainable_params(_finetune(n)),
@@ -465,6 +473,7 @@ BUILDERS = {
     "connectivity_seed_pairs": _zoo_pairs,
     "similarity_seed_pairs": _zoo_similarity,
     "manifold": _zoo_manifold,
+    "random_teacher": _random_teacher,
 }
 
 
@@ -541,7 +550,7 @@ def test_figures_table_matches_signatures() -> None:
         "training_curves", "data_pruning", "best_alpha", "network_pruning", "cka",
         "score_distributions", "score_agreement", "finetune_methods", "wiseft", "ensembles",
         "similarity", "spectra", "connectivity", "weight_distance", "lineage", "similarity_within", "zoo",
-        "zoo_scores",
+        "zoo_scores", "random_teacher",
     }
     assert plots.FIGURES["data_pruning"][1] == ("data_pruning", "distill")
     for figure, (func, needs) in plots.FIGURES.items():
@@ -1071,3 +1080,13 @@ def test_the_same_summaries_draw_the_same_bytes(tmp_path: Path) -> None:
         digests.append([hashlib.sha256(out.read_bytes()).hexdigest() for out in outs])
         time.sleep(1.1)  # a creation date would now differ
     assert digests[0] == digests[1]
+
+
+def test_the_random_teacher_figure_puts_each_student_beside_its_teacher() -> None:
+    ds = _random_teacher(2)
+    fig = plots.random_teacher(ds)
+    panels = [ax for ax in fig.axes if ax.patches]
+    assert [ax.get_title() for ax in panels] == ["validation", "test"]
+    heights = [bar.get_height() for bar in panels[1].patches]
+    np.testing.assert_allclose(heights[:3], 100 * ds["teacher_probe_test_acc"].mean("seed"))
+    np.testing.assert_allclose(heights[3:], 100 * ds["probe_test_acc"].mean("seed"))

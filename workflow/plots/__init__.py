@@ -34,6 +34,7 @@ from workflow.plots.finetuning import (
     cka_heatmaps,
     ensembles,
     finetune_methods,
+    random_teacher,
     training_curves,
     weight_distance,
     wiseft,
@@ -64,6 +65,7 @@ __all__ = [
     "finetune_methods",
     "lineage",
     "network_pruning",
+    "random_teacher",
     "render",
     "score_agreement",
     "score_correlations",
@@ -101,10 +103,12 @@ FIGURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
     "similarity_within": (similarity_within, ("similarity_within",)),
     "zoo": (zoo, ("zoo",)),
     "zoo_scores": (zoo_scores, ("zoo",)),
+    "random_teacher": (random_teacher, ("random_teacher",)),
 }
 # The question each figure answers: its category in Snakemake's report (rules/plot.smk).
 REPORT_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "Pretraining and transfer": ("training_curves", "finetune_methods", "wiseft", "ensembles", "weight_distance"),
+    "Pretraining and transfer": ("training_curves", "finetune_methods", "wiseft", "ensembles", "weight_distance",
+                                 "random_teacher"),
     "Data pruning and distillation": ("data_pruning", "best_alpha", "score_distributions", "score_agreement"),
     "Network pruning": ("network_pruning",),
     "Analysis along the lineage": ("lineage", "cka", "similarity", "similarity_within", "spectra", "connectivity"),

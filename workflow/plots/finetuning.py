@@ -206,3 +206,30 @@ def weight_distance(finetune: xr.Dataset) -> Figure:
                  f"(θ₀: where the run started, scratch: its initialisation; {how})",
                  fontsize="medium")
     return fig
+
+
+def random_teacher(ds: xr.Dataset) -> Figure:
+    """Random teachers: the linear-probe accuracy of each student beside its frozen untrained
+    teacher's, per starting noise, on the validation and test sets (bars: mean over seeds;
+    error bars: std)."""
+    splits = [split for split in ("val", "test") if f"probe_{split}_acc" in ds]
+    fig, axes = new_figure(1, max(1, len(splits)), (4.6, 3.8))
+    noises = coord_values(ds, "noise")
+    x = np.arange(len(noises))
+    colours = {"teacher": "0.6", "student": distinct_colours(["student"])["student"]}
+    for ax, split in zip(axes[0], splits):
+        for i, (who, var) in enumerate((("teacher", f"teacher_probe_{split}_acc"), ("student", f"probe_{split}_acc"))):
+            stats = over_seeds(100.0 * ds[var])
+            ax.bar(x + (i - 0.5) * 0.38, stats.mean.values, 0.38, yerr=stats.std.values, capsize=3,
+                   color=colours[who], label=f"{who} (frozen, untrained)" if who == "teacher" else who)
+        ax.set_xticks(x, [f"{n:g}" for n in noises])
+        ax.set_xlabel("student's start: teacher + noise × an independent initialisation")
+        ax.set_ylabel(f"{split} accuracy of a linear probe (%)")
+        ax.set_title({"val": "validation", "test": "test"}[split], fontsize="medium")
+        ax.grid(axis="y", alpha=0.3)
+        legend(ax, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2, frameon=False)
+    if not splits:
+        no_data(axes[0, 0])
+    fig.suptitle("Random teachers: students distilled without labels, probed beside their teachers\n"
+                 f"({seeds_text('mean ± std', ds)}; ridge probe of the penultimate features)", fontsize="medium")
+    return fig
