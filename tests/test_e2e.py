@@ -486,11 +486,12 @@ def test_a_diverging_run_fails_loudly_and_leaves_no_result(tmp_path: Path) -> No
 
 def _stored(results: Path) -> dict[str, str]:
     """The content of every file a job stored for a run, a score or an analysis (not the
-    logs, summaries and figures, which every rerun rewrites, nor Snakemake's time stamps)."""
+    logs, summaries, figures and the report's tables and config, which every rerun rewrites,
+    nor Snakemake's time stamps)."""
     return {
         str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in results.rglob("*")
-        if p.is_file() and p.parts[len(results.parts)] not in ("logs", "summary", "plots", "checkpoints")
+        if p.is_file() and p.parts[len(results.parts)] not in ("logs", "summary", "plots", "report", "checkpoints")
         and p.name != ".snakemake_timestamp"
     }
 
