@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from workflow.analysis.alignment import match_units, matched_correlation, permute_units, unit_blocks, unit_correlation
+from workflow.analysis.alignment import match_units, permute_units, unit_blocks, unit_correlation
 from workflow.analysis.connectivity import linear_connectivity
 from workflow.models import build_model
 
@@ -54,15 +54,15 @@ def test_matching_recovers_a_planted_permutation(kind: str) -> None:
     planted = _random_perms(model, 1)
     shuffled = permute_units(model, planted)
     x = torch.randn(200, 40, generator=torch.Generator().manual_seed(2))
-    perms = match_units(model, shuffled, x)
+    matched = match_units(model, shuffled, x)
+    perms = matched.perms
     for name, perm in planted.items():  # shuffled's unit j is model's unit planted[j]
         np.testing.assert_array_equal(perms[name], np.argsort(perm))
     restored = permute_units(shuffled, perms)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[key], value, rtol=0, atol=0)
-    identity = {name: np.arange(len(perm)) for name, perm in perms.items()}
-    itself = matched_correlation(model, model, x, identity)  # 1 per unit that varies, 0 per dead one
-    assert matched_correlation(model, shuffled, x, perms) == pytest.approx(itself)
+    itself = match_units(model, model, x).correlation  # 1 per unit that varies, 0 per dead one
+    assert matched.correlation == pytest.approx(itself)
     assert all(0 < c <= 1 + 1e-9 for c in itself.values())
 
 
@@ -73,7 +73,8 @@ def test_the_aligned_line_between_a_model_and_its_permutation_is_flat() -> None:
     y = model(x).argmax(1)  # labels the model gets all right
     kwargs = dict(x_train=x, y_train=y, alphas=[0.0, 0.5, 1.0], recompute_bn=False)
     plain = linear_connectivity(model, shuffled, x, y, **kwargs)
-    aligned = linear_connectivity(model, permute_units(shuffled, match_units(model, shuffled, x)), x, y, **kwargs)
+    aligned = linear_connectivity(model, permute_units(shuffled, match_units(model, shuffled, x).perms), x, y,
+                                  **kwargs)
     assert float(plain["test_error_barrier"]) > 0.1
     assert float(aligned["test_error_barrier"]) == 0.0
     np.testing.assert_allclose(aligned["test_loss"], aligned["test_loss"][0], rtol=1e-5)

@@ -19,6 +19,7 @@ permutations; it is refused.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -71,31 +72,33 @@ def unit_correlation(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return torch.where(norms > 0, corr, torch.zeros_like(corr)).numpy()
 
 
-def match_units(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per block, the order of ``model_b``'s units that best matches ``model_a``'s: unit
-    ``perm[i]`` of b is paired with unit ``i`` of a, maximising the summed correlation of
-    their outputs on ``x`` (activation matching).
+@dataclass(frozen=True)
+class Matching:
+    """Per block, b's units in the order that matches a's (``perms``: unit ``perm[i]`` of b
+    pairs with unit ``i`` of a), and the mean correlation of the pairs (``correlation``)."""
+
+    perms: dict[str, np.ndarray]
+    correlation: dict[str, float]
+
+
+def match_units(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor) -> Matching:
+    """The order of ``model_b``'s units in each block that best matches ``model_a``'s,
+    maximising the summed correlation of their outputs on ``x`` (activation matching).
 
     A unit's output does not depend on how the units before it are ordered, so every block
     is matched on the unpermuted b's outputs.
     """
     outs_a, outs_b = _block_outputs(model_a, x), _block_outputs(model_b, x)
-    perms = {}
+    perms, correlation = {}, {}
     for name in unit_blocks(model_a):
         if outs_a[name].shape[1] != outs_b[name].shape[1]:
             raise ValueError(f"aligning units: block {name} has {outs_a[name].shape[1]} units in a "
                              f"and {outs_b[name].shape[1]} in b")
-        rows, cols = linear_sum_assignment(unit_correlation(outs_a[name], outs_b[name]), maximize=True)
+        corr = unit_correlation(outs_a[name], outs_b[name])
+        rows, cols = linear_sum_assignment(corr, maximize=True)
         perms[name] = cols[np.argsort(rows)]
-    return perms
-
-
-def matched_correlation(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor,
-                        perms: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per block, the mean correlation of each of a's units with the unit of b ``perms`` pairs it with."""
-    outs_a, outs_b = _block_outputs(model_a, x), _block_outputs(model_b, x)
-    return {name: float(np.mean(np.diag(unit_correlation(outs_a[name], outs_b[name][:, perm]))))
-            for name, perm in perms.items()}
+        correlation[name] = float(np.mean(corr[np.arange(len(perms[name])), perms[name]]))
+    return Matching(perms, correlation)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import nn
 
 from workflow import cache, storage
 from workflow.analysis.activations import activations_dataset, pool_positions, record_activations
-from workflow.analysis.alignment import match_units, matched_correlation, permute_units
+from workflow.analysis.alignment import match_units, permute_units
 from workflow.analysis.connectivity import linear_connectivity
 from workflow.analysis.hessian import hessian_analysis
 from workflow.analysis.manifold import Cutting, class_success_rates, effective_dimension
@@ -191,12 +191,11 @@ def connectivity(
     ds = linear_connectivity(a, b, data.x_test, data.y_test, **kwargs)
     if settings.get("align"):
         matching = data.x_train[: settings["bn_batches"] * CONNECTIVITY_BATCH]
-        perms = match_units(a, b, matching)
-        aligned = linear_connectivity(a, permute_units(b, perms), data.x_test, data.y_test, **kwargs)
-        correlation = matched_correlation(a, b, matching, perms)
+        matched = match_units(a, b, matching)
+        aligned = linear_connectivity(a, permute_units(b, matched.perms), data.x_test, data.y_test, **kwargs)
         ds = ds.merge(aligned.rename({v: f"aligned_{v}" for v in aligned.data_vars}))
-        ds["aligned_unit_correlation"] = xr.DataArray(list(correlation.values()), dims="layer",
-                                                      coords={"layer": list(correlation)})
+        ds["aligned_unit_correlation"] = xr.DataArray(list(matched.correlation.values()), dims="layer",
+                                                      coords={"layer": list(matched.correlation)})
     _write_comparison(ds, out, settings, names)
 
 

@@ -88,8 +88,7 @@ def connectivity(ds: xr.Dataset) -> Figure:
         ax.set_xlabel(xlabel, fontsize="small")
         ax.set_ylabel("test error (%)")
         ax.grid(alpha=0.3)
-        # beneath the panel: inside, the long entries would cover the curves
-        legend(ax, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+        legend(ax, below=True, fontsize="small")
     how = seeds_text("mean line, min–max band", ds)
     fig.suptitle("Linear mode connectivity: weights (1 − α) θ_A + α θ_B\n"
                  "dashed: the straight line between the ends' errors; barrier: how far the curve rises above it\n"

@@ -37,6 +37,16 @@ def new_figure(
     return fig, axes
 
 
+def panel_grid(n: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A figure of ``n`` panels in rows of at most three (four as two by two), the axes in
+    reading order; the grid's spare cells are switched off."""
+    ncols = 2 if n == 4 else min(3, max(1, n))
+    fig, axes = new_figure(max(1, -(-n // ncols)), ncols, panel_size)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, list(axes.flat)
+
+
 def distinct_colours(names: Iterable[Hashable], *, grey: bool = True) -> dict[Hashable, Any]:
     """One distinct colour per name, stable in the order given; without ``grey`` (tab10's
     seventh), for a figure that draws a reference in grey."""
@@ -74,11 +84,14 @@ def plot_errorbar(ax: Axes, x: Any, stats: SeedStats, **line: Any) -> bool:
     return bool(x.size)
 
 
-def legend(ax: Axes, *, outside: bool = False, **kwargs: Any) -> None:
-    """A legend (beside the figure if ``outside``), or a visible note when nothing was drawn."""
+def legend(ax: Axes, *, outside: bool = False, below: bool = False, **kwargs: Any) -> None:
+    """A legend (beside the figure if ``outside``, beneath its own panel if ``below``), or a
+    visible note when nothing was drawn."""
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         no_data(ax)
+    elif below:  # inside the panel, long entries would cover the lines
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, **kwargs)
     elif outside:
         # Below the panels, in a row: beside them it would collide with the suptitle.
         ax.figure.legend(

@@ -227,7 +227,7 @@ def random_teacher(ds: xr.Dataset) -> Figure:
         ax.set_ylabel(f"{split} accuracy of a linear probe (%)")
         ax.set_title({"val": "validation", "test": "test"}[split], fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
-        legend(ax, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=2, frameon=False)
+        legend(ax, below=True, fontsize="small", ncols=2)
     if not splits:
         no_data(axes[0, 0])
     fig.suptitle("Random teachers: students distilled without labels, probed beside their teachers\n"

@@ -21,8 +21,8 @@ from workflow.plots.drawing import (
     layer_heatmaps,
     legend,
     log_axis,
-    new_figure,
     no_data,
+    panel_grid,
     plot_band,
     run_key,
     run_lines,
@@ -77,11 +77,8 @@ def similarity(ds: xr.Dataset) -> Figure:
     ds = crossed(ds)
     measures = [m for m in SIMILARITY_LABELS if m in ds]
     runs = run_lines(ds, measures, "finetuning")
-    ncols = min(3, max(1, len(measures))) if len(measures) != 4 else 2
-    fig, axes = new_figure(max(1, -(-len(measures) // ncols)), ncols, (5.0, 3.0))
-    for ax in axes.flat[len(measures):]:
-        ax.set_axis_off()
-    for ax, measure in zip(axes.flat, measures):
+    fig, axes = panel_grid(len(measures), (5.0, 3.0))
+    for ax, measure in zip(axes, measures):
         _matched_panel(ax, ds[measure], runs)
         distance = measure in DISTANCES
         ax.axhline(0.0 if distance else 1.0, color="grey", linestyle=":", linewidth=0.8, zorder=0)
@@ -90,8 +87,8 @@ def similarity(ds: xr.Dataset) -> Figure:
         ax.set_title(f"{SIMILARITY_LABELS[measure]} ({what})", fontsize="medium")
         ax.set_xlabel("layer (pretrained vs the same layer fine-tuned)", fontsize="small")
     if not measures:
-        axes[0, 0].set_axis_on()
-        no_data(axes[0, 0], "no similarity measures")
+        axes[0].set_axis_on()
+        no_data(axes[0], "no similarity measures")
     run_key(fig, runs, "fine-tuning")
     how = seeds_text("mean line, min–max band", ds)
     fig.suptitle(f"Which layers fine-tuning changes: matched-layer similarity\n({how})",
@@ -196,15 +193,11 @@ def lineage(**summaries: xr.Dataset) -> Figure:
         if name in summaries:
             built = build(summaries[name]) if LINEAGE_MEASURE in summaries[name] else []
             panels += [(name, title, draw) for title, draw in built] or [(name, "", None)]
-    ncols = min(3, max(1, len(panels))) if len(panels) != 4 else 2
-    nrows = max(1, -(-len(panels) // ncols))
-    fig, axes = new_figure(nrows, ncols, (4.6, 4.6))
-    for ax in axes.flat:
-        ax.set_axis_off()
+    fig, axes = panel_grid(len(panels), (4.6, 4.6))
     if not panels:
-        axes[0, 0].set_axis_on()
-        no_data(axes[0, 0], "no similarity summaries")
-    for ax, (name, title, draw) in zip(axes.flat, panels):
+        axes[0].set_axis_on()
+        no_data(axes[0], "no similarity summaries")
+    for ax, (name, title, draw) in zip(axes, panels):
         ax.set_axis_on()
         if draw is None:
             no_data(ax, f"{name}: no {SIMILARITY_LABELS[LINEAGE_MEASURE]}")
@@ -215,7 +208,7 @@ def lineage(**summaries: xr.Dataset) -> Figure:
         ax.set_title(title, fontsize="medium")
         ax.set_ylabel("linear CKA, same layer" if name in ("similarity", "similarity_seeds")
                       else "linear CKA, mean over layers")
-        legend(ax, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
+        legend(ax, below=True, fontsize="small", ncols=2)
     how = seeds_text("mean line, min–max band", *summaries.values()) if summaries else "no data"
     fig.suptitle("Cross-model similarity along the lineage: linear CKA of each layer with the same layer "
                  f"of the other model\n(1 = the same representation up to rotation and scale; {how})",
