@@ -723,7 +723,7 @@ def test_best_alpha_follows_the_optimum() -> None:
 
 def test_best_alpha_single_alpha_says_so() -> None:
     fig = plots.best_alpha(_distill(1).sel({"alpha": [0.5]}))
-    assert "only α = 0.5 was swept" in fig.axes[0].get_title()
+    assert "only α = 0.5 was swept" in fig.get_suptitle()
 
 
 def test_score_correlations_equal_scipy_and_the_heatmap() -> None:
@@ -1090,3 +1090,106 @@ def test_the_random_teacher_figure_puts_each_student_beside_its_teacher() -> Non
     heights = [bar.get_height() for bar in panels[1].patches]
     np.testing.assert_allclose(heights[:3], 100 * ds["teacher_probe_test_acc"].mean("seed"))
     np.testing.assert_allclose(heights[3:], 100 * ds["probe_test_acc"].mean("seed"))
+
+
+def _no_overlap(boxes: list[tuple[str, object]]) -> list[str]:
+    """The pairs of named display boxes that overlap by more than a pixel each way."""
+    clashes = []
+    for i, (name_a, a) in enumerate(boxes):
+        for name_b, b in boxes[i + 1:]:
+            if min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1:
+                clashes.append(f"{name_a} / {name_b}")
+    return clashes
+
+
+@pytest.mark.parametrize("figure", sorted(plots.FIGURES))
+def test_no_legend_title_or_tick_label_runs_into_another(figure: str) -> None:
+    func, needs = plots.FIGURES[figure]
+    optional = plots.OPTIONAL_SUMMARIES.get(figure, ())
+    fig = func(*(BUILDERS[name](2) for name in needs), **{name: BUILDERS[name](2) for name in optional})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    suptitle = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_text() == fig.get_suptitle()]
+    boxes = [("suptitle", t.get_window_extent(renderer)) for t in suptitle]
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    boxes += [(f"legend {i}", lg.get_window_extent(renderer)) for i, lg in enumerate(legends)]
+    boxes += [(f"title {ax.get_title()!r}", ax.title.get_window_extent(renderer))
+              for ax in fig.axes if ax.axison and ax.get_title()]
+    assert not _no_overlap(boxes)
+    for ax in fig.axes:
+        if not ax.axison:
+            continue
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+            slant = {t.get_rotation() % 180 for t in labels} - {0.0, 90.0}
+            if slant:  # parallel slanted labels: apart by more than a line's height
+                spacing = np.diff(sorted(t.get_window_extent(renderer).x1 for t in labels))
+                line = max(t.get_size() for t in labels) * fig.dpi / 72
+                assert (spacing * np.sin(np.radians(slant.pop())) > line).all(), figure
+                continue
+            ticks = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
+            assert not _no_overlap(ticks), f"{figure}: {ax.get_title()!r} tick labels"
+
+
+def test_a_finetuning_method_keeps_its_colour_in_every_figure_and_panel() -> None:
+    from workflow.finetune import FINETUNE
+    from workflow.plots.drawing import FINETUNE_ORDER, finetune_colours
+
+    # Every registered method has its fixed place, so a new one cannot take another's colour.
+    assert set(FINETUNE_ORDER) == set(FINETUNE.names())
+    assert len(set(map(str, finetune_colours(FINETUNE_ORDER).values()))) == len(FINETUNE_ORDER)
+    # The seed-pair summary also holds "scratch" and the pretrained models, the fine-tuning
+    # one not: the same method is drawn in the same colour in both panels and in the curves.
+    lineage = plots.lineage(similarity=_similarity(2), similarity_seeds=_similarity_seeds(2))
+    curves = plots.training_curves(_pretrain(2), _finetune(2))
+    label = "mnist1d → linear_probe"
+    colours = {str(_labelled_line(ax, label).get_color()) for ax in lineage.axes if ax.axison}
+    colours.add(str(_labelled_line(curves.axes[0], label).get_color()))
+    assert len(colours) == 1
+
+
+def test_a_model_trained_from_no_source_is_labelled_random_init() -> None:
+    from workflow.plots.drawing import finetune_label
+
+    assert finetune_label("none", "bn_only", 1) == "random init → bn_only"
+    assert finetune_label("none", "scratch", 1) == "from scratch (baseline)"
+    assert finetune_label("mnist1d", "full", 1) == "fine-tune: full"
+    assert finetune_label("mnist1d", "full", 2) == "mnist1d → full"
+
+
+@pytest.mark.parametrize(("width", "low", "high", "expected"), [
+    (8.0, 200, 900, ["200", "300", "400", "500", "600", "700", "800", "900"]),  # room for every tick
+    (3.0, 200, 20000, ["300", "1000", "3000", "10000"]),  # a narrow panel over two decades: 1-3
+    (6.0, 200, 20000, ["200", "500", "1000", "2000", "5000", "10000", "20000"]),
+    (1.0, 1, 1e6, ["1", "1e+06"]),  # no room for every decade: LogFormatter thins them
+])
+def test_a_log_axis_labels_as_many_ticks_as_it_has_room_for(width: float, low: float, high: float,
+                                                             expected: list[str]) -> None:
+    from matplotlib.figure import Figure
+
+    from workflow.plots.drawing import log_axis
+
+    fig = Figure(figsize=(width / 0.775, 3.0))  # the axes take 77.5 % of the figure's width
+    ax = fig.add_subplot()
+    ax.set_xlim(low, high)
+    log_axis(ax, "x")
+    fig.canvas.draw()
+    ticks = [*zip(ax.xaxis.get_majorticklocs(), ax.xaxis.get_majorticklabels()),
+             *zip(ax.xaxis.get_minorticklocs(), ax.xaxis.get_minorticklabels())]
+    labels = [t.get_text() for loc, t in sorted(ticks, key=lambda tick: tick[0])
+              if low <= loc <= high and t.get_text()]
+    assert labels == expected
+
+
+def test_a_legend_beneath_a_panel_takes_only_as_many_columns_as_fit() -> None:
+    from workflow.plots.drawing import legend, panel_grid
+
+    fig, axes = panel_grid(2, (4.6, 4.6))
+    for ax, names in zip(axes, (["IMP mask from scratch, FLOPs-matched", "IMP"], ["a", "b", "c", "d"])):
+        for name in names:
+            ax.plot([0, 1], [0, 1], label=name)
+        legend(ax, below=True, fontsize="small")
+    fig.canvas.draw()
+    assert axes[0].get_legend()._ncols == 1
+    assert axes[1].get_legend()._ncols == 3
+    assert not _no_overlap([(str(i), ax.get_legend().get_window_extent()) for i, ax in enumerate(axes)])

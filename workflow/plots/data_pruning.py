@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 
 from workflow.plots.drawing import (
     distinct_colours,
+    dodge,
     heatmap,
     key,
     log_axis,
@@ -103,21 +104,20 @@ def score_correlations(scores: xr.Dataset) -> xr.DataArray:
     )
 
 
-def _method_key(fig: Figure, methods: Iterable[Hashable], colours: Mapping[Hashable, Any]) -> None:
-    """The colour of each method, beside the axes (top right)."""
+def _method_key(fig: Figure, methods: Iterable[Hashable], colours: Mapping[Hashable, Any],
+                below: bool = False) -> None:
+    """The colour of each method, beside the axes (top right) or, ``below``, beneath them in rows."""
     handles = [Line2D([], [], color=colours[m], marker="o", markersize=4, label=str(m))
                for m in methods]
-    key(fig, "method", handles, "outside right upper")
+    if below:
+        key(fig, "method", handles, "outside lower center", ncols=min(len(handles), 4) or 1)
+    else:
+        key(fig, "method", handles, "outside right upper")
 
 
 def _kd_style(teacher: str) -> tuple[str, str]:
     """Line style and legend text for the students of ``teacher`` ("none": no KD)."""
     return KD_STYLES.get(teacher, (OTHER_TEACHER_STYLE, f"KD, {teacher} teacher"))
-
-
-def _dodge(i: int, n: int, step: float = 0.008) -> float:
-    """Factor that shifts the i-th of n lines a little along a log axis, so ties stay visible."""
-    return 10.0 ** (step * (i - (n - 1) / 2))
 
 
 def _bins(values: np.ndarray) -> Any:
@@ -196,8 +196,8 @@ def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
         for method in coord_values(acc, "selection"):
             stats = over_seeds(100.0 * (1.0 - acc.sel({"selection": method})))
             # Each method a little to the side, so that error bars do not hide each other.
-            dodge = _dodge(methods.index(method), len(methods))
-            if plot_errorbar(panel[_scoring(where[method], method)], x * dodge, stats, color=colours[method],
+            shift = dodge(methods.index(method), len(methods))
+            if plot_errorbar(panel[_scoring(where[method], method)], x * shift, stats, color=colours[method],
                              linestyle=linestyle, label=f"{method}, {label}"):
                 drawn = True
                 drawn_methods.add(method)
@@ -260,7 +260,7 @@ def best_alpha(distill: xr.Dataset) -> Figure:
             y = where["alpha"].sel({"selection": method}).values.astype(float)
             keep = np.isfinite(y)
             if keep.any():
-                ax.plot(x[keep] * _dodge(i, len(methods)), y[keep], marker="o",
+                ax.plot(x[keep] * dodge(i, len(methods)), y[keep], marker="o",
                         markersize=5, color=colours[method], label=str(method))
                 drawn.append(method)
     if not drawn:
@@ -268,7 +268,8 @@ def best_alpha(distill: xr.Dataset) -> Figure:
     alphas = [float(a) for a in coord_values(distill, "alpha")]
     for a in alphas:
         ax.axhline(a, color="grey", linestyle=":", linewidth=0.8, zorder=0)
-    _method_key(fig, drawn, colours)
+    # beneath: beside the axes it would run into the two-line title
+    _method_key(fig, drawn, colours, below=True)
     log_axis(ax, "x", ticks=100.0 * distill["fraction"].values)
     ax.set_ylim(-0.03, 1.03)
     ax.yaxis.set_major_locator(ticker.MultipleLocator(0.25))
@@ -278,7 +279,7 @@ def best_alpha(distill: xr.Dataset) -> Figure:
     how = seeds_text("mean", distill)
     note = (f"only α = {alphas[0]:g} was swept: nothing to choose" if len(alphas) == 1
             else f"the best final accuracy ({how}) over α and T, {chosen_by(distill)[1]}")
-    ax.set_title(f"Best KD weight α per kept fraction ({teacher} teacher)\n{note}",
+    fig.suptitle(f"Best KD weight α per kept fraction ({teacher} teacher)\n{note}",
                  fontsize="medium")
     return fig
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 import matplotlib
 import numpy as np
 import xarray as xr
-from matplotlib import colormaps, colors, ticker
+from matplotlib import colormaps, colors, font_manager, ticker
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -49,9 +49,12 @@ def panel_grid(n: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Ax
 
 def distinct_colours(names: Iterable[Hashable], *, grey: bool = True) -> dict[Hashable, Any]:
     """One distinct colour per name, stable in the order given; without ``grey`` (tab10's
-    seventh), for a figure that draws a reference in grey."""
-    cmap = colormaps["tab10"]
-    palette = [cmap(i) for i in range(cmap.N) if grey or i != 7]
+    seventh, tab20's 15th and 16th), for a figure that draws a reference in grey. More names
+    than tab10 has colours take tab20's, so that no two share one."""
+    names = list(names)
+    palette = [colormaps["tab10"](i) for i in range(10) if grey or i != 7]
+    if len(names) > len(palette):
+        palette = [colormaps["tab20"](i) for i in range(20) if grey or i not in (14, 15)]
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
@@ -91,6 +94,7 @@ def legend(ax: Axes, *, outside: bool = False, below: bool = False, **kwargs: An
     if not handles:
         no_data(ax)
     elif below:  # inside the panel, long entries would cover the lines
+        kwargs.setdefault("ncols", _columns_that_fit(ax, labels, kwargs.get("fontsize")))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, **kwargs)
     elif outside:
         # Below the panels, in a row: beside them it would collide with the suptitle.
@@ -99,6 +103,19 @@ def legend(ax: Axes, *, outside: bool = False, below: bool = False, **kwargs: An
         )
     else:
         ax.legend(**kwargs)
+
+
+def _columns_that_fit(ax: Axes, labels: Sequence[str], fontsize: Any) -> int:
+    """How many columns of ``labels`` fit in the width of the grid cell of ``ax`` (1 to 3): a
+    wider legend beneath a panel would push the panels apart or into its neighbour's."""
+    em = font_manager.FontProperties(size=fontsize).get_size_in_points() / 72
+    # a column: handle and pad (2.8 em) and the longest text (about 0.55 em a character);
+    # 2 em between columns
+    column = 2.8 + 0.55 * max(len(label) for label in labels)
+    spec = ax.get_subplotspec()
+    cell = ax.figure.get_size_inches()[0] / (spec.get_gridspec().ncols if spec else 1)
+    fit = max(n for n in (1, 2, 3) if n == 1 or (n * column + 2 * (n - 1)) * em < 0.95 * cell)
+    return min(fit, len(labels))
 
 
 def no_data(ax: Axes, text: str = "no data") -> None:
@@ -145,11 +162,51 @@ def heatmap(
     return image
 
 
+# The leading digits a log axis labels, densest first: the first whose closest two labels
+# have room for a label between them is used.
+_LEADING_DIGITS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
+
+
 class _PlainLogFormatter(ticker.LogFormatter):
-    """LogFormatter's choice of which ticks to label, as plain numbers (0.1, not 1e-01)."""
+    """Tick labels of a log axis as plain numbers (0.1, not 1e-01), as many as the axis has
+    room for: every tick, or those with leading digit 1-2-3-5, 1-2-5, 1-3 or 1 (LogFormatter's
+    own choice, 2-3-4-6, prints 300 into 400 on a narrow panel)."""
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        return f"{x:g}" if super().__call__(x, pos) else ""
+        leading = self._leading_digits()
+        if x > 0 and leading is not None:
+            show = round(x / 10.0 ** np.floor(np.log10(x))) in leading
+        else:
+            show = bool(super().__call__(x, pos))
+        return f"{x:g}" if show else ""
+
+    def _leading_digits(self) -> tuple[int, ...] | None:
+        """The densest set of :data:`_LEADING_DIGITS` whose labels fit; None if even the
+        decades alone would not."""
+        low, high = sorted(abs(v) for v in self.axis.get_view_interval())
+        if not low > 0 or high <= low:
+            return None
+        ax = self.axis.axes
+        width, height = ax.figure.get_size_inches()
+        box = ax.get_position()
+        horizontal = self.axis.axis_name == "x"
+        inches_per_decade = (box.width * width if horizontal else box.height * height) / np.log10(high / low)
+        size = matplotlib.rcParams[f"{self.axis.axis_name}tick.labelsize"]
+        font = font_manager.FontProperties(size=size).get_size_in_points() / 72
+        # a label's extent along the axis: its width for x (about 0.6 em a character), else its height
+        longest = max(len(f"{v:g}") for v in (low, high, 10.0 ** np.ceil(np.log10(high))))
+        room = (0.6 * font * longest if horizontal else font) + 0.08
+        for leading in _LEADING_DIGITS:
+            ratios = list(leading) + [10]
+            closest = min(np.log10(b / a) for a, b in zip(ratios, ratios[1:]))
+            if closest * inches_per_decade > room:
+                return leading
+        return None
+
+
+def dodge(i: int, n: int, step: float = 0.008) -> float:
+    """Factor that shifts the i-th of n lines a little along a log axis, so ties stay visible."""
+    return 10.0 ** (step * (i - (n - 1) / 2))
 
 
 def log_axis(ax: Axes, which: str, ticks: Sequence[float] | None = None) -> None:
@@ -165,7 +222,7 @@ def log_axis(ax: Axes, which: str, ticks: Sequence[float] | None = None) -> None
         axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(ticker.NullFormatter())
         return
-    # Label every minor tick within ~one decade, a subset up to three, none beyond.
+    # The ticks labelled depend on the axis' room for them (see _PlainLogFormatter).
     for set_formatter in (axis.set_major_formatter, axis.set_minor_formatter):
         set_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(3, 1.2)))
     # Minor ticks are shorter, so their labels sit closer to the axis than the
@@ -179,6 +236,21 @@ def log_axis(ax: Axes, which: str, ticks: Sequence[float] | None = None) -> None
 
 # The colour of pretrained models in every figure that shows them beside fine-tuned ones.
 PRETRAIN_COLOUR = "black"
+
+# Every fine-tuning method keeps its colour (tab10, by place in this order, grey skipped) in
+# every figure and study, whichever methods a summary holds; a method not listed takes
+# the colours after these.
+FINETUNE_ORDER = ("full", "linear_probe", "lora", "scratch", "eva", "stats", "bn_only", "bn_head")
+
+
+def finetune_colours(methods: Iterable[Hashable]) -> dict[Hashable, Any]:
+    """The colour of each fine-tuning method: fixed for those of :data:`FINETUNE_ORDER`,
+    the next ones in turn for the others (pretrained models are drawn in black)."""
+    methods = list(methods)
+    order = list(FINETUNE_ORDER) + [m for m in methods if m not in FINETUNE_ORDER]
+    palette = distinct_colours(order, grey=False)
+    return {m: palette[m] for m in methods}
+
 
 # "scratch" is not fine-tuned at all: it is the no-pretraining baseline.
 FINETUNE_LABELS = {"scratch": "from scratch (baseline)"}
@@ -209,9 +281,12 @@ Run = tuple[dict[str, Hashable], str, dict[str, Any]]
 
 
 def finetune_label(source: Hashable, method: Hashable, n_sources: int) -> str:
-    """"from scratch (baseline)", "fine-tune: full", or "synthetic → full" with several sources."""
+    """"from scratch (baseline)", "fine-tune: full", or "synthetic → full" with several sources;
+    a method trained from no source (random features) "random init → bn_only"."""
     if method in FINETUNE_LABELS:
         return FINETUNE_LABELS[str(method)]
+    if source == NO_SOURCE:
+        return f"random init → {method}"
     return f"{source} → {method}" if n_sources > 1 else f"fine-tune: {method}"
 
 
@@ -242,7 +317,7 @@ def run_lines(ds: xr.Dataset, variables: Sequence[str], dim: str) -> list[Run]:
     # "none" (scratch) last, as training_curves orders the sources.
     styles = source_styles(sorted(sources, key=lambda src: src == NO_SOURCE))
     colours = {PRETRAINED: PRETRAIN_COLOUR,
-               **distinct_colours(m for m in coord_values(ds, dim) if m != PRETRAINED)}
+               **finetune_colours(m for m in coord_values(ds, dim) if m != PRETRAINED)}
     n_sources = sum(src != NO_SOURCE for src in sources)
     runs = []
     for src, m in present_pairs(ds, variables, dim):

@@ -13,7 +13,10 @@ from matplotlib.lines import Line2D
 
 from workflow.plots.drawing import (
     PRETRAIN_COLOUR,
+    SOURCE_LABELS,
     distinct_colours,
+    dodge,
+    finetune_colours,
     finetune_label,
     key,
     layer_heatmaps,
@@ -41,7 +44,7 @@ def training_curves(pretrain: xr.Dataset, finetune: xr.Dataset) -> Figure:
          PRETRAIN_COLOUR, styles[src][0])
         for src in sources
     ]
-    colours = distinct_colours(coord_values(finetune, "finetuning"))
+    colours = finetune_colours(coord_values(finetune, "finetuning"))
     runs += [
         (finetune_label(src, m, len(sources)), finetune.sel({"source": src, "finetuning": m}), colours[m], styles[src][0])
         for src, m in present_pairs(finetune, ["test_acc"], "finetuning")
@@ -93,7 +96,7 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
     ax = axes[0, 0]
     acc = 100.0 * final_value(finetune["test_acc"])
     methods, sources = coord_values(finetune, "finetuning"), coord_values(finetune, "source")
-    colours, styles = distinct_colours(methods), source_styles(sources)
+    colours, styles = finetune_colours(methods), source_styles(sources)
     pairs = present_pairs(finetune, ["test_acc"], "finetuning")
     for source, method in pairs:
         where = {"source": source, "finetuning": method}
@@ -103,9 +106,11 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
         if np.isfinite(x) and np.isfinite(y):
             # no text beside the points: methods of equal cost and accuracy would print over
             # each other; colour (method) and marker (source) say which is which
+            # each method shifted a little: scratch and full train the same parameters
+            x *= dodge(methods.index(method), len(methods), step=0.01)
             ax.errorbar([x], [y], yerr=[err], marker=styles[source][1], capsize=3, color=colours[method])
     log_axis(ax, "x")
-    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_xlabel("trainable parameters (log scale; methods offset slightly)")
     ax.set_ylabel("final test accuracy (%)")
     ax.grid(which="both", alpha=0.3)
     if not pairs:
@@ -113,7 +118,7 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
     drawn = dict.fromkeys(m for _, m in pairs)
     key(fig, "finetuning", [Line2D([], [], color=colours[m], marker="o", linestyle="", label=str(m)) for m in drawn],
         "outside right upper")
-    key(fig, "source", [Line2D([], [], color="grey", marker=styles[src][1], linestyle="", label=str(src))
+    key(fig, "source", [Line2D([], [], color="grey", marker=styles[src][1], linestyle="", label=SOURCE_LABELS.get(src, str(src)))
                         for src in dict.fromkeys(src for src, _ in pairs)], "outside right lower")
     fig.suptitle(f"Fine-tuning: accuracy per trainable parameter\n({seeds_text('mean ± std', finetune)})",
                  fontsize="medium")
@@ -124,7 +129,7 @@ def wiseft(ds: xr.Dataset) -> Figure:
     """WiSE-FT: test accuracy of the interpolated weights against alpha, one panel per source, a line per method."""
     ds = crossed(ds)
     sources, methods = coord_values(ds, "source"), coord_values(ds, "finetuning")
-    colours = distinct_colours(methods)
+    colours = finetune_colours(methods)
     by, how = chosen_by(ds)
     best, where = best_over(ds["test_acc"], ("alpha",), by=by)
     fig, axes = new_figure(1, len(sources), (5.2, 4.2))
@@ -227,7 +232,7 @@ def random_teacher(ds: xr.Dataset) -> Figure:
         ax.set_ylabel(f"{split} accuracy of a linear probe (%)")
         ax.set_title({"val": "validation", "test": "test"}[split], fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
-        legend(ax, below=True, fontsize="small", ncols=2)
+        legend(ax, below=True, fontsize="small")
     if not splits:
         no_data(axes[0, 0])
     fig.suptitle("Random teachers: students distilled without labels, probed beside their teachers\n"

@@ -208,8 +208,11 @@ def lineage(**summaries: xr.Dataset) -> Figure:
         ax.set_title(title, fontsize="medium")
         ax.set_ylabel("linear CKA, same layer" if name in ("similarity", "similarity_seeds")
                       else "linear CKA, mean over layers")
-        legend(ax, below=True, fontsize="small", ncols=2)
-    how = seeds_text("mean line, min–max band", *summaries.values()) if summaries else "no data"
+        legend(ax, below=True, fontsize="small")
+    # The seed-pair summary compares one pair: it has no seeds to count.
+    seeded = [ds for name, ds in summaries.items() if name != "similarity_seeds"]
+    how = (seeds_text("mean line, min–max band", *seeded) if seeded
+           else "the first two seeds" if summaries else "no data")
     fig.suptitle("Cross-model similarity along the lineage: linear CKA of each layer with the same layer "
                  f"of the other model\n(1 = the same representation up to rotation and scale; {how})",
                  fontsize="medium")

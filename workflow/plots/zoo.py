@@ -73,6 +73,12 @@ def zoo(ds: xr.Dataset, connectivity_seed_pairs: xr.Dataset | None = None,
     return fig
 
 
+def _decades(values: np.ndarray) -> float:
+    """How many decades the magnitudes of the finite non-zero ``values`` span (0 for none)."""
+    magnitude = np.abs(values[np.isfinite(values) & (values != 0)])
+    return float(np.log10(magnitude.max() / magnitude.min())) if magnitude.size else 0.0
+
+
 def zoo_scores(ds: xr.Dataset, manifold: xr.Dataset | None = None) -> Figure:
     """Each training-free score of the initialisations (and, where measured, the trained
     models' class-manifold dimension) against final test accuracy, a point per model coloured
@@ -93,8 +99,9 @@ def zoo_scores(ds: xr.Dataset, manifold: xr.Dataset | None = None) -> Figure:
         if label == "NTK condition number":
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # decades only: the minor labels collide
-        elif label.startswith("hidden covariance"):
-            # about -units for uncorrelated units, down to -1e5 per near-zero eigenvalue: decades apart
+        elif label.startswith("hidden covariance") and _decades(score.values) > 2:
+            # about -units for uncorrelated units, down to -1e5 per near-zero eigenvalue: decades
+            # apart (on a linear axis when they are not, where symlog's labels would collide)
             ax.set_xscale("symlog")
         ranks = zoo_rank_agreement(score, acc)
         ax.set_title(f"{label}\nτ {ranks['kendall_tau']:.2f}, ρ {ranks['spearman_rho']:.2f}; "
