@@ -195,7 +195,7 @@ def test_wiseft_measures_the_validation_set_and_the_report_chooses_alpha_on_it(
     summary = ds.expand_dims(model=["finetune/mnist1d/full"], seed=[0])
     storage.write_dataset(summary, tmp_path / "study" / "summary" / "wiseft.zarr")
     text = report(tmp_path / "study")
-    chosen = float(ds["alpha"][int(ds["val_acc"].argmax())])
+    chosen = float(ds["alpha"][int(ds["val_acc"].argmax("alpha"))])
     assert f"alpha chosen: finetune/mnist1d/full: {chosen:g}" in text
     table = text.split("WiSE-FT at the alpha chosen on validation")[1].split("\n\n")[0]
     assert f"{100 * float(ds['test_acc'].sel(alpha=chosen)):.1f}" in table
@@ -255,7 +255,7 @@ def test_a_greedy_soup_is_built_on_the_validation_set_and_reported_on_the_test_s
     jobs.ensemble(paths, tmp_path / "ensemble.zarr", data_path=with_val, device="cpu")
     ds = storage.open_dataset(tmp_path / "ensemble.zarr")
     assert float(ds["greedy_soup_val_acc"]) >= float(ds["member_val_acc"].max())
-    assert bool(ds["greedy_soup_member"][int(ds["member_val_acc"].argmax())])  # it starts at the best member
+    assert bool(ds["greedy_soup_member"][int(ds["member_val_acc"].argmax(*ds["member_val_acc"].dims))])  # it starts at the best member
     data = load_data(with_val)
     loaded = [load_model(p) for p in paths]
     kept = [saved["state_dict"] for i, (_, saved) in enumerate(loaded) if bool(ds["greedy_soup_member"][i])]
