@@ -1161,7 +1161,7 @@ def test_a_model_trained_from_no_source_is_labelled_random_init() -> None:
     (8.0, 200, 900, ["200", "300", "400", "500", "600", "700", "800", "900"]),  # room for every tick
     (3.0, 200, 20000, ["300", "1000", "3000", "10000"]),  # a narrow panel over two decades: 1-3
     (6.0, 200, 20000, ["200", "500", "1000", "2000", "5000", "10000", "20000"]),
-    (1.0, 1, 1e6, ["1", "1e+06"]),  # no room for every decade: LogFormatter thins them
+    (1.0, 1, 1e6, ["1", "10⁶"]),  # no room for every decade: LogFormatter thins them
 ])
 def test_a_log_axis_labels_as_many_ticks_as_it_has_room_for(width: float, low: float, high: float,
                                                              expected: list[str]) -> None:
@@ -1193,3 +1193,10 @@ def test_a_legend_beneath_a_panel_takes_only_as_many_columns_as_fit() -> None:
     assert axes[0].get_legend()._ncols == 1
     assert axes[1].get_legend()._ncols == 3
     assert not _no_overlap([(str(i), ax.get_legend().get_window_extent()) for i, ax in enumerate(axes)])
+
+
+def test_numbers_on_figures_read_plainly() -> None:
+    from workflow.plots.drawing import plain_number
+
+    assert [plain_number(v) for v in (300.0, 0.05, 3e6, 1e6, 2e-5)] == ["300", "0.05", "3×10⁶", "10⁶", "2×10⁻⁵"]
+    assert [plain_number(v, 3) for v in (1637.2, 68.94, -2.5e7)] == ["1640", "68.9", "-2.5×10⁷"]

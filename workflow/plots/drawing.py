@@ -153,7 +153,7 @@ def heatmap(
         image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect=aspect)
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            text, colour = (f"{v:.3g}" if log else f"{v:.2f}"), text_colour(v)
+            text, colour = (plain_number(v, 3) if log else f"{v:.2f}"), text_colour(v)
         elif missing is not None:
             text, colour = missing, "dimgrey"
         else:
@@ -167,6 +167,22 @@ def heatmap(
 _LEADING_DIGITS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
 
 
+_SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def plain_number(x: float, digits: int | None = None) -> str:
+    """300, 0.05; 3×10⁶ and 2×10⁻⁵ where plain digits would run long (not 3e+06); rounded
+    to ``digits`` significant digits when given (1640, not 1.64e+03)."""
+    if digits is not None and np.isfinite(x):
+        x = float(f"{x:.{digits}g}")
+    if not np.isfinite(x) or x == 0 or 1e-4 <= abs(x) < 1e6:
+        return f"{x:g}"
+    exponent = int(np.floor(np.log10(abs(x))))
+    mantissa = f"{x / 10.0 ** exponent:.3g}"
+    power = f"10{str(exponent).translate(_SUPERSCRIPTS)}"
+    return power if mantissa == "1" else f"{mantissa}×{power}"
+
+
 class _PlainLogFormatter(ticker.LogFormatter):
     """Tick labels of a log axis as plain numbers (0.1, not 1e-01), as many as the axis has
     room for: every tick, or those with leading digit 1-2-3-5, 1-2-5, 1-3 or 1 (LogFormatter's
@@ -178,7 +194,7 @@ class _PlainLogFormatter(ticker.LogFormatter):
             show = round(x / 10.0 ** np.floor(np.log10(x))) in leading
         else:
             show = bool(super().__call__(x, pos))
-        return f"{x:g}" if show else ""
+        return plain_number(x) if show else ""
 
     def _leading_digits(self) -> tuple[int, ...] | None:
         """The densest set of :data:`_LEADING_DIGITS` whose labels fit; None if even the
@@ -194,7 +210,7 @@ class _PlainLogFormatter(ticker.LogFormatter):
         size = matplotlib.rcParams[f"{self.axis.axis_name}tick.labelsize"]
         font = font_manager.FontProperties(size=size).get_size_in_points() / 72
         # a label's extent along the axis: its width for x (about 0.6 em a character), else its height
-        longest = max(len(f"{v:g}") for v in (low, high, 10.0 ** np.ceil(np.log10(high))))
+        longest = max(len(plain_number(v)) for v in (low, high, 10.0 ** np.ceil(np.log10(high))))
         room = (0.6 * font * longest if horizontal else font) + 0.08
         for leading in _LEADING_DIGITS:
             ratios = list(leading) + [10]

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from workflow.plots.drawing import Run, log_axis, no_data, plot_band, run_key, run_lines
+from workflow.plots.drawing import Run, log_axis, no_data, plain_number, plot_band, run_key, run_lines
 from workflow.summaries import crossed, over_seeds, seeds_text
 
 
@@ -48,7 +48,7 @@ def _bars(ax: Axes, runs: Sequence[Run], heights: np.ndarray, errors: np.ndarray
     for i, height in enumerate(heights):
         if np.isfinite(height):
             top = height + errors[1, i] if height >= 0 else height - errors[0, i]
-            ax.annotate(f"{height:.3g}", (i, top), textcoords="offset points", ha="center",
+            ax.annotate(plain_number(height, 3), (i, top), textcoords="offset points", ha="center",
                         xytext=(0, 2 if height >= 0 else -2), va="bottom" if height >= 0 else "top",
                         fontsize="x-small")
         else:
