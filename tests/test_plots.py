@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.image as mpimg
+from matplotlib import colors
 import numpy as np
 import pytest
 import xarray as xr
@@ -1092,7 +1093,7 @@ def test_the_random_teacher_figure_puts_each_student_beside_its_teacher() -> Non
     np.testing.assert_allclose(heights[3:], 100 * ds["probe_test_acc"].mean("seed"))
 
 
-def _no_overlap(boxes: list[tuple[str, object]]) -> list[str]:
+def _overlaps(boxes: list[tuple[str, object]]) -> list[str]:
     """The pairs of named display boxes that overlap by more than a pixel each way."""
     clashes = []
     for i, (name_a, a) in enumerate(boxes):
@@ -1102,33 +1103,49 @@ def _no_overlap(boxes: list[tuple[str, object]]) -> list[str]:
     return clashes
 
 
+def _tick_labels(axis) -> list:
+    """The tick labels an axis draws: visible, not empty, at a tick inside its view."""
+    low, high = sorted(axis.get_view_interval())
+    ticks = [*zip(axis.get_majorticklocs(), axis.get_majorticklabels()),
+             *zip(axis.get_minorticklocs(), axis.get_minorticklabels())]
+    return [label for loc, label in ticks
+            if label.get_visible() and label.get_text() and low <= loc <= high]
+
+
+def _text_boxes(fig) -> list[tuple[str, object]]:
+    """The display boxes of a drawn figure's texts that must not run into each other: the
+    suptitle, legends, panel titles, axis labels and horizontal tick labels."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [("suptitle", t.get_window_extent(renderer)) for t in fig.findobj(matplotlib.text.Text)
+             if t.get_text() and t.get_text() == fig.get_suptitle()]
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    boxes += [(f"legend {i}", legend.get_window_extent(renderer)) for i, legend in enumerate(legends)]
+    for n, ax in enumerate(fig.axes):
+        if not ax.axison:
+            continue
+        panel = f"panel {n} {ax.get_title()!r}"
+        texts = [("title", ax.title), ("x label", ax.xaxis.label), ("y label", ax.yaxis.label)]
+        texts += [(f"tick {t.get_text()!r}", t) for axis in (ax.xaxis, ax.yaxis) for t in _tick_labels(axis)
+                  if t.get_rotation() % 90 == 0]  # slanted ones: their boxes overlap by design
+        boxes += [(f"{panel} {what}", t.get_window_extent(renderer)) for what, t in texts if t.get_text()]
+    return boxes
+
+
 @pytest.mark.parametrize("figure", sorted(plots.FIGURES))
 def test_no_legend_title_or_tick_label_runs_into_another(figure: str) -> None:
     func, needs = plots.FIGURES[figure]
     optional = plots.OPTIONAL_SUMMARIES.get(figure, ())
     fig = func(*(BUILDERS[name](2) for name in needs), **{name: BUILDERS[name](2) for name in optional})
     fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    suptitle = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_text() == fig.get_suptitle()]
-    boxes = [("suptitle", t.get_window_extent(renderer)) for t in suptitle]
-    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
-    boxes += [(f"legend {i}", lg.get_window_extent(renderer)) for i, lg in enumerate(legends)]
-    boxes += [(f"title {ax.get_title()!r}", ax.title.get_window_extent(renderer))
-              for ax in fig.axes if ax.axison and ax.get_title()]
-    assert not _no_overlap(boxes)
+    assert not _overlaps(_text_boxes(fig))
     for ax in fig.axes:
-        if not ax.axison:
-            continue
-        for axis in (ax.xaxis, ax.yaxis):
-            labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
-            slant = {t.get_rotation() % 180 for t in labels} - {0.0, 90.0}
-            if slant:  # parallel slanted labels: apart by more than a line's height
-                spacing = np.diff(sorted(t.get_window_extent(renderer).x1 for t in labels))
-                line = max(t.get_size() for t in labels) * fig.dpi / 72
-                assert (spacing * np.sin(np.radians(slant.pop())) > line).all(), figure
-                continue
-            ticks = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
-            assert not _no_overlap(ticks), f"{figure}: {ax.get_title()!r} tick labels"
+        labels = _tick_labels(ax.xaxis) if ax.axison else []
+        slant = {t.get_rotation() % 180 for t in labels} - {0.0, 90.0}
+        if slant:  # parallel slanted labels: apart by more than a line's height
+            (angle,) = slant
+            spacing = np.diff(sorted(t.get_window_extent().x1 for t in labels))
+            line = max(t.get_size() for t in labels) * fig.dpi / 72
+            assert (spacing * np.sin(np.radians(angle)) > line).all(), figure
 
 
 def test_a_finetuning_method_keeps_its_colour_in_every_figure_and_panel() -> None:
@@ -1137,15 +1154,60 @@ def test_a_finetuning_method_keeps_its_colour_in_every_figure_and_panel() -> Non
 
     # Every registered method has its fixed place, so a new one cannot take another's colour.
     assert set(FINETUNE_ORDER) == set(FINETUNE.names())
-    assert len(set(map(str, finetune_colours(FINETUNE_ORDER).values()))) == len(FINETUNE_ORDER)
-    # The seed-pair summary also holds "scratch" and the pretrained models, the fine-tuning
-    # one not: the same method is drawn in the same colour in both panels and in the curves.
-    lineage = plots.lineage(similarity=_similarity(2), similarity_seeds=_similarity_seeds(2))
+    fixed = finetune_colours(FINETUNE_ORDER)
+    assert len(set(map(str, fixed.values()))) == len(FINETUNE_ORDER)
+    # Unlisted methods take new colours and leave the listed ones theirs.
+    assert finetune_colours([*FINETUNE_ORDER, "new_a", "new_b"])["stats"] == fixed["stats"]
+    # Summaries that hold different methods in different orders (the fine-tuning similarity
+    # without full, the curves with all): linear_probe in its one colour in every panel.
+    similarity = _similarity(2).sel({"finetuning": ["scratch", "linear_probe"]})
+    lineage = plots.lineage(similarity=similarity, similarity_seeds=_similarity_seeds(2))
     curves = plots.training_curves(_pretrain(2), _finetune(2))
     label = "mnist1d → linear_probe"
-    colours = {str(_labelled_line(ax, label).get_color()) for ax in lineage.axes if ax.axison}
-    colours.add(str(_labelled_line(curves.axes[0], label).get_color()))
-    assert len(colours) == 1
+    colours = {colors.to_hex(_labelled_line(ax, label).get_color()) for ax in lineage.axes if ax.axison}
+    colours.add(colors.to_hex(_labelled_line(curves.axes[0], label).get_color()))
+    assert colours == {colors.to_hex(fixed["linear_probe"])}
+
+
+def test_a_palette_that_grows_keeps_its_first_colours() -> None:
+    from workflow.plots.drawing import distinct_colours, selection_colours
+
+    ten, twenty = distinct_colours(range(10)), distinct_colours(range(20))
+    assert [ten[i] for i in range(10)] == [twenty[i] for i in range(10)]
+    assert len({colors.to_hex(c) for c in twenty.values()}) == 20
+    # without grey (tab10's and its light shade), for figures that draw a reference in grey
+    no_grey = distinct_colours(range(18), grey=False)
+    assert len({colors.to_hex(c) for c in no_grey.values()}) == 18
+    assert not {"#7f7f7f", "#c7c7c7"} & {colors.to_hex(c) for c in no_grey.values()}
+    # a selection has its colour whatever order or subset a figure's summary lists
+    assert selection_colours(["random", "el2n-hard"]) == selection_colours(["el2n-hard", "random", "random"])
+
+
+def test_finetune_methods_offsets_methods_that_train_the_same_parameters() -> None:
+    finetune = BUILDERS["finetune"](2)
+    ax = plots.finetune_methods(finetune).axes[0]
+    # each point's x by its method (colour); a method's sources share its x
+    xs: dict[str, set[float]] = {}
+    for container in ax.containers:
+        point = container.lines[0]
+        xs.setdefault(colors.to_hex(point.get_color()), set()).add(float(point.get_xdata()[0]))
+    assert all(len(x) == 1 for x in xs.values())
+    shifted = [x for (x,) in xs.values()]
+    assert len(set(shifted)) == len(shifted)  # no two methods on one x, though full and scratch share a count
+    counts = set(finetune["trainable_params"].values[np.isfinite(finetune["trainable_params"].values)].tolist())
+    assert all(min(abs(x / c - 1) for c in counts) < 0.1 for x in shifted)
+
+
+@pytest.mark.parametrize(("scale", "values"), [("linear", (-1.0, -0.01)), ("symlog", (-1e5, -3.0))])
+def test_zoo_scores_puts_hidden_covariance_on_symlog_only_when_it_spans_decades(
+        scale: str, values: tuple[float, float]) -> None:
+    zoo = _zoo(2)
+    low, high = values
+    covariance = zoo["init_hidden_covariance"]
+    zoo["init_hidden_covariance"] = covariance.copy(data=np.geomspace(low, high, covariance.size).reshape(covariance.shape))
+    fig = plots.zoo_scores(zoo)
+    covariance = [ax for ax in fig.axes if ax.get_xlabel().startswith("hidden covariance")]
+    assert covariance and all(ax.get_xscale() == scale for ax in covariance)
 
 
 def test_a_model_trained_from_no_source_is_labelled_random_init() -> None:
@@ -1160,8 +1222,9 @@ def test_a_model_trained_from_no_source_is_labelled_random_init() -> None:
 @pytest.mark.parametrize(("width", "low", "high", "expected"), [
     (8.0, 200, 900, ["200", "300", "400", "500", "600", "700", "800", "900"]),  # room for every tick
     (3.0, 200, 20000, ["300", "1000", "3000", "10000"]),  # a narrow panel over two decades: 1-3
-    (6.0, 200, 20000, ["200", "500", "1000", "2000", "5000", "10000", "20000"]),
+    (6.0, 200, 20000, ["200", "300", "500", "1000", "2000", "3000", "5000", "10000", "20000"]),
     (1.0, 1, 1e6, ["1", "10⁶"]),  # no room for every decade: LogFormatter thins them
+    (4.0, 158.866, 23456.7, ["200", "500", "1000", "2000", "5000", "10000", "20000"]),  # autoscaled ends
 ])
 def test_a_log_axis_labels_as_many_ticks_as_it_has_room_for(width: float, low: float, high: float,
                                                              expected: list[str]) -> None:
@@ -1192,7 +1255,7 @@ def test_a_legend_beneath_a_panel_takes_only_as_many_columns_as_fit() -> None:
     fig.canvas.draw()
     assert axes[0].get_legend()._ncols == 1
     assert axes[1].get_legend()._ncols == 3
-    assert not _no_overlap([(str(i), ax.get_legend().get_window_extent()) for i, ax in enumerate(axes)])
+    assert not _overlaps([(str(i), ax.get_legend().get_window_extent()) for i, ax in enumerate(axes)])
 
 
 def test_numbers_on_figures_read_plainly() -> None:

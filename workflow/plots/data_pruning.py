@@ -17,10 +17,12 @@ from workflow.plots.drawing import (
     dodge,
     heatmap,
     key,
+    key_below,
     log_axis,
     new_figure,
     no_data,
     plot_errorbar,
+    selection_colours,
 )
 from workflow.summaries import (
     best_over,
@@ -110,7 +112,7 @@ def _method_key(fig: Figure, methods: Iterable[Hashable], colours: Mapping[Hasha
     handles = [Line2D([], [], color=colours[m], marker="o", markersize=4, label=str(m))
                for m in methods]
     if below:
-        key(fig, "method", handles, "outside lower center", ncols=min(len(handles), 4) or 1)
+        key_below(fig, "method", handles)
     else:
         key(fig, "method", handles, "outside right upper")
 
@@ -185,7 +187,7 @@ def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
     panel = {scoring: ax for scoring, ax in zip(scorings, axes.flat)}
     for ax in list(axes.flat)[len(scorings):]:
         ax.set_axis_off()
-    colours = distinct_colours(methods, grey=False)  # grey is the random reference
+    colours = selection_colours(methods)  # no grey: grey is the random reference
     drawn_methods: set[Hashable] = set()
     styles: list[Line2D] = []
     curves = _pruning_curves(pruned, distill)
@@ -249,7 +251,7 @@ def best_alpha(distill: xr.Dataset) -> Figure:
     ax = axes[0, 0]
     teacher = "trained"
     methods = coord_values(distill, "selection")
-    colours = distinct_colours(methods)
+    colours = selection_colours(methods)
     drawn: list[Hashable] = []
     if teacher in coord_values(distill, "teacher"):
         acc = distill["test_acc"].sel({"teacher": teacher}, drop=True)
@@ -274,7 +276,7 @@ def best_alpha(distill: xr.Dataset) -> Figure:
     ax.set_ylim(-0.03, 1.03)
     ax.yaxis.set_major_locator(ticker.MultipleLocator(0.25))
     ax.set_xlabel("training examples kept (%; methods offset slightly)")
-    ax.set_ylabel("best KD weight α (dotted: values swept)")
+    ax.set_ylabel("best KD weight α\n(dotted: the values swept)")
     ax.grid(axis="x", which="major", alpha=0.3)
     how = seeds_text("mean", distill)
     note = (f"only α = {alphas[0]:g} was swept: nothing to choose" if len(alphas) == 1

@@ -47,15 +47,25 @@ def panel_grid(n: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Ax
     return fig, list(axes.flat)
 
 
+# tab20 as tab10's ten colours (its even entries) and then their light shades: a palette that
+# grows past ten names keeps the first ten colours it gave.
+_PALETTE = [colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+_GREYS = {7, 17}  # tab10's grey and its light shade, in _PALETTE's order
+
+
 def distinct_colours(names: Iterable[Hashable], *, grey: bool = True) -> dict[Hashable, Any]:
-    """One distinct colour per name, stable in the order given; without ``grey`` (tab10's
-    seventh, tab20's 15th and 16th), for a figure that draws a reference in grey. More names
-    than tab10 has colours take tab20's, so that no two share one."""
-    names = list(names)
-    palette = [colormaps["tab10"](i) for i in range(10) if grey or i != 7]
-    if len(names) > len(palette):
-        palette = [colormaps["tab20"](i) for i in range(20) if grey or i not in (14, 15)]
+    """One distinct colour per name (up to 20, or 18 without grey), stable in the order
+    given: tab10's, then their light shades; without ``grey``, for a figure that draws a
+    reference in grey."""
+    palette = [c for i, c in enumerate(_PALETTE) if grey or i not in _GREYS]
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+
+
+def selection_colours(names: Iterable[Hashable]) -> dict[Hashable, Any]:
+    """The colour of each data-pruning selection (score and kept end): by its place among
+    the names sorted, so a selection has one colour in every figure that draws the same set;
+    no grey, which the figures keep for references."""
+    return distinct_colours(sorted(set(names), key=str), grey=False)
 
 
 def _finite(x: Any, stats: SeedStats) -> tuple[np.ndarray, ...]:
@@ -94,27 +104,28 @@ def legend(ax: Axes, *, outside: bool = False, below: bool = False, **kwargs: An
     if not handles:
         no_data(ax)
     elif below:  # inside the panel, long entries would cover the lines
-        kwargs.setdefault("ncols", _columns_that_fit(ax, labels, kwargs.get("fontsize")))
+        spec = ax.get_subplotspec()
+        cell = ax.figure.get_size_inches()[0] / (spec.get_gridspec().ncols if spec else 1)
+        kwargs.setdefault("ncols", _columns_that_fit(cell, labels, kwargs.get("fontsize"), most=3))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, **kwargs)
     elif outside:
-        # Below the panels, in a row: beside them it would collide with the suptitle.
-        ax.figure.legend(
-            handles, labels, loc="outside lower center", ncols=min(len(handles), 4), **kwargs
-        )
+        # Below the panels, in rows: beside them it would collide with the suptitle.
+        width = ax.figure.get_size_inches()[0]
+        ncols = _columns_that_fit(width, labels, kwargs.get("fontsize"), most=4)
+        ax.figure.legend(handles, labels, loc="outside lower center", ncols=ncols, **kwargs)
     else:
         ax.legend(**kwargs)
 
 
-def _columns_that_fit(ax: Axes, labels: Sequence[str], fontsize: Any) -> int:
-    """How many columns of ``labels`` fit in the width of the grid cell of ``ax`` (1 to 3): a
-    wider legend beneath a panel would push the panels apart or into its neighbour's."""
+def _columns_that_fit(width: float, labels: Sequence[str], fontsize: Any, most: int) -> int:
+    """How many columns of ``labels`` (1 to ``most``) a legend ``width`` inches wide holds: a
+    wider one beneath a panel pushes the panels apart or into its neighbour's, and one
+    beneath the figure runs off it."""
     em = font_manager.FontProperties(size=fontsize).get_size_in_points() / 72
     # a column: handle and pad (2.8 em) and the longest text (about 0.55 em a character);
     # 2 em between columns
     column = 2.8 + 0.55 * max(len(label) for label in labels)
-    spec = ax.get_subplotspec()
-    cell = ax.figure.get_size_inches()[0] / (spec.get_gridspec().ncols if spec else 1)
-    fit = max(n for n in (1, 2, 3) if n == 1 or (n * column + 2 * (n - 1)) * em < 0.95 * cell)
+    fit = max(n for n in range(1, most + 1) if n == 1 or (n * column + 2 * (n - 1)) * em < 0.95 * width)
     return min(fit, len(labels))
 
 
@@ -130,6 +141,11 @@ def key(
     if handles:
         fig.legend(handles=list(handles), loc=loc, title=title, fontsize="small",
                    title_fontsize="small", **kwargs)
+
+
+def key_below(fig: Figure, title: str, handles: Sequence[Line2D]) -> None:
+    """:func:`key` beneath the panels, in rows of up to four entries."""
+    key(fig, title, handles, "outside lower center", ncols=min(len(handles), 4))
 
 
 def heatmap(
@@ -163,7 +179,7 @@ def heatmap(
 
 
 # The leading digits a log axis labels, densest first: the first whose closest two labels
-# have room for a label between them is used.
+# do not touch is used.
 _LEADING_DIGITS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
 
 
@@ -186,12 +202,18 @@ def plain_number(x: float, digits: int | None = None) -> str:
 class _PlainLogFormatter(ticker.LogFormatter):
     """Tick labels of a log axis as plain numbers (0.1, not 1e-01), as many as the axis has
     room for: every tick, or those with leading digit 1-2-3-5, 1-2-5, 1-3 or 1 (LogFormatter's
-    own choice, 2-3-4-6, prints 300 into 400 on a narrow panel)."""
+    own choice, 2-3-4-6, prints 300 into 400 on a narrow panel). The room is judged at the
+    default tick-label size."""
+
+    _leading: tuple[int, ...] | None = None
+
+    def set_locs(self, locs: Any = None) -> None:
+        super().set_locs(locs)
+        self._leading = self._leading_digits()  # once per drawing of the axis, not per tick
 
     def __call__(self, x: float, pos: int | None = None) -> str:
-        leading = self._leading_digits()
-        if x > 0 and leading is not None:
-            show = round(x / 10.0 ** np.floor(np.log10(x))) in leading
+        if x > 0 and self._leading is not None:
+            show = round(x / 10.0 ** np.floor(np.log10(x))) in self._leading
         else:
             show = bool(super().__call__(x, pos))
         return plain_number(x) if show else ""
@@ -209,10 +231,12 @@ class _PlainLogFormatter(ticker.LogFormatter):
         inches_per_decade = (box.width * width if horizontal else box.height * height) / np.log10(high / low)
         size = matplotlib.rcParams[f"{self.axis.axis_name}tick.labelsize"]
         font = font_manager.FontProperties(size=size).get_size_in_points() / 72
-        # a label's extent along the axis: its width for x (about 0.6 em a character), else its height
-        longest = max(len(plain_number(v)) for v in (low, high, 10.0 ** np.ceil(np.log10(high))))
-        room = (0.6 * font * longest if horizontal else font) + 0.08
+        decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
         for leading in _LEADING_DIGITS:
+            ticks = [d * 10.0 ** k for k in decades for d in leading if low <= d * 10.0 ** k <= high]
+            # a label's extent along the axis: its width for x (about 0.6 em a character), else its height
+            longest = max((len(plain_number(t)) for t in ticks), default=1)
+            room = (0.6 * font * longest if horizontal else font) + 0.08
             ratios = list(leading) + [10]
             closest = min(np.log10(b / a) for a, b in zip(ratios, ratios[1:]))
             if closest * inches_per_decade > room:
@@ -348,7 +372,7 @@ def run_lines(ds: xr.Dataset, variables: Sequence[str], dim: str) -> list[Run]:
 def run_key(fig: Figure, runs: Sequence[Run], title: str) -> None:
     """The colour and line style of every run, below the panels."""
     handles = [Line2D([], [], label=label, **style) for _, label, style in runs]
-    key(fig, title, handles, "outside lower center", ncols=min(len(handles), 4) or 1)
+    key_below(fig, title, handles)
 
 
 def layer_heatmaps(

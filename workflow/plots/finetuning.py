@@ -29,6 +29,7 @@ from workflow.plots.drawing import (
     run_lines,
     source_styles,
 )
+from workflow.runs import NO_SOURCE
 from workflow.summaries import best_over, chosen_by, coord_values, crossed, final_value, over_seeds, seeds_text
 
 LOSS_LABEL = "cross-entropy loss (nats)"
@@ -75,7 +76,7 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
     sources = coord_values(ds, "source")
     mean = over_seeds(ds["linear_cka"]).mean
     cells = {
-        (source, method): (finetune_label(source, method, len(sources)),
+        (source, method): (finetune_label(source, method, sum(src != NO_SOURCE for src in sources)),
                            mean.sel({"source": source, "finetuning": method}))
         for source, method in present_pairs(ds, ["linear_cka"], "finetuning")
     }
@@ -89,7 +90,8 @@ def cka_heatmaps(ds: xr.Dataset) -> Figure:
 def finetune_methods(finetune: xr.Dataset) -> Figure:
     """Final test accuracy of each fine-tuning method from each source against the parameters it trains.
 
-    Colour: method; marker: pretraining source ("none": scratch).
+    Colour: method; marker: pretraining source ("no pretraining": scratch and the random-feature
+    methods); methods offset slightly along the axis, so that equal counts stay visible.
     """
     finetune = crossed(finetune)
     fig, axes = new_figure(1, 1, (6.4, 4.4))
@@ -104,9 +106,9 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
         count = over_seeds(finetune["trainable_params"].sel(where)).mean
         x, y, err = float(count), float(stats.mean), float(stats.std)
         if np.isfinite(x) and np.isfinite(y):
-            # no text beside the points: methods of equal cost and accuracy would print over
-            # each other; colour (method) and marker (source) say which is which
-            # each method shifted a little: scratch and full train the same parameters
+            # Colour (method) and marker (source) say which point is which: text beside them
+            # would print over each other. Each method is shifted a little, as scratch and
+            # full train the same parameters.
             x *= dodge(methods.index(method), len(methods), step=0.01)
             ax.errorbar([x], [y], yerr=[err], marker=styles[source][1], capsize=3, color=colours[method])
     log_axis(ax, "x")
@@ -191,7 +193,7 @@ def ensembles(ds: xr.Dataset) -> Figure:
 def weight_distance(finetune: xr.Dataset) -> Figure:
     """How far fine-tuning moves the weights: relative distance from the start against epoch (log)."""
     finetune = crossed(finetune)
-    fig, axes = new_figure(1, 1, (6.4, 4.4))
+    fig, axes = new_figure(1, 1, (6.4, 5.0))
     ax = axes[0, 0]
     var = "relative_weight_distance"
     runs = run_lines(finetune, [var], "finetuning") if var in finetune else []
@@ -203,11 +205,11 @@ def weight_distance(finetune: xr.Dataset) -> Figure:
     if epochs.size:
         log_axis(ax, "x", ticks=epochs if epochs.size <= 8 else None)
     ax.set_xlabel("epoch (log scale)")
-    ax.set_ylabel("relative weight distance  ‖θₜ − θ₀‖ / ‖θ₀‖")
+    ax.set_ylabel("relative weight distance\n‖θₜ − θ₀‖ / ‖θ₀‖")
     ax.grid(which="both", alpha=0.3)
-    legend(ax, outside=True)
+    legend(ax, outside=True, fontsize="small")
     how = seeds_text("mean line, min–max band", finetune)
-    ax.set_title(f"How far fine-tuning moves the weights (all parameters)\n"
+    fig.suptitle(f"How far fine-tuning moves the weights (all parameters)\n"
                  f"(θ₀: where the run started, scratch: its initialisation; {how})",
                  fontsize="medium")
     return fig

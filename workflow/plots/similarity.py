@@ -26,6 +26,7 @@ from workflow.plots.drawing import (
     plot_band,
     run_key,
     run_lines,
+    selection_colours,
 )
 from workflow.runs import NO_SOURCE
 from workflow.summaries import coord_values, crossed, over_seeds, quiet_mean, seeds_text
@@ -107,9 +108,10 @@ def _mean_matched(da: xr.DataArray) -> xr.DataArray:
 
 
 def _sweep_panel(ax: Axes, mean: xr.DataArray, x: str, by: str, labels: Mapping[Hashable, str]) -> None:
-    """``mean`` (dims: ``by``, ``x``, seed) against ``x``: a line per method (along ``by``), seeds as a band."""
+    """``mean`` (dims: ``by``, ``x``, seed) against ``x``: a line per method (along ``by``), seeds
+    as a band; data-pruning selections in their colours of the data-pruning figures."""
     methods = coord_values(mean, by)
-    colours = distinct_colours(methods)
+    colours = selection_colours(methods) if by == "selection" else distinct_colours(methods)
     for method in methods:
         plot_band(ax, mean[x].values, over_seeds(mean.sel({by: method})), color=colours[method],
                   marker="o", markersize=3, label=labels.get(str(method), str(method)))
@@ -210,9 +212,16 @@ def lineage(**summaries: xr.Dataset) -> Figure:
                       else "linear CKA, mean over layers")
         legend(ax, below=True, fontsize="small")
     # The seed-pair summary compares one pair: it has no seeds to count.
+    # The seed-pair panel compares one pair of seeds: it has no band and no seeds to count.
     seeded = [ds for name, ds in summaries.items() if name != "similarity_seeds"]
-    how = (seeds_text("mean line, min–max band", *seeded) if seeded
-           else "the first two seeds" if summaries else "no data")
+    if seeded:
+        how = seeds_text("mean line, min–max band", *seeded)
+        if "similarity_seeds" in summaries:
+            how += "; seed pairs: one line each"
+    elif summaries:
+        how = "the first two seeds of each run"
+    else:
+        how = "no data"
     fig.suptitle("Cross-model similarity along the lineage: linear CKA of each layer with the same layer "
                  f"of the other model\n(1 = the same representation up to rotation and scale; {how})",
                  fontsize="medium")
