@@ -233,3 +233,16 @@ def test_digits_settings_are_checked_and_counted_before_any_job() -> None:
     assert source.train_count({**source.settings(), "test_fraction": 0.2}) == 1797 - 359
     assert source.problems({**source.settings(), "test_fraction": 1.5}) == [
         "digits setting 'test_fraction' must lie strictly between 0 and 1, not 1.5"]
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("mnist1d", {"num_samples": 200}),
+    ("mnist1d", {"num_samples": 200, "final_seq_length": 30}),
+    ("synthetic", {"num_train": 20, "num_test": 10, "shape": [3, 8, 8]}),
+    ("digits", {}),
+])
+def test_the_input_size_the_config_reads_is_that_of_the_examples_made(name: str, args: dict) -> None:
+    from workflow.datasets import input_size
+
+    made = DATASETS[name].make(args)
+    assert input_size({"name": name, "args": args}) == made["x_train"][0].size == made["x_test"][0].size

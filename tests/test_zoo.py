@@ -102,6 +102,25 @@ def test_a_manifold_selection_outside_the_zoo_is_refused(read_config) -> None:
         load_config(copy.deepcopy(config))
 
 
+def test_manifold_dimensions_beyond_the_input_are_refused_before_any_job(read_config) -> None:
+    from workflow.datasets import input_size
+
+    config = read_config("zoo")  # MNIST-1D: 40 numbers an example
+    config["analyze"]["manifold"] = {"dims": [8, 40, 41, 64]}
+    with pytest.raises(ConfigError, match=r"'analyze.manifold.dims' has \[41, 64\], more than the 40 numbers of "
+                                          r"an input of 'mnist1d'.*allowed: 1 to 40"):
+        load_config(copy.deepcopy(config))
+    config["analyze"]["manifold"] = {"dims": [8, 40]}
+    load_config(copy.deepcopy(config))
+    # Each dataset's size, as the config tells it, is that of the examples it makes.
+    assert input_size({"name": "mnist1d", "args": {"final_seq_length": 30}}) == 30
+    assert input_size({"name": "synthetic", "args": {"shape": [3, 8, 8]}}) == 192
+    assert input_size({"name": "digits", "args": {}}) == 64
+    assert input_size({"name": "cifar10", "args": {}}) == 3 * 32 * 32
+    assert input_size({"name": "image_folder", "args": {"root": "x", "size": [4, 5], "grayscale": True}}) == 20
+    assert input_size({"name": "image_folder", "args": {"root": "x"}}) is None  # only its images tell
+
+
 def test_sizes_beyond_the_training_set_are_refused(read_config) -> None:
     config = read_config("zoo")
     config["zoo"]["sizes"] = [250, 5000]

@@ -185,6 +185,13 @@ def check_semantics(config: Mapping[str, Any]) -> None:
                 if extra:
                     problems.append(f"config key 'analyze.manifold.{key}' has {extra}, which 'zoo.{key}' lacks; "
                                     f"allowed: {config['zoo'][key]}")
+        from workflow.datasets import input_size
+
+        target = config["data"]["target"]
+        n = input_size(target)
+        if n is not None and (beyond := sorted(d for d in manifold["dims"] if d > n)):
+            problems.append(f"config key 'analyze.manifold.dims' has {beyond}, more than the {n} numbers of an input "
+                            f"of {target['name']!r}: a subspace lies within the input space; allowed: 1 to {n}")
     if "zoo" in config and config["zoo"]["phases"]["path"] == "aligned" and not connectivity.get("align"):
         problems.append("config key 'zoo.phases.path' = 'aligned' needs 'analyze.connectivity.align: true'; "
                         "allowed without it: linear")

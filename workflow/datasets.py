@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -34,6 +35,8 @@ class DatasetSource:
     test_count: Callable[[dict[str, Any]], int] | None = None  # likewise, of test examples
     # What is wrong with the settings, as messages naming the setting (checked before any job).
     problems: Callable[[dict[str, Any]], list[str]] = lambda settings: []
+    # The numbers in one example (its input's dimension), when the settings tell it.
+    input_size: Callable[[dict[str, Any]], int | None] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -103,7 +106,8 @@ def _mnist1d_test_count(settings: dict[str, Any]) -> int:
 
 
 DATASETS.register("mnist1d")(
-    DatasetSource(_mnist1d, _mnist1d_settings, train_count=_mnist1d_train_count, test_count=_mnist1d_test_count)
+    DatasetSource(_mnist1d, _mnist1d_settings, train_count=_mnist1d_train_count, test_count=_mnist1d_test_count,
+                  input_size=lambda settings: settings["final_seq_length"])
 )
 
 
@@ -150,7 +154,8 @@ def _synthetic(args: dict[str, Any]) -> Arrays:
 
 DATASETS.register("synthetic")(
     DatasetSource(_synthetic, _synthetic_settings, train_count=lambda settings: settings["num_train"],
-                  test_count=lambda settings: settings["num_test"])
+                  test_count=lambda settings: settings["num_test"],
+                  input_size=lambda settings: math.prod(settings["shape"]))
 )
 
 
@@ -197,11 +202,15 @@ def _digits(args: dict[str, Any]) -> Arrays:
 DATASETS.register("digits")(
     DatasetSource(_digits, _digits_settings, images=True, problems=_digits_problems,
                   train_count=lambda settings: DIGITS_EXAMPLES - _digits_test_count(settings),
-                  test_count=_digits_test_count)
+                  test_count=_digits_test_count, input_size=lambda settings: 64)  # 1 x 8 x 8
 )
 
 
 # --- image datasets read by torchvision's own loaders from a local folder -----------------
+
+# The numbers in one example of each (channels x height x width).
+TORCHVISION_INPUT_SIZES = {"cifar10": 3 * 32 * 32, "cifar100": 3 * 32 * 32, "mnist": 28 * 28,
+                           "fashion_mnist": 28 * 28, "svhn": 3 * 32 * 32}
 
 TORCHVISION_CLASSES: dict[str, str] = {
     "cifar10": "CIFAR10",
@@ -327,7 +336,8 @@ def _torchvision(name: str, args: dict[str, Any]) -> Arrays:
 
 
 for _name in TORCHVISION_CLASSES:
-    DATASETS.register(_name)(DatasetSource(partial(_torchvision, _name), _torchvision_settings, images=True))
+    DATASETS.register(_name)(DatasetSource(partial(_torchvision, _name), _torchvision_settings, images=True,
+                                           input_size=lambda settings, n=TORCHVISION_INPUT_SIZES[_name]: n))
 del _name
 
 
@@ -397,7 +407,9 @@ def _image_folder(args: dict[str, Any]) -> Arrays:
 
 
 DATASETS.register("image_folder")(
-    DatasetSource(_image_folder, _image_folder_settings, images=True, problems=_image_folder_problems)
+    DatasetSource(_image_folder, _image_folder_settings, images=True, problems=_image_folder_problems,
+                  input_size=lambda settings: (math.prod(settings["size"]) * (1 if settings["grayscale"] else 3)
+                                               if settings["size"] is not None else None))
 )
 
 
@@ -431,6 +443,14 @@ def test_examples(spec: dict[str, Any]) -> int | None:
     """How many test examples a dataset spec makes, or None when only making it tells."""
     source = DATASETS[spec["name"]]
     return source.test_count({**source.settings(), **(spec.get("args") or {})}) if source.test_count else None
+
+
+def input_size(spec: dict[str, Any]) -> int | None:
+    """The numbers in one example of a dataset spec (its input's dimension), or None when
+    only making the data tells (an image folder of mixed sizes)."""
+    source = DATASETS[spec["name"]]
+    settings = {**source.settings(), **(spec.get("args") or {})}
+    return source.input_size(settings) if source.input_size and not source.problems(settings) else None
 
 
 def dataset_problems(spec: dict[str, Any]) -> list[str]:
