@@ -47,3 +47,15 @@ def test_checking_a_zoo_config_loads_no_torch() -> None:
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=root).stdout
     assert "torch" not in json.loads(out)
+
+
+def test_the_base_install_has_what_snakemakes_report_needs() -> None:
+    # `snakemake --report` imports pygments, an extra of snakemake's; the test extra brings it
+    # with pytest, so without this a user's `pip install -e .` could not make the report.
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    snakemake = [r for r in map(Requirement, project["dependencies"]) if r.name == "snakemake"]
+    assert snakemake and "reports" in snakemake[0].extras
