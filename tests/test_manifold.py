@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -100,3 +101,17 @@ def test_the_batched_search_finds_what_one_trial_at_a_time_finds() -> None:
     batched = class_success_rates(model, labels, dims, _point, cut, seed=5)
     np.testing.assert_allclose(batched, _sequential_rates(model, labels, dims, cut, seed=5))
     assert 0 < batched.mean() < 1  # some trials reach their class and some do not: the test can tell
+
+
+def test_dimensions_beyond_the_input_are_refused_before_any_search() -> None:
+    model = nn.Sequential(nn.Linear(D, 3)).double()
+    calls = []
+
+    def draw(generator: torch.Generator) -> torch.Tensor:
+        calls.append(1)
+        return _point(generator)
+
+    with pytest.raises(ValueError, match=rf"subspace dimensions \[{D + 1}\] must lie in 1..{D}"):
+        class_success_rates(model, [0], [1, D + 1], draw, Cutting(trials=2, steps=5))
+    assert len(calls) == 1  # only the draw that tells the input's size: no search ran
+    assert model.training and all(p.requires_grad for p in model.parameters())

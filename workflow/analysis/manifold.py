@@ -71,6 +71,11 @@ def class_success_rates(model: nn.Module, labels: Sequence[int], dims: Sequence[
     sought in the same subspaces. The model runs in eval mode, its parameters untouched
     (only the subspace coordinates are optimised).
     """
+    # Every dimension checked before any search (a throwaway draw tells the input's size;
+    # the search's own generator is untouched).
+    n = draw_point(torch.Generator().manual_seed(seed)).numel()
+    if beyond := [d for d in dims if not 1 <= d <= n]:
+        raise ValueError(f"subspace dimensions {beyond} must lie in 1..{n} (the input's dimension)")
     was_training = model.training
     model.eval()
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -83,8 +88,6 @@ def class_success_rates(model: nn.Module, labels: Sequence[int], dims: Sequence[
             points, bases = [], []
             for _ in range(cutting.trials):
                 x0 = draw_point(generator).reshape(-1)
-                if not 1 <= d <= x0.numel():
-                    raise ValueError(f"subspace dimension {d} must lie in 1..{x0.numel()} (the input's dimension)")
                 gaussian = torch.randn(x0.numel(), d, generator=generator, dtype=torch.float64)
                 points.append(x0)
                 bases.append(torch.linalg.qr(gaussian)[0].to(x0.dtype))

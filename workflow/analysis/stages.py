@@ -280,9 +280,6 @@ def manifold(
     cutting = Cutting(threshold=settings["threshold"], trials=settings["trials"], steps=settings["steps"],
                       lr=settings["lr"])
     dims, labels = list(settings["dims"]), list(range(data.num_classes))
-    if max(dims) > x.shape[1]:  # refused before any search, not when the loop reaches it
-        raise ValueError(f"analyze.manifold.dims: {max(dims)} exceeds the input's dimension {x.shape[1]}; "
-                         f"allowed: 1 to {x.shape[1]}")
     rates = class_success_rates(model, labels, dims, draw_point, cutting, seed=settings["seed"])
     dimension = [effective_dimension(dict(zip(dims, row)), x.shape[1]) for row in rates]
     ds = xr.Dataset({"success_rate": (("class_label", "subspace_dim"), rates),

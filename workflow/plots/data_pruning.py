@@ -221,8 +221,7 @@ def data_pruning(pruned: xr.Dataset, distill: xr.Dataset) -> Figure:
     # on which split it was made.
     kd_note = f"KD: temperature T and weight α per point, {chosen_by(distill)[1]}"
     reference_note = "; grey: random subsets, no KD" if len(scorings) > 1 and "random" in scorings else ""
-    key(fig, (f"line style ({kd_note})" if len(styles) > 1 else "line style") + reference_note, styles,
-        "outside lower center", ncols=len(styles) or 1)
+    key_below(fig, (f"line style ({kd_note})" if len(styles) > 1 else "line style") + reference_note, styles)
     # Log-log, as in data-pruning scaling laws; ticks at the fractions actually kept; one
     # error scale for every panel, so that the scores compare at a glance.
     fractions = np.union1d(pruned["fraction"].values, distill["fraction"].values)

@@ -144,8 +144,11 @@ def key(
 
 
 def key_below(fig: Figure, title: str, handles: Sequence[Line2D]) -> None:
-    """:func:`key` beneath the panels, in rows of up to four entries."""
-    key(fig, title, handles, "outside lower center", ncols=min(len(handles), 4))
+    """:func:`key` beneath the panels, in as many columns (up to four) as the figure's width holds."""
+    if handles:
+        labels = [handle.get_label() for handle in handles]
+        ncols = _columns_that_fit(fig.get_size_inches()[0], labels, "small", most=4)
+        key(fig, title, handles, "outside lower center", ncols=ncols)
 
 
 def heatmap(

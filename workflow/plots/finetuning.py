@@ -120,7 +120,8 @@ def finetune_methods(finetune: xr.Dataset) -> Figure:
     drawn = dict.fromkeys(m for _, m in pairs)
     key(fig, "finetuning", [Line2D([], [], color=colours[m], marker="o", linestyle="", label=str(m)) for m in drawn],
         "outside right upper")
-    key(fig, "source", [Line2D([], [], color="grey", marker=styles[src][1], linestyle="", label=SOURCE_LABELS.get(src, str(src)))
+    key(fig, "source", [Line2D([], [], color="grey", marker=styles[src][1], linestyle="",
+                               label=SOURCE_LABELS.get(src, str(src)))
                         for src in dict.fromkeys(src for src, _ in pairs)], "outside right lower")
     fig.suptitle(f"Fine-tuning: accuracy per trainable parameter\n({seeds_text('mean ± std', finetune)})",
                  fontsize="medium")

@@ -211,7 +211,6 @@ def lineage(**summaries: xr.Dataset) -> Figure:
         ax.set_ylabel("linear CKA, same layer" if name in ("similarity", "similarity_seeds")
                       else "linear CKA, mean over layers")
         legend(ax, below=True, fontsize="small")
-    # The seed-pair summary compares one pair: it has no seeds to count.
     # The seed-pair panel compares one pair of seeds: it has no band and no seeds to count.
     seeded = [ds for name, ds in summaries.items() if name != "similarity_seeds"]
     if seeded:
